@@ -1,0 +1,131 @@
+"""Orbax checkpoints of converted models: ``<dir>/params`` (Orbax), ``<dir>/config.json`` (model config),
+``<dir>/conversion_report.json`` (written by the converter).
+
+Loading builds the model abstractly (``nnx.eval_shape``), derives each parameter's sharding from its logical
+axes and restores every array straight onto its shard: no random full-size weights are ever materialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+
+from gen3r_jax.convert.table import Path
+from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+REPORT_FILE = "conversion_report.json"
+
+
+def _nested(flat: Mapping[Path, Any]) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    d = out
+    for p in path[:-1]:
+      d = d.setdefault(str(p), {})
+    d[str(path[-1])] = v
+  return out
+
+
+def save_params(directory: str, params: Mapping[Path, np.ndarray] | nnx.State, *,
+                config: dict | None = None, overwrite: bool = False) -> str:
+  """Write parameters (flat ``{path: array}`` or an ``nnx.State``) and the config to ``directory``."""
+  directory = os.path.abspath(os.fspath(directory))
+  if isinstance(params, nnx.State):
+    params = {tuple(p): (v.get_value() if hasattr(v, "get_value") else v.value)
+              for p, v in nnx.to_flat_state(params)}
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, PARAMS_DIR)
+  if os.path.exists(target):
+    if not overwrite:
+      raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    import shutil
+    shutil.rmtree(target)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(target, _nested(params))
+  ckptr.wait_until_finished()
+  if config is not None:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+      json.dump(config, f, indent=1)
+  return directory
+
+
+def read_config(directory: str) -> dict:
+  path = os.path.join(os.fspath(directory), CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {directory} a gen3r_jax checkpoint written by "
+                            "launch/convert.py?")
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh | None = None,
+                  rules=DEFAULT_RULES) -> nnx.Module:
+  """Restore a model built by ``build`` (called under ``nnx.eval_shape``) from ``directory/params``."""
+  directory = os.path.abspath(os.fspath(directory))
+  abstract = nnx.eval_shape(build)
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  if len(nnx.to_flat_state(rest)):
+    raise ValueError("models restored from checkpoints must hold only nnx.Param state")
+  if mesh is not None:
+    shardings = state_shardings(params, mesh, rules)
+  else:
+    dev = jax.devices()[0]
+    shardings = jax.tree.map(lambda _: SingleDeviceSharding(dev), params,
+                             is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  def to_target(var, sh):
+    v = var.get_value() if hasattr(var, "get_value") else var.value
+    return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)
+
+  target = jax.tree.map(to_target, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  target = nnx.State(target).to_pure_dict() if not isinstance(target, dict) else target
+  target = _stringify(target)
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), target)
+  nnx.replace_by_pure_dict(params, _intify(restored, params))
+  return nnx.merge(graphdef, params, rest)
+
+
+def _stringify(d):
+  if isinstance(d, dict):
+    return {str(k): _stringify(v) for k, v in d.items()}
+  return d
+
+
+def _intify(d, like):
+  """Orbax returns string keys; nnx states of lists use ints."""
+  pure = like.to_pure_dict()
+
+  def rec(src, ref):
+    if isinstance(ref, dict):
+      return {k: rec(src[str(k)], v) for k, v in ref.items()}
+    return src
+
+  return rec(d, pure)
+
+
+class CheckpointMixin:
+  """``Model.from_checkpoint(path, mesh=None)`` for NNX models with a ``Config`` class attribute."""
+
+  Config: Any = None
+
+  @classmethod
+  def from_checkpoint(cls, directory: str, *, mesh: Mesh | None = None, rules=DEFAULT_RULES,
+                      config=None, **overrides):
+    """Load a converted checkpoint. ``overrides`` replace config fields (e.g. ``dtype="bfloat16"``)."""
+    cfg = config if config is not None else cls.Config.from_dict(read_config(directory))
+    if overrides:
+      cfg = cfg.replace(**overrides)
+    return restore_model(directory, lambda: cls(cfg, rngs=nnx.Rngs(0)), mesh=mesh, rules=rules)
+
+  def save_checkpoint(self, directory: str, *, overwrite: bool = False) -> str:
+    return save_params(directory, nnx.state(self, nnx.Param), config=self.cfg.to_dict(),
+                       overwrite=overwrite)

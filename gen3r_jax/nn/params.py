@@ -1,0 +1,65 @@
+"""Parameter helpers: every parameter carries logical axis names.
+
+Logical names (see ``gen3r_jax/parallel/rules.py``): ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
+``conv_in``, ``conv_out``, ``layers``, ``norm`` and ``None`` for axes that are never sharded.
+The names are stored as variable metadata and read back with :func:`logical_axes`, so flax versions that call
+the metadata ``out_sharding`` or ``sharding_names`` both work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def param(value: jax.Array, axes: Axes) -> nnx.Param:
+  """Wrap ``value`` as an :class:`nnx.Param` annotated with logical ``axes`` (not placed eagerly)."""
+  if len(axes) != value.ndim:
+    raise ValueError(f"logical axes {axes} do not match parameter rank {value.ndim}")
+  try:
+    return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+  except TypeError:  # older flax without eager sharding
+    return nnx.Param(value, sharding_names=axes)
+
+
+def logical_axes(var: nnx.Variable) -> Axes | None:
+  """The logical axis names of a variable, whatever flax version stored them."""
+  meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+  for key in ("out_sharding", "sharding_names", "sharding"):
+    axes = meta.get(key)
+    if axes is not None:
+      return tuple(axes)
+  return None
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+  """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5))."""
+  bound = 1.0 / math.sqrt(max(fan_in, 1))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def zeros_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.zeros(shape, dtype)
+
+
+def ones_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.ones(shape, dtype)
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], axes: Axes,
+               dtype=jnp.float32) -> nnx.Param:
+  """Initialise a parameter of ``shape`` with ``init`` and annotate it with ``axes``."""
+  return param(init(rngs.params(), tuple(shape), dtype), axes)
