@@ -87,8 +87,7 @@ def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh
     return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)
 
   target = jax.tree.map(to_target, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  target = nnx.State(target).to_pure_dict() if not isinstance(target, dict) else target
-  target = _stringify(target)
+  target = _stringify(nnx.to_pure_dict(target) if hasattr(nnx, "to_pure_dict") else target.to_pure_dict())
   restored = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), target)
   nnx.replace_by_pure_dict(params, _intify(restored, params))
   return nnx.merge(graphdef, params, rest)
@@ -102,7 +101,7 @@ def _stringify(d):
 
 def _intify(d, like):
   """Orbax returns string keys; nnx states of lists use ints."""
-  pure = like.to_pure_dict()
+  pure = nnx.to_pure_dict(like) if hasattr(nnx, "to_pure_dict") else like.to_pure_dict()
 
   def rec(src, ref):
     if isinstance(ref, dict):

@@ -185,7 +185,8 @@ def convert(table: MappingTable, source: TensorSource | Mapping[str, np.ndarray]
 
 def update_model(model: nnx.Module, params: Mapping[Path, np.ndarray]) -> None:
   """Write converted ``{path: array}`` into ``model``'s parameters (paths must exist)."""
-  state = nnx.State.from_flat_path([(p, v) for p, v in params.items()])
+  flat = [(tuple(p), v) for p, v in params.items()]
+  state = nnx.from_flat_state(flat) if hasattr(nnx, "from_flat_state") else nnx.State.from_flat_path(flat)
   nnx.update(model, state)
 
 

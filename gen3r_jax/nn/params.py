@@ -23,9 +23,9 @@ def param(value: jax.Array, axes: Axes) -> nnx.Param:
   """Wrap ``value`` as an :class:`nnx.Param` annotated with logical ``axes`` (not placed eagerly)."""
   if len(axes) != value.ndim:
     raise ValueError(f"logical axes {axes} do not match parameter rank {value.ndim}")
-  try:
-    return nnx.Param(value, sharding_names=axes, eager_sharding=False)
-  except TypeError:  # older flax without eager sharding
+  try:  # flax >= 0.12: logical names live in `out_sharding`; never place eagerly
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+  except TypeError:  # older flax
     return nnx.Param(value, sharding_names=axes)
 
 

@@ -2,7 +2,8 @@
 
 * :func:`nearest_exact`: ``F.interpolate(mode="nearest-exact")``: ``src = min(floor((dst + 0.5) * s), in - 1)``
   with ``s = in / out`` (``size=``) or ``s = 1 / scale_factor`` (``scale_factor=``), computed in float32.
-* :func:`resize`: ``mode="bilinear" | "bicubic"`` with ``align_corners=False`` and ``antialias`` on or off.
+* :func:`resize`: ``mode="bilinear" | "bicubic"`` with ``align_corners=False`` and ``antialias`` on or off, or
+  ``mode="bilinear", align_corners=True`` (``src = dst * (in - 1) / (out - 1)``; VGGT's DPT heads).
   Without antialias this is ``upsample_bilinear2d`` / ``upsample_bicubic2d`` (cubic ``a = -0.75``, edge taps
   clamped to the border); with antialias it is ``_upsample_{bilinear,bicubic}2d_aa`` (PIL style: support
   widened by the scale when downsampling, cubic ``a = -0.5``, taps clipped to the image and renormalised).
@@ -48,10 +49,24 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
 
 
 def resize_matrix(in_size: int, out_size: int, mode: str, *, antialias: bool,
-                  scale_factor: float | None = None) -> np.ndarray:
-  """The ``[out, in]`` matrix that PyTorch's 1-D pass of ``interpolate`` applies (align_corners=False)."""
+                  scale_factor: float | None = None, align_corners: bool = False) -> np.ndarray:
+  """The ``[out, in]`` matrix that PyTorch's 1-D pass of ``interpolate`` applies."""
   if mode not in ("bilinear", "bicubic"):
     raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
+  if align_corners:
+    if mode != "bilinear" or antialias:
+      raise ValueError("align_corners=True is implemented for mode='bilinear' without antialias only")
+    # PyTorch ignores scale_factor here: the source step is (in - 1) / (out - 1) (0 for a single output).
+    m = np.zeros((out_size, in_size), np.float64)
+    step = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0.0)
+    for i in range(out_size):
+      src = float(np.float32(step) * np.float32(i))
+      i0 = min(int(np.floor(src)), in_size - 1)
+      i1 = min(i0 + 1, in_size - 1)
+      l1 = src - i0
+      m[i, i0] += 1.0 - l1
+      m[i, i1] += l1
+    return m
   scale = _scale(in_size, out_size, scale_factor)
   m = np.zeros((out_size, in_size), np.float64)
   if antialias:
@@ -86,12 +101,14 @@ def resize_matrix(in_size: int, out_size: int, mode: str, *, antialias: bool,
 
 
 def resize(x: jax.Array, out_hw: tuple[int, int], mode: str = "bilinear", *, antialias: bool = False,
-           scale_factor: tuple[float, float] | None = None) -> jax.Array:
+           scale_factor: tuple[float, float] | None = None, align_corners: bool = False) -> jax.Array:
   """Resize ``[..., H, W, C]`` to ``out_hw`` as ``torch.nn.functional.interpolate`` does."""
   h, w = x.shape[-3], x.shape[-2]
   sf = scale_factor or (None, None)
-  my = jnp.asarray(resize_matrix(h, out_hw[0], mode, antialias=antialias, scale_factor=sf[0]), jnp.float32)
-  mx = jnp.asarray(resize_matrix(w, out_hw[1], mode, antialias=antialias, scale_factor=sf[1]), jnp.float32)
+  my = jnp.asarray(resize_matrix(h, out_hw[0], mode, antialias=antialias, scale_factor=sf[0],
+                                 align_corners=align_corners), jnp.float32)
+  mx = jnp.asarray(resize_matrix(w, out_hw[1], mode, antialias=antialias, scale_factor=sf[1],
+                                 align_corners=align_corners), jnp.float32)
   xf = x.astype(jnp.float32)
   hp = jax.lax.Precision.HIGHEST
   y = jnp.einsum("oh,...hwc->...owc", my, xf, precision=hp)

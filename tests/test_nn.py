@@ -1,0 +1,116 @@
+"""Shared building blocks against closed-form / numpy / PyTorch-definition references."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from gen3r_jax.nn import attention as attn
+from gen3r_jax.nn.causal_conv import CausalConv3d
+from gen3r_jax.nn.norms import ChannelRMSNorm, LayerNorm, RMSNorm, channel_rms_norm
+from gen3r_jax.nn.resample import nearest_exact, nearest_exact_indices, resize, resize_matrix
+
+
+def _np_conv3d_causal(x, w, b, pad_t, pad_hw):
+  """Direct numpy causal conv: x [B,T,H,W,C], w [kt,kh,kw,C,O]."""
+  x = np.pad(x, ((0, 0), (pad_t, 0), (pad_hw, pad_hw), (pad_hw, pad_hw), (0, 0)))
+  kt, kh, kw, _, o = w.shape
+  B, T, H, W, _ = x.shape
+  out = np.zeros((B, T - kt + 1, H - kh + 1, W - kw + 1, o))
+  for t in range(out.shape[1]):
+    for i in range(out.shape[2]):
+      for j in range(out.shape[3]):
+        patch = x[:, t:t + kt, i:i + kh, j:j + kw]
+        out[:, t, i, j] = np.einsum("bthwc,thwco->bo", patch, w)
+  return out + b
+
+
+def test_causal_conv_matches_numpy_and_chunked_cache():
+  conv = CausalConv3d(3, 4, 3, padding=1, rngs=nnx.Rngs(0))
+  x = np.random.RandomState(0).randn(2, 9, 5, 6, 3).astype(np.float32)
+  ref = _np_conv3d_causal(x, np.asarray(conv.conv.kernel[...]), np.asarray(conv.conv.bias[...]), 2, 1)
+  full = np.asarray(conv(jnp.asarray(x)))
+  np.testing.assert_allclose(full, ref, atol=1e-5)
+  # Wan chunking: [0:1], [1:5], [5:9] with the cache carried between chunks gives the same result.
+  cache = conv.init_cache(jnp.asarray(x[:, :1]))
+  outs = []
+  for s, e in [(0, 1), (1, 5), (5, 9)]:
+    y, cache = conv.cached(jnp.asarray(x[:, s:e]), cache)
+    outs.append(np.asarray(y))
+  np.testing.assert_allclose(np.concatenate(outs, axis=1), full, atol=1e-5)
+  assert cache.shape == (2, 2, 5, 6, 3)
+  np.testing.assert_array_equal(np.asarray(cache), x[:, -2:])
+
+
+def test_channel_rms_norm_is_wan_normalize():
+  x = np.random.RandomState(1).randn(3, 4, 7).astype(np.float32)
+  g = np.random.RandomState(2).rand(7).astype(np.float32)
+  ref = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12) * np.sqrt(7) * g
+  np.testing.assert_allclose(np.asarray(channel_rms_norm(jnp.asarray(x), jnp.asarray(g))), ref, rtol=1e-5)
+  assert np.all(np.asarray(channel_rms_norm(jnp.zeros((1, 3)), None)) == 0)  # eps keeps zeros finite
+  m = ChannelRMSNorm(7, rngs=nnx.Rngs(0))
+  assert m.gamma[...].shape == (7,)
+
+
+def test_rms_and_layer_norm():
+  x = np.random.RandomState(3).randn(2, 5, 8).astype(np.float32)
+  rms = RMSNorm(8, eps=1e-6, rngs=nnx.Rngs(0))
+  ref = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(np.asarray(rms(jnp.asarray(x))), ref, rtol=1e-5)
+  ln = LayerNorm(8, eps=1e-5, rngs=nnx.Rngs(0))
+  ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(np.asarray(ln(jnp.asarray(x))), ref, rtol=1e-4, atol=1e-5)
+  # bf16 input keeps its dtype, statistics in float32
+  assert ln(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_attention_xla_matches_numpy_softmax():
+  rs = np.random.RandomState(4)
+  q, k, v = (rs.randn(2, 5, 3, 4).astype(np.float32) for _ in range(3))
+  bias = rs.randn(1, 3, 5, 5).astype(np.float32)
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) * 0.5 + bias
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ref = np.einsum("bhqk,bkhd->bqhd", p, v)
+  out = attn.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), implementation="xla", bias=bias)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-6)
+  mask = np.ones((1, 1, 5, 5), bool)
+  mask[..., 3:] = False
+  out_m = attn.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), implementation="xla", mask=mask)
+  ref_m = attn.attention(jnp.asarray(q), jnp.asarray(k[:, :3]), jnp.asarray(v[:, :3]), implementation="xla")
+  np.testing.assert_allclose(np.asarray(out_m), np.asarray(ref_m), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dispatch_rules():
+  assert attn.resolve_implementation("auto", jnp.float32) == "xla"
+  with pytest.raises(ValueError, match="must be one of"):
+    attn.resolve_implementation("flash", jnp.float32)
+  q = jnp.zeros((1, 2, 1, 4))
+  with pytest.raises(NotImplementedError, match="splash"):
+    attn.attention(q, q, q, implementation="splash")
+
+
+def test_nearest_exact_tables():
+  # torch nearest-exact: src = floor((dst + 0.5) * in / out)
+  np.testing.assert_array_equal(nearest_exact_indices(4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
+  np.testing.assert_array_equal(nearest_exact_indices(70, 80), np.floor((2 * np.arange(80) + 1) * 70 / 160))
+  np.testing.assert_array_equal(nearest_exact_indices(40, 70, 1.75), np.floor((2 * np.arange(70) + 1) * 40 / 140))
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  y = nearest_exact(x, (8, 8))
+  assert y.shape == (1, 8, 8, 1) and float(y[0, 7, 7, 0]) == 15.0
+
+
+def test_resize_matrices_closed_form():
+  # rows are interpolation weights: they sum to one, identity at equal sizes
+  for mode in ("bilinear", "bicubic"):
+    for aa in (False, True):
+      m = resize_matrix(7, 5, mode, antialias=aa)
+      np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)
+      np.testing.assert_allclose(resize_matrix(6, 6, mode, antialias=aa), np.eye(6), atol=1e-12)
+  # bilinear x2 upsample, align_corners=False: out[1] = 0.75 x0 + 0.25 x1
+  m = resize_matrix(4, 8, "bilinear", antialias=False)
+  np.testing.assert_allclose(m[1, :2], [0.75, 0.25])
+  # a constant image stays constant
+  x = jnp.full((2, 9, 11, 3), 0.3)
+  np.testing.assert_allclose(np.asarray(resize(x, (4, 5), "bicubic", antialias=True)), 0.3, rtol=1e-6)
