@@ -1,0 +1,242 @@
+"""Grain input pipeline: scene records → shuffled, sharded, mixed clips → numpy batches.
+
+```
+per dataset: source ─► shuffle(seed) ─► repeat ─► stage 2: mix(weights) | stage 1: one concatenated source
+  ─► random_map(cut clip, caption; rng from seed + global index)
+  ─► [process_index :: process_count]   (per-process shard)
+  ─► batch ─► to_iter_dataset(threads, prefetch) ─► [mp_prefetch]
+```
+Every random choice (shuffle order, stride, padding split, start, caption line, prompt cleaning) is a function of
+``seed`` and the element's global position, so a resumed iterator (``get_state`` / ``set_state``) yields the
+very batches the uninterrupted run would have. Batches are dicts of numpy arrays:
+
+* stage 1: ``frames`` ``[B, F, H, W, 3]`` float32 in [0, 1];
+* stage 2: also ``c2ws`` ``[B, F, 4, 4]`` (relative to frame 0), ``Ks`` ``[B, F, 3, 3]`` (pixels at H×W),
+  ``text`` ``[B]`` object (str), ``dataset_idx`` ``[B]`` int32 (into ``DataPipeline.names``),
+  ``dataset_name`` ``[B]`` object.
+
+Mixing: stage 2 draws datasets in proportion to the official weights (training-reference §1.3) with
+``grain.MapDataset.mix``, which interleaves deterministically in those proportions (the official code draws
+the dataset i.i.d. per sample; the expected proportions are the same) and shuffles scenes within each dataset.
+Stage 1 samples uniformly over all scenes (the official root list), epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from gen3r_jax.data import layout
+from gen3r_jax.data.captions import pick_caption
+from gen3r_jax.data.clips import ClipConfig, cut_clip, official_clip_config
+from gen3r_jax.errors import fmt_list, require
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Input pipeline settings. ``batch_size`` is per process.
+
+  Attributes:
+    stage: 1 (frames only, uniform over scenes) or 2 (cameras + captions, weighted mixing).
+    clip: how clips are cut (default: the official settings of ``stage``'s training split).
+    weights: ``{dataset: weight}`` for stage 2; missing names take the official weight (1.0 if unknown).
+    num_epochs: ``None`` repeats forever; else stops after that many passes (stage 2: sum of dataset sizes).
+    process_index / process_count: shard of this host (``None`` → ``jax.process_index()/process_count()``).
+    read_threads / prefetch: grain ``ReadOptions`` (element threads and buffer) of ``to_iter_dataset``.
+    mp_workers: > 0 adds ``mp_prefetch`` with that many worker processes (off by default and in tests).
+    clean_captions: apply ``clean_prompt`` (official) to the chosen caption line.
+  """
+  stage: int = 2
+  batch_size: int = 1
+  seed: int = 42
+  clip: ClipConfig | None = None
+  weights: Mapping[str, float] | None = None
+  num_epochs: int | None = None
+  process_index: int | None = None
+  process_count: int | None = None
+  drop_remainder: bool = True
+  read_threads: int = 2
+  prefetch: int = 2
+  mp_workers: int = 0
+  clean_captions: bool = True
+
+  def resolved_clip(self) -> ClipConfig:
+    return (self.clip or official_clip_config(self.stage, "train")).validate()
+
+
+class ConcatSource:
+  """Several random-access sources seen as one (stage 1 reads all datasets as one list)."""
+
+  def __init__(self, sources: Sequence[Any]):
+    self.sources = list(sources)
+    self._ends = list(np.cumsum([len(s) for s in self.sources]))
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if self._ends else 0
+
+  def __getitem__(self, i: int):
+    k = bisect.bisect_right(self._ends, i)
+    return self.sources[k][i - (int(self._ends[k - 1]) if k else 0)]
+
+
+def scene_index(source: Any) -> list[dict]:
+  """``[{dataset, num_images, num_cameras}]`` per scene, without decoding images (folder sources: validates
+  every transforms.json, see :func:`layout.scene_summary`)."""
+  if hasattr(source, "index") and source.index:
+    return list(source.index)
+  if isinstance(source, layout.FolderSource):
+    return [layout.scene_summary(r) for r in source.refs]
+  if isinstance(source, ConcatSource):
+    return [e for s in source.sources for e in scene_index(s)]
+  return []
+
+
+def check_sources(sources: Mapping[str, Any], clip: ClipConfig) -> None:
+  """Fail before training when a scene cannot give a clip (no cameras in stage 2, too short with pad='error')."""
+  for name, src in sources.items():
+    require(len(src) > 0, f"dataset {name!r} has no scenes; remove it or fill its list files.")
+    for i, e in enumerate(scene_index(src)):
+      length = e["num_cameras"] if clip.order == "cameras" else e["num_images"]
+      require(length > 0, f"dataset {name!r} scene {i} has no {'cameras' if clip.order == 'cameras' else 'images'};"
+              " stage-2 clips need transforms.json frames.")
+      require(clip.pad != "error" or length >= clip.num_frames,
+              f"dataset {name!r} scene {i} has {length} frames but a clip needs {clip.num_frames} "
+              "(pad='error'); drop it from the list files, lower num_frames, or use pad='random' (official).")
+
+
+class ClipTransform:
+  """``grain`` random map: scene record → clip dict (see module docstring), one RNG per element."""
+
+  def __init__(self, clip: ClipConfig, names: Sequence[str], with_text: bool, clean_captions: bool = True):
+    self.clip, self.names, self.with_text, self.clean = clip, list(names), with_text, clean_captions
+
+  def random_map(self, element: tuple[int, dict], rng: np.random.Generator) -> dict[str, Any]:
+    idx, rec = element
+    c = cut_clip(rec, rng, self.clip)
+    if not self.with_text:
+      return {"frames": c["frames"]}
+    text = pick_caption(rec["captions"], rng, clean=self.clean) if len(rec["captions"]) else ""
+    return dict(frames=c["frames"], c2ws=c["c2ws"], Ks=c["Ks"], text=text, dataset_idx=np.int32(idx),
+                dataset_name=self.names[idx])
+
+  __call__ = random_map
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Stack a list of clip dicts; strings become object arrays."""
+  out = {}
+  for k in items[0]:
+    vals = [it[k] for it in items]
+    out[k] = np.array(vals, dtype=object) if isinstance(vals[0], str) else np.stack(vals)
+  return out
+
+
+@dataclasses.dataclass
+class DataPipeline:
+  """The built pipeline: iterate it (``iter(p)`` is checkpointable) or use ``dataset`` directly."""
+  dataset: Any  # grain.IterDataset of batches
+  names: list[str]
+  weights: list[float]
+  sizes: list[int]
+
+  def __iter__(self):
+    return iter(self.dataset)
+
+
+def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeline:
+  """Build the grain pipeline over ``{dataset name: random-access source of scene records}``."""
+  import grain
+
+  require(cfg.stage in (1, 2), f"stage must be 1 or 2, got {cfg.stage}.")
+  require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}.")
+  require(len(sources) > 0, "no datasets given; point the pipeline at a dataset root or built records.")
+  clip = cfg.resolved_clip()
+  require(cfg.stage == 1 or clip.order == "cameras",
+          "stage 2 needs clip.order='cameras' (transforms.json order, with cameras).")
+  pi, pc = cfg.process_index, cfg.process_count
+  if pi is None or pc is None:
+    import jax
+    pi, pc = jax.process_index(), jax.process_count()
+  require(0 <= pi < pc, f"process_index {pi} must be in [0, {pc}).")
+  check_sources(sources, clip)
+
+  names = list(sources)
+  sizes = [len(sources[n]) for n in names]
+  wmap = dict(cfg.weights or {})
+  unknown = sorted(set(wmap) - set(names))
+  require(not unknown, f"weights name unknown datasets {fmt_list(unknown)}; known: {fmt_list(names)}.")
+  weights = [float(wmap.get(n, layout.official_weight(n))) for n in names]
+  require(all(w >= 0 for w in weights) and sum(weights) > 0, f"dataset weights must be >= 0, not all 0: {weights}.")
+
+  if cfg.stage == 1:
+    src = ConcatSource([sources[n] for n in names])
+    ds = grain.MapDataset.source(src).shuffle(seed=cfg.seed).map(_Tag(0))
+    ds = ds.repeat(cfg.num_epochs)
+  else:
+    parts = []
+    for i, n in enumerate(names):
+      part = grain.MapDataset.source(sources[n]).shuffle(seed=cfg.seed + 7919 * i).repeat()
+      parts.append(part.map(_Tag(i)))
+    keep = [(p, w) for p, w in zip(parts, weights) if w > 0]
+    ds = grain.MapDataset.mix([p for p, _ in keep], [w for _, w in keep])
+    if cfg.num_epochs is not None:
+      ds = ds[: cfg.num_epochs * sum(sizes)]
+  ds = ds.random_map(ClipTransform(clip, names, cfg.stage == 2, cfg.clean_captions), seed=cfg.seed)
+  ds = ds[pi::pc]
+  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=collate)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
+  if cfg.mp_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app.run use defaults
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.mp_workers))
+  return DataPipeline(it, names, weights, sizes)
+
+
+class _Tag:
+  """Pair a record with its dataset index (a class, not a lambda, so mp_prefetch can pickle it)."""
+
+  def __init__(self, i: int):
+    self.i = i
+
+  def __call__(self, rec):
+    return (self.i, rec)
+
+
+def sources_from_root(root, stage: int = 2, split: str = "train", *, check_sizes: bool = False) -> dict[str, Any]:
+  """Sources read straight from an official root (no conversion).
+
+  Stage 2 train: one source per dataset folder (``<root>/<dataset>/train_*.txt``). Stage 1 train and any
+  ``test`` split: the root lists ``<root>/<split>_*.txt`` as one source named ``"all"``.
+  """
+  if stage == 2 and split == "train":
+    refs = layout.dataset_refs(root, "train")
+    return {d: layout.FolderSource(r, root, check_sizes=check_sizes) for d, r in refs.items()}
+  refs = layout.root_refs(root, split, need_cameras=stage == 2)
+  return {"all": layout.FolderSource(refs, root, need_cameras=stage == 2, check_sizes=check_sizes)}
+
+
+def sources_from_records(dataset_dir, stage: int = 2, split: str = "train") -> dict[str, Any]:
+  """Sources over the array_record files of :mod:`gen3r_jax.data.tfds_builder`.
+
+  ``split="train"``: stage 2 gets one source per ``train_<dataset>`` split (named by the dataset folder);
+  stage 1 gets every ``train_*`` split as one source ``"all"``. Any other split name is read as one source.
+  """
+  from gen3r_jax.data.tfds_builder import RecordSource, splits
+
+  if split != "train":
+    return {split: RecordSource(dataset_dir, split)}
+  train = [s for s in splits(dataset_dir) if s.startswith("train_")]
+  require(bool(train), f"{dataset_dir} has no train_* split.")
+  if stage == 1:
+    return {"all": ConcatSource([RecordSource(dataset_dir, s) for s in train])}
+  out = {}
+  for s in train:
+    if s == "train_root":
+      continue
+    src = RecordSource(dataset_dir, s)
+    out[src.index[0]["dataset"] if src.index else s[len("train_"):]] = src
+  return out
