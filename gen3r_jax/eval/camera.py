@@ -1,0 +1,137 @@
+"""Camera metrics as VGGT (evaluation/test_co3d.py) and the Gen3R paper compute them.
+
+Poses are 4x4 world-to-camera matrices (OpenCV axes). Both trajectories are first expressed relative to their
+first camera (``E_k <- E_k E_0^-1``; VGGT does this for the ground truth, its predictions already start at the
+identity). For every unordered pair ``i < j`` the relative pose is ``inv(E_i) E_j`` (VGGT's
+``closed_form_inverse_se3(se3[i1]).bmm(se3[i2])``), for ground truth and prediction alike, and:
+
+* rotation error: geodesic angle between the two relative rotations through unit quaternions,
+  ``arccos(1 - 2 max(1 - (q_pred . q_gt)^2, 1e-15))`` in degrees;
+* translation error: angle between the two relative translations, normalised with ``+1e-15``,
+  ``arccos(sqrt(1 - max(1 - (t_pred . t_gt)^2, 1e-15)))``, then ``min(e, |180 - e|)``; NaN/inf become 1e6.
+  Direction only, so no scale alignment is needed.
+* AUC@tau (``calculate_auc_np``): ``e = max(e_R, e_t)`` per pair; histogram over unit bins ``0..tau``; divided by
+  the number of pairs; mean of the cumulative sum (the mean over thresholds 1..tau of the fraction of pairs
+  below the threshold). The paper reports tau = 30; 5/10/15 are given for reference.
+
+Everything runs in float64 NumPy: the work is tiny (F(F-1)/2 pairs of 3x3 matrices).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gen3r_jax.errors import require
+
+AUC_THRESHOLDS = (5, 10, 15, 30)
+
+
+def _check_poses(x, name: str) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  require(x.ndim == 3 and x.shape[1:] in ((4, 4), (3, 4)),
+          f"{name}: expected [F, 4, 4] (or [F, 3, 4]) world-to-camera matrices, got shape {x.shape}.")
+  require(np.isfinite(x).all(), f"{name}: camera matrices contain NaN or infinite values.")
+  if x.shape[1] == 3:
+    bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (x.shape[0], 1, 4))
+    x = np.concatenate([x, bottom], axis=1)
+  return x
+
+
+def inverse_se3(m: np.ndarray) -> np.ndarray:
+  """Closed-form inverse of rigid 4x4 matrices ``[..., 4, 4]``."""
+  r = m[..., :3, :3]
+  t = m[..., :3, 3:]
+  out = np.zeros_like(m)
+  out[..., :3, :3] = np.swapaxes(r, -1, -2)
+  out[..., :3, 3:] = -np.swapaxes(r, -1, -2) @ t
+  out[..., 3, 3] = 1.0
+  return out
+
+
+def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
+  """Unit quaternions ``[..., 4]`` (w, x, y, z) of rotation matrices ``[..., 3, 3]`` (sign is arbitrary).
+
+  Of the four algebraically equivalent candidates, the one with the largest denominator is kept (as pytorch3d
+  and VGGT do), which keeps the conversion accurate for every angle.
+  """
+  m = np.asarray(r, np.float64)
+  m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+  q_abs = np.sqrt(np.maximum(0.0, np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
+                                            1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)))  # 2|q_i|
+  m21, m12, m02, m20, m10, m01 = m[..., 2, 1], m[..., 1, 2], m[..., 0, 2], m[..., 2, 0], m[..., 1, 0], m[..., 0, 1]
+  cands = np.stack([
+      np.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
+      np.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], -1),
+      np.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], -1),
+      np.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], -1),
+  ], -2)  # [..., 4, 4]: candidate k is 2 q_k * q
+  cands = cands / (2.0 * np.maximum(q_abs[..., :, None], 0.1))
+  best = np.argmax(q_abs, axis=-1)
+  q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
+  return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def rotation_errors(r_gt: np.ndarray, r_pred: np.ndarray, eps: float = 1e-15) -> np.ndarray:
+  """Geodesic angle in degrees between rotation matrices ``[N, 3, 3]`` (VGGT's ``rotation_angle``)."""
+  q_gt, q_pred = matrix_to_quaternion(r_gt), matrix_to_quaternion(r_pred)
+  loss = np.maximum(1.0 - np.sum(q_gt * q_pred, axis=-1) ** 2, eps)
+  return np.degrees(np.arccos(np.clip(1.0 - 2.0 * loss, -1.0, 1.0)))
+
+
+def translation_errors(t_gt: np.ndarray, t_pred: np.ndarray, eps: float = 1e-15,
+                       default: float = 1e6) -> np.ndarray:
+  """Angle in degrees between translation directions ``[N, 3]``, sign-ambiguous (VGGT's ``translation_angle``)."""
+  a = t_pred / (np.linalg.norm(t_pred, axis=-1, keepdims=True) + eps)
+  b = t_gt / (np.linalg.norm(t_gt, axis=-1, keepdims=True) + eps)
+  loss = np.maximum(1.0 - np.sum(a * b, axis=-1) ** 2, eps)
+  with np.errstate(invalid="ignore"):
+    err = np.degrees(np.arccos(np.sqrt(1.0 - loss)))
+  err = np.where(np.isfinite(err), err, default)
+  return np.minimum(err, np.abs(180.0 - err))
+
+
+def pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+  """All unordered pairs ``i < j`` of ``n`` frames, in ``torch.combinations`` order."""
+  i, j = np.triu_indices(n, k=1)
+  return i, j
+
+
+def relative_pose_errors(w2c_pred, w2c_gt) -> tuple[np.ndarray, np.ndarray]:
+  """Rotation and translation errors in degrees ``([P], [P])`` over all ``P = F(F-1)/2`` frame pairs."""
+  pred = _check_poses(w2c_pred, "predicted cameras")
+  gt = _check_poses(w2c_gt, "ground-truth cameras")
+  require(pred.shape[0] == gt.shape[0],
+          f"camera metrics: {pred.shape[0]} predicted and {gt.shape[0]} ground-truth cameras; the frame counts "
+          "must match.")
+  require(pred.shape[0] >= 2, "camera metrics: need at least 2 frames to form a relative pose.")
+  pred = pred @ inverse_se3(pred[:1])
+  gt = gt @ inverse_se3(gt[:1])
+  i, j = pair_index(pred.shape[0])
+  rel_gt = inverse_se3(gt[i]) @ gt[j]
+  rel_pred = inverse_se3(pred[i]) @ pred[j]
+  e_r = rotation_errors(rel_gt[:, :3, :3], rel_pred[:, :3, :3])
+  e_t = translation_errors(rel_gt[:, :3, 3], rel_pred[:, :3, 3])
+  return e_r, e_t
+
+
+def auc(r_err, t_err, max_threshold: int = 30) -> float:
+  """VGGT's ``calculate_auc_np``: mean over thresholds 1..tau of the fraction of pairs with max error below it."""
+  r_err = np.asarray(r_err, np.float64).reshape(-1)
+  t_err = np.asarray(t_err, np.float64).reshape(-1)
+  require(r_err.shape == t_err.shape and r_err.size > 0,
+          f"auc: need equally long, non-empty error lists, got {r_err.size} and {t_err.size}.")
+  require(int(max_threshold) == max_threshold and max_threshold > 0,
+          f"auc: max_threshold must be a positive integer, got {max_threshold}.")
+  e = np.maximum(r_err, t_err)
+  hist, _ = np.histogram(e, bins=np.arange(int(max_threshold) + 1))
+  return float(np.mean(np.cumsum(hist.astype(np.float64) / e.size)))
+
+
+def camera_metrics(w2c_pred, w2c_gt, thresholds=AUC_THRESHOLDS) -> dict[str, float]:
+  """AUC@tau for each threshold, RRA/RTA@30 (fractions below 30 degrees) and the mean errors."""
+  e_r, e_t = relative_pose_errors(w2c_pred, w2c_gt)
+  out = {f"auc@{int(t)}": auc(e_r, e_t, int(t)) for t in thresholds}
+  out.update({"rra@30": float(np.mean(e_r < 30)), "rta@30": float(np.mean(e_t < 30)),
+              "rot_err_mean_deg": float(np.mean(e_r)), "trans_err_mean_deg": float(np.mean(e_t)),
+              "num_pairs": int(e_r.size)})
+  return out
