@@ -1,0 +1,373 @@
+"""Write one generated sample to disk: the sample output directory that evaluation reads.
+
+The format is defined in :mod:`gen3r_jax.eval.io` (its reader ``read_prediction`` reads this directory back);
+:func:`export_all` writes, from host arrays (numpy or anything ``np.asarray`` takes; channels-last):
+
+==============  ==========================================================================================
+``rgb.mp4``     the video, H.264 / yuv420p (plays in common players), ``crf`` 17, ``fps`` 16, F frames H x W.
+``depth.npz``   key ``depth``: float32 ``[F, H, W]`` z-depth, raw (masks live in ``points.npz``).
+``depth.mp4``   colourised depth for viewing (Turbo, inverse-depth percentiles; see ``visualize.py``).
+``points.npz``  key ``points``: float32 ``[F, H, W, 3]`` world points; key ``masks``: bool ``[F, H, W]``.
+``points.ply``  binary little-endian PLY, ``x y z`` float32 + ``red green blue`` uchar per vertex: the masked,
+                finite points of every frame coloured by ``rgb``, optionally subsampled to ``max_points``
+                (uniformly without replacement, ``np.random.default_rng(seed)``; kept in pixel order).
+``cameras.json`` see :func:`write_cameras`: ``frames`` (c2w, K, width, height[, source_index]) for the
+                evaluation, plus ``extrinsics`` / ``intrinsics`` (world-to-camera, the keys of the official
+                ``infer.py`` cameras file, so the file can be fed back as ``--cameras``), prompt and metadata.
+``preview.png`` contact sheet of up to 6 evenly spaced frames: rgb row, depth row, point-cloud top-view row.
+``prompt.txt``  the text prompt (only when given).
+==============  ==========================================================================================
+
+Conventions: camera-to-world ``c2w [F, 4, 4]`` (``[F, 3, 4]`` accepted), OpenCV camera axes (x right, y down,
+z forward), intrinsics ``K [F, 3, 3]`` in pixels of the H x W frames. rgb is float in [0, 1] or uint8. Videos
+need even H and W (yuv420p halves the chroma planes): :func:`write_video` errors on odd sizes unless
+``pad_odd=True`` (edge padding); :func:`export_all` always errors, since a padded rgb.mp4 would no longer match
+``depth.npz``. Every check runs before the first file is written. Bad arrays raise ``Gen3RInputError``; a
+missing ffmpeg raises ``RuntimeError`` saying how to install one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.sampling import visualize as vis
+
+PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+CONVENTION = ("c2w: camera-to-world 4x4; extrinsics: world-to-camera 4x4 (inverse of c2w); OpenCV camera axes "
+              "(x right, y down, z forward); K: 3x3 pinhole intrinsics in pixels of width x height frames")
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def to_uint8(rgb, name: str = "rgb") -> np.ndarray:
+  """``[..., 3]`` uint8, or float in [0, 1] (clipped, rounded) -> uint8. Floats far outside [0, 1] are an error."""
+  x = np.asarray(rgb)
+  require(x.ndim >= 1 and x.shape[-1] == 3, f"{name}: expected channels-last RGB [..., 3], got shape {x.shape}.")
+  if x.dtype == np.uint8:
+    return x
+  require(np.issubdtype(x.dtype, np.floating) or str(x.dtype) == "bfloat16",
+          f"{name}: expected uint8 or float in [0, 1], got dtype {x.dtype}.")
+  x = x.astype(np.float32)
+  require(bool(np.isfinite(x).all()), f"{name}: contains NaN or inf.")
+  if x.size:
+    lo, hi = float(x.min()), float(x.max())
+    require(lo >= -0.05 and hi <= 1.05,
+            f"{name}: float values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; a decoder output in [-1, 1] "
+            "needs (x + 1) / 2 first.")
+  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _video(frames, name: str) -> np.ndarray:
+  x = np.asarray(frames)
+  check_array(x, name, ndim=4, layout="[F, H, W, 3]", dims={3: 3})
+  require(x.shape[0] > 0 and x.shape[1] > 0 and x.shape[2] > 0, f"{name}: empty video, shape {x.shape}.")
+  return to_uint8(x, name)
+
+
+def _depth(depth, name: str = "depth") -> np.ndarray:
+  d = np.asarray(depth)
+  if d.ndim == 4 and d.shape[-1] == 1:  # VGGT's [F, H, W, 1]
+    d = d[..., 0]
+  check_array(d, name, ndim=3, layout="[F, H, W]", floating=True)
+  return d.astype(np.float32)
+
+
+def _masks(masks, shape: tuple[int, ...], name: str = "masks") -> np.ndarray:
+  if masks is None:
+    return np.ones(shape, bool)
+  m = np.asarray(masks)
+  require(m.dtype == np.bool_, f"{name}: expected a bool array, got dtype {m.dtype} (e.g. conf > threshold).")
+  require(m.shape == tuple(shape), f"{name}: expected shape {tuple(shape)}, got {m.shape}.")
+  return m
+
+
+def _cameras(c2w, K) -> tuple[np.ndarray, np.ndarray]:
+  c = np.asarray(c2w, np.float64)
+  k = np.asarray(K, np.float64)
+  check_array(c, "c2w", ndim=3, layout="[F, 4, 4]")
+  require(c.shape[1:] in ((4, 4), (3, 4)), f"c2w: expected [F, 4, 4] or [F, 3, 4], got {c.shape}.")
+  check_array(k, "K", ndim=3, layout="[F, 3, 3]", dims={1: 3, 2: 3})
+  require(c.shape[0] == k.shape[0], f"c2w has {c.shape[0]} cameras but K has {k.shape[0]}; give one per frame.")
+  require(bool(np.isfinite(c).all() and np.isfinite(k).all()), "c2w / K: contain NaN or inf.")
+  if c.shape[1] == 3:
+    c = np.concatenate([c, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (c.shape[0], 1, 1))], 1)
+  require(np.allclose(c[:, 3], [0, 0, 0, 1], atol=1e-6), "c2w: the bottom row of every 4x4 must be [0, 0, 0, 1].")
+  bad = np.where(np.abs(np.linalg.det(c[:, :3, :3])) < 1e-12)[0]
+  require(bad.size == 0, f"c2w: camera {bad[:1].tolist()} has a singular rotation block.")
+  bad = np.where((k[:, 0, 0] <= 0) | (k[:, 1, 1] <= 0))[0]
+  require(bad.size == 0, f"K: camera {bad[:1].tolist()} has a non-positive focal length (fx, fy must be > 0).")
+  return c, k
+
+
+def _same_frames(grids: dict[str, np.ndarray], cameras: dict[str, np.ndarray] | None = None) -> tuple[int, int, int]:
+  """All ``grids`` share ``[F, H, W]`` and all ``cameras`` have F entries; returns ``(F, H, W)``."""
+  counts = {k: v.shape[0] for k, v in {**grids, **(cameras or {})}.items()}
+  if len(set(counts.values())) > 1:
+    raise Gen3RInputError("mismatched frame counts: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+                          + "; every array needs one entry per frame.")
+  shapes = {k: tuple(v.shape[:3]) for k, v in grids.items()}
+  if len(set(shapes.values())) > 1:
+    raise Gen3RInputError("mismatched frame sizes [F, H, W]: " + ", ".join(f"{k} {s}" for k, s in shapes.items()))
+  return next(iter(shapes.values()))
+
+
+# ------------------------------------------------------------------------------------------------- ffmpeg
+def ffmpeg_exe() -> str:
+  """Path of a working ffmpeg (imageio-ffmpeg's, ``IMAGEIO_FFMPEG_EXE``, or the system's), else RuntimeError."""
+  try:
+    import imageio_ffmpeg
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+  except (ImportError, RuntimeError) as e:
+    raise RuntimeError(f"no ffmpeg available to write .mp4 files ({e}); `pip install imageio-ffmpeg` (it ships a "
+                       "binary) or point IMAGEIO_FFMPEG_EXE at an ffmpeg with libx264.") from None
+  found = exe if os.path.isfile(exe) else shutil.which(exe)
+  if not found:
+    raise RuntimeError(f"no ffmpeg available to write .mp4 files: {exe!r} (from IMAGEIO_FFMPEG_EXE or "
+                       "imageio-ffmpeg) does not exist; install imageio-ffmpeg or fix IMAGEIO_FFMPEG_EXE.")
+  return found
+
+
+def _check_fps(fps) -> None:
+  require(isinstance(fps, (int, float, np.integer, np.floating)) and not isinstance(fps, bool) and fps > 0,
+          f"fps must be a positive number, got {fps!r}.")
+
+
+def _check_max_points(max_points) -> None:
+  ok = isinstance(max_points, (int, np.integer)) and not isinstance(max_points, bool) and max_points > 0
+  require(max_points is None or ok, f"max_points must be a positive integer or None, got {max_points!r}.")
+
+
+def _odd_message(path: str, h: int, w: int) -> str:
+  return (f"{path}: H.264 yuv420p needs an even frame size, got {h} x {w}; crop the frames or pass "
+          "pad_odd=True to repeat the last row / column.")
+
+
+def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: bool = False) -> str:
+  """H.264 / yuv420p mp4 of ``frames [F, H, W, 3]`` (uint8 or float in [0, 1]). Returns ``path``.
+
+  yuv420p needs even H and W: odd sizes raise unless ``pad_odd`` (then the last row / column is repeated).
+  ``crf`` is x264's constant rate factor (0 lossless .. 51 worst; 17 is visually lossless).
+  """
+  x = _video(frames, "frames")
+  _check_fps(fps)
+  require(isinstance(crf, (int, np.integer)) and 0 <= crf <= 51, f"crf must be an integer in [0, 51], got {crf!r}.")
+  _, h, w, _ = x.shape
+  if h % 2 or w % 2:
+    require(pad_odd, _odd_message(path, h, w))
+    x = np.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    h, w = x.shape[1:3]
+  exe = ffmpeg_exe()
+  import imageio_ffmpeg
+  gen = imageio_ffmpeg.write_frames(
+      path, (int(w), int(h)), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+      quality=None, macro_block_size=2, ffmpeg_log_level="error",
+      output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"])
+  try:
+    gen.send(None)
+    for frame in x:
+      gen.send(np.ascontiguousarray(frame))
+    gen.close()
+  except (OSError, RuntimeError) as e:
+    try:
+      gen.close()  # stops the ffmpeg process
+    except Exception:  # noqa: BLE001 - already failing; report the first error
+      pass
+    raise RuntimeError(f"ffmpeg ({exe}) failed to write {path} with libx264: {e}") from None
+  return path
+
+
+# -------------------------------------------------------------------------------------------- depth, points
+def write_depth(path: str, depth, *, video_path: str | None = None, masks=None, fps: float = 16) -> list[str]:
+  """``depth.npz`` (key ``depth``, float32 ``[F, H, W]``; ``[F, H, W, 1]`` accepted) and, with
+  ``video_path``, its colourised video (``masks`` blacks out pixels). Returns the paths written."""
+  d = _depth(depth)
+  m = None if masks is None else _masks(masks, d.shape)
+  if video_path is not None:
+    require(d.shape[1] % 2 == 0 and d.shape[2] % 2 == 0, _odd_message(video_path, *d.shape[1:]))
+    x = vis.colorize_depth(d, m)
+  np.savez(path, depth=d)
+  if video_path is None:
+    return [path]
+  return [path, write_video(video_path, x, fps=fps)]
+
+
+def write_points(path: str, points, masks=None) -> str:
+  """``points.npz``: ``points`` float32 ``[F, H, W, 3]`` and ``masks`` bool ``[F, H, W]`` (all True if None)."""
+  p = np.asarray(points)
+  check_array(p, "points", ndim=4, layout="[F, H, W, 3]", floating=True, dims={3: 3})
+  np.savez(path, points=p.astype(np.float32), masks=_masks(masks, p.shape[:3]))
+  return path
+
+
+def select_points(points, colors=None, *, masks=None, max_points: int | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Masked, finite points ``[N, 3]`` float32 and uint8 colours ``[N, 3]`` from ``[..., 3]`` maps.
+
+  With ``max_points`` (< N) a uniform subset without replacement drawn by ``np.random.default_rng(seed)``,
+  kept in the original order: the same inputs and seed give the same file.
+  """
+  p = np.asarray(points)
+  require(p.ndim >= 2 and p.shape[-1] == 3, f"points: expected [..., 3], got shape {p.shape}.")
+  check_array(p, "points", floating=True)
+  lead = p.shape[:-1]
+  col = np.full(lead + (3,), 255, np.uint8) if colors is None else to_uint8(colors, "colors")
+  require(col.shape[:-1] == lead, f"colors: expected shape {lead + (3,)} to match points, got {col.shape}.")
+  _check_max_points(max_points)
+  idx = np.flatnonzero(_masks(masks, lead) & np.isfinite(p).all(-1))  # flat pixel indices, in order
+  if max_points is not None and idx.size > max_points:
+    idx = idx[np.sort(np.random.default_rng(seed).choice(idx.size, int(max_points), replace=False))]
+  return p.reshape(-1, 3)[idx].astype(np.float32), col.reshape(-1, 3)[idx]
+
+
+def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | None = None, seed: int = 0) -> int:
+  """Binary little-endian coloured PLY of the points kept by :func:`select_points`. Returns the vertex count."""
+  p, col = select_points(points, colors, masks=masks, max_points=max_points, seed=seed)
+  v = np.empty(p.shape[0], PLY_DTYPE)
+  v["x"], v["y"], v["z"] = p.T
+  v["red"], v["green"], v["blue"] = col.T
+  header = ("ply\nformat binary_little_endian 1.0\n"
+            f"element vertex {p.shape[0]}\n"
+            "property float x\nproperty float y\nproperty float z\n"
+            "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+  with open(path, "wb") as f:
+    f.write(header.encode("ascii"))
+    f.write(v.tobytes())
+  return int(p.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------ cameras
+def _to_json(data) -> str:
+  try:
+    return json.dumps(data, indent=1, default=_json_default)
+  except (TypeError, ValueError) as e:
+    raise Gen3RInputError(f"meta: not JSON serialisable ({e}); use dicts, lists, str and numbers.") from None
+
+
+def _json_default(x):
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def write_cameras(path: str, c2w, K, *, width: int, height: int, source_indices=None, prompt: str | None = None,
+                  meta: dict | None = None) -> str:
+  """``cameras.json``; one entry per frame, OpenCV convention (``CONVENTION``)::
+
+      {"convention": "...", "width": W, "height": H,
+       "frames": [{"c2w": 4x4, "K": 3x3, "width": W, "height": H, "source_index": i?}, ...],
+       "extrinsics": [w2c 4x4, ...], "intrinsics": [K, ...], "prompt": "..."?, "meta": {...}?}
+
+  ``frames`` is what the evaluation reads; ``extrinsics`` / ``intrinsics`` repeat the cameras in the layout of
+  the official ``infer.py`` (world-to-camera), so ``sampling.cameras.load_cameras_json`` reads the file too.
+  ``meta`` must be JSON serialisable (numpy arrays and scalars are converted).
+  """
+  c, k = _cameras(c2w, K)
+  require(all(isinstance(v, (int, np.integer)) and v > 0 for v in (width, height)),
+          f"width and height must be positive integers, got {width!r} x {height!r}.")
+  if source_indices is not None:
+    src = [int(i) for i in np.asarray(source_indices).reshape(-1)]
+    require(len(src) == c.shape[0], f"source_indices: {len(src)} given for {c.shape[0]} cameras.")
+  frames = []
+  for i in range(c.shape[0]):
+    fr = {"c2w": c[i].tolist(), "K": k[i].tolist(), "width": int(width), "height": int(height)}
+    if source_indices is not None:
+      fr["source_index"] = src[i]
+    frames.append(fr)
+  data = {"convention": CONVENTION, "width": int(width), "height": int(height), "frames": frames,
+          "extrinsics": np.linalg.inv(c).tolist(), "intrinsics": k.tolist()}
+  if prompt is not None:
+    data["prompt"] = str(prompt)
+  if meta is not None:
+    data["meta"] = meta
+  text = _to_json(data)
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+# ------------------------------------------------------------------------------------------------ preview
+def preview_indices(num_frames: int, count: int = 6) -> np.ndarray:
+  """Up to ``count`` evenly spaced frame indices, first and last included."""
+  return np.unique(np.round(np.linspace(0, num_frames - 1, max(1, min(count, num_frames)))).astype(int))
+
+
+def preview_tile_size(height: int, width: int, tile_width: int = 256) -> tuple[int, int]:
+  """Tile ``(h, w)``: the frame scaled down (never up) to at most ``tile_width`` wide, aspect kept."""
+  s = min(1.0, tile_width / width)
+  return max(1, round(height * s)), max(1, round(width * s))
+
+
+def write_preview(path: str, rgb, depth, *, masks=None, points=None, num_frames: int = 6, tile_width: int = 256,
+                  gap: int = 4) -> str:
+  """PNG contact sheet: rgb row, colourised depth row and (with ``points``) a top-view row, one column per
+  frame of :func:`preview_indices`. Size ``R * h + (R + 1) * gap`` by ``C * w + (C + 1) * gap`` with the tile
+  ``(h, w)`` of :func:`preview_tile_size`. Returns ``path``."""
+  from PIL import Image
+  x = _video(rgb, "rgb")
+  d = _depth(depth)
+  arrays = {"rgb": x, "depth": d}
+  if points is not None:
+    arrays["points"] = np.asarray(points)
+    check_array(arrays["points"], "points", ndim=4, layout="[F, H, W, 3]", floating=True, dims={3: 3})
+  f, h, w = _same_frames(arrays)
+  m = _masks(masks, (f, h, w))
+  idx = preview_indices(f, num_frames)
+  th, tw = preview_tile_size(h, w, tile_width)
+  depth_rgb = vis.colorize_depth(d[idx], m[idx], bounds=vis.depth_range(d, m))  # colours of the whole clip
+  rows = [[vis.resize_tile(x[i], (th, tw)) for i in idx], [vis.resize_tile(c, (th, tw)) for c in depth_rgb]]
+  if points is not None:
+    p = arrays["points"]
+    ok = m & np.isfinite(p).all(-1)
+    bounds = vis.top_view_bounds(p[idx][ok[idx]])
+    rows.append([vis.top_view(p[i][ok[i]], x[i][ok[i]], (th, tw), bounds) for i in idx])
+  Image.fromarray(vis.contact_sheet(rows, gap=gap)).save(path, format="PNG")
+  return path
+
+
+# ------------------------------------------------------------------------------------------------ all
+def export_all(out_dir: str, *, rgb, depth, points, masks, c2w, K, fps: float = 16, max_points: int | None = None,
+               seed: int = 0, prompt: str | None = None, meta: dict | None = None, source_indices=None,
+               preview_frames: int = 6) -> dict[str, str]:
+  """Write every file of the sample output directory (module docstring); returns ``{file name: path}``.
+
+  ``rgb [F, H, W, 3]``, ``depth [F, H, W]``, ``points [F, H, W, 3]``, ``masks [F, H, W]`` bool (None: all
+  valid), ``c2w [F, 4, 4]``, ``K [F, 3, 3]``. Everything is checked (and ffmpeg found) before writing.
+  """
+  x = _video(rgb, "rgb")
+  d = _depth(depth)
+  p = np.asarray(points)
+  check_array(p, "points", ndim=4, layout="[F, H, W, 3]", floating=True, dims={3: 3})
+  p = p.astype(np.float32)
+  c, k = _cameras(c2w, K)
+  f, h, w = _same_frames({"rgb": x, "depth": d, "points": p}, {"c2w": c, "K": k})
+  m = _masks(masks, (f, h, w))
+  require(h % 2 == 0 and w % 2 == 0, f"frames are {h} x {w}: rgb.mp4 (H.264 yuv420p) needs an even height and "
+                                     "width; crop rgb, depth, points and masks (and shift K) first.")
+  if source_indices is not None:
+    require(len(np.asarray(source_indices).reshape(-1)) == f,
+            f"source_indices: {len(np.asarray(source_indices).reshape(-1))} given for {f} frames.")
+  _check_fps(fps)
+  _check_max_points(max_points)
+  _to_json({"prompt": prompt, "meta": meta})
+  ffmpeg_exe()
+  os.makedirs(out_dir, exist_ok=True)
+  out = {name: os.path.join(out_dir, name) for name in
+         ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png")}
+  write_video(out["rgb.mp4"], x, fps=fps)
+  write_depth(out["depth.npz"], d, video_path=out["depth.mp4"], masks=m, fps=fps)
+  write_points(out["points.npz"], p, m)
+  write_ply(out["points.ply"], p, x, masks=m, max_points=max_points, seed=seed)
+  write_cameras(out["cameras.json"], c, k, width=w, height=h, source_indices=source_indices, prompt=prompt,
+                meta=meta)
+  write_preview(out["preview.png"], x, d, masks=m, points=p, num_frames=preview_frames)
+  if prompt is not None:
+    out["prompt.txt"] = os.path.join(out_dir, "prompt.txt")
+    with open(out["prompt.txt"], "w", encoding="utf-8") as fh:
+      fh.write(str(prompt) + "\n")
+  return out
