@@ -127,14 +127,34 @@ def _captions(rng: np.random.Generator, scene: dict) -> list[str]:
           f"The scene depicts an empty hall holding a few {things}, seen by a slowly turning camera."]
 
 
+def _random_scene(rng: np.random.Generator) -> dict:
+  return dict(palette=rng.uniform(0.25, 1.0, (6, 3)), scale=rng.uniform(0.3, 0.7),
+              objects=_random_objects(rng), light=np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5]))
+
+
+def _intrinsics(hw: tuple[int, int], fov_deg: float) -> np.ndarray:
+  h, w = hw
+  fl = 0.5 * w / np.tan(np.deg2rad(fov_deg) / 2)
+  return np.array([[fl, 0, w / 2], [0, fl, h / 2], [0, 0, 1.0]])
+
+
+def render_clip(seed: int = 0, frames: int = 9, hw: tuple[int, int] = (64, 64), fov_deg: float = 75.0):
+  """One synthetic clip in memory: ``(rgb [F, H, W, 3] uint8, depth [F, H, W], c2w [F, 4, 4], K [3, 3])``."""
+  rng = np.random.default_rng(seed)
+  scene = _random_scene(rng)
+  K = _intrinsics(hw, fov_deg)
+  c2ws = _camera_path(rng, frames)
+  views = [render(c2w, K, hw, scene) for c2w in c2ws]
+  return (np.stack([v[0] for v in views]), np.stack([v[1] for v in views]).astype(np.float32), c2ws, K)
+
+
 def make_scene(folder: Path, rng: np.random.Generator, frames: int, hw: tuple[int, int],
                fov_deg: float = 75.0) -> None:
   """Render and write one scene folder in the official layout (plus ``depths/``)."""
   h, w = hw
-  scene = dict(palette=rng.uniform(0.25, 1.0, (6, 3)), scale=rng.uniform(0.3, 0.7),
-               objects=_random_objects(rng), light=np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5]))
-  fl = 0.5 * w / np.tan(np.deg2rad(fov_deg) / 2)
-  K = np.array([[fl, 0, w / 2], [0, fl, h / 2], [0, 0, 1.0]])
+  scene = _random_scene(rng)
+  K = _intrinsics(hw, fov_deg)
+  fl = K[0, 0]
   c2ws = _camera_path(rng, frames)
   (folder / "images").mkdir(parents=True, exist_ok=True)
   (folder / "depths").mkdir(exist_ok=True)
