@@ -1,0 +1,200 @@
+"""Gen3R geometry adapter: a modified Wan causal VAE between VGGT token grids and Wan-sized latents (Flax NNX).
+
+``tokens [B, T, 40, 40, input_dim]`` (``T = 1 + 4k``) -> posterior over ``[B, 1 + k, 70, 70, 16]`` and back to
+``[B, 1 + 4(t-1), 40, 40, output_dim]``. The encoder/decoder bodies are the Wan VAE's blocks
+(:mod:`gen3r_jax.models.wan.vae_blocks`) with stage resamplers that keep the spatial size (``spatial="none"``);
+the spatial change lives in two hard-wired per-frame ends:
+
+* encoder ``init_block``: nearest-exact upsample with PyTorch ``scale_factor=1.75`` semantics (40 -> 70), then
+  conv 3x3 pad 1 ``input_dim -> input_dim / resample_scale``;
+* decoder ``out_block``: nearest-exact resize to ``size=(80, 80)`` (70 -> 80), zero pad right/bottom by 1, conv
+  3x3 stride 2 ``output_dim / resample_scale -> output_dim`` (81 -> 40).
+
+Latent normalisation ``(mu - mean) * (1/std)`` / ``z / (1/std) + mean`` uses the hard-coded constants (not the
+``mean``/``std`` entries a ``save_pretrained_safetensors`` file carries). There is no clamp on decode.
+
+Peak memory (released sizes, 560x560 frames -> 40x40 tokens, float32, per batch element): the heaviest tensors
+are the per-frame ends, ``[4, 70, 70, 10240]`` = 803 MB for one encoder chunk after the 40 -> 70 upsample and
+``[4, 80, 80, 1024]`` = 105 MB before the decoder's out conv; the bodies run at 70x70 with at most 512 channels
+(``[4, 70, 70, 512]`` = 40 MB per tensor). The caches (2 frames per causal conv at 70x70) total 0.25 GB for
+the encoder and 0.27 GB for the decoder and do not grow with T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gen3r_jax.convert.checkpoint import CheckpointMixin
+from gen3r_jax.errors import check_array, require
+from gen3r_jax.models.config import ModelConfig, dtype_of
+from gen3r_jax.models.wan.vae import (DiagonalGaussian, ENCODE_CHUNK, check_frames, decode_raw_jit,
+                                      denormalize_z, encode_params_jit, normalize_mu)
+from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, per_frame, run_decoder, run_encoder
+from gen3r_jax.nn.causal_conv import CausalConv3d
+from gen3r_jax.nn.linear import Conv
+from gen3r_jax.nn.resample import nearest_exact
+
+ADAPTER_LATENT_MEAN = (0.14257538, 0.18577661, 0.14208488, 0.06298031, 0.09738383, -0.06001362, -0.04728968,
+                       -0.12326089, -0.04308648, -0.10522724, 0.08278389, -0.00270301, -0.09203526, 0.03170688,
+                       0.11458898, 0.10679868)
+ADAPTER_LATENT_STD = (0.56929547, 0.61451489, 0.68560797, 0.78598368, 0.51151282, 0.75570852, 0.80284864,
+                      0.63438177, 0.82458758, 0.59266430, 0.75781488, 0.70593017, 0.70382243, 0.57837099,
+                      0.73155540, 0.71971470)
+# Hard-wired in the official Resample('upsample2d' / 'downsample2d'): only these grids work.
+TOKEN_GRID = 40         # VGGT token grid (560 / 14)
+LATENT_GRID = 70        # Wan latent grid (560 / 8)
+UP_SCALE_FACTOR = 1.75  # 40 -> 70, PyTorch scale_factor semantics
+OUT_RESIZE = 80         # 70 -> 80 (size semantics), then pad 1 + stride-2 conv -> 40
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometryAdapterConfig(ModelConfig):
+  """Adapter sizes; the release is ``hidden_dim 128, input/output 10240, resample_scale 10``."""
+  hidden_dim: int = 128
+  z_dim: int = 16
+  input_dim: int = 10240
+  output_dim: int = 10240
+  resample_scale: int = 10
+  dim_mult: tuple[int, ...] = (4, 2, 1, 1)
+  num_res_blocks: int = 2
+  temperal_downsample: tuple[bool, ...] = (False, True, True)
+  latent_mean: tuple[float, ...] = ADAPTER_LATENT_MEAN
+  latent_std: tuple[float, ...] = ADAPTER_LATENT_STD
+  attention: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @classmethod
+  def tiny(cls) -> "GeometryAdapterConfig":
+    return cls(hidden_dim=8, input_dim=320, output_dim=320)
+
+  @classmethod
+  def gen3r(cls) -> "GeometryAdapterConfig":
+    return cls()
+
+  @property
+  def temperal_upsample(self) -> tuple[bool, ...]:
+    return tuple(self.temperal_downsample[::-1])
+
+  @classmethod
+  def from_fixture(cls, d: dict) -> "GeometryAdapterConfig":
+    """From a fixture / manifest / official ``config.json`` dict (``hidden_dim``, ``input_dim``, ...)."""
+    inner = dict(d.get("inner", {}))
+    td = tuple(bool(v) for v in inner.get("temperal_downsample", (False, True, True)))
+    if "temperal_upsample" in inner and tuple(inner["temperal_upsample"]) != td[::-1]:
+      raise ValueError("temperal_upsample must be temperal_downsample reversed")
+    if inner.get("attn_scales", []):
+      raise ValueError("attn_scales other than [] are not supported (the adapter uses none)")
+    if inner.get("dropout", 0.0):
+      raise ValueError("dropout must be 0 (inference port)")
+    g = lambda k, default: d.get(k, inner.get(k, default))  # noqa: E731
+    return cls(hidden_dim=int(d.get("hidden_dim", inner.get("dim", 128))),
+               z_dim=int(inner.get("z_dim", d.get("latent_channels", 16))),
+               input_dim=int(g("input_dim", 10240)), output_dim=int(g("output_dim", 10240)),
+               resample_scale=int(g("resample_scale", 10)),
+               dim_mult=tuple(inner.get("dim_mult", (4, 2, 1, 1))),
+               num_res_blocks=int(inner.get("num_res_blocks", 2)), temperal_downsample=td,
+               latent_mean=tuple(float(v) for v in d.get("latent_mean", ADAPTER_LATENT_MEAN)),
+               latent_std=tuple(float(v) for v in d.get("latent_std", ADAPTER_LATENT_STD)))
+
+
+class AdapterEncoder(Encoder3d):
+  """Wan encoder body behind the per-frame ``init_block`` (40 -> 70 nearest-exact + conv)."""
+
+  def __init__(self, input_dim: int, resample_scale: int, *args, dtype, param_dtype, rngs, **kw):
+    self.init_conv = Conv(input_dim, input_dim // resample_scale, (3, 3), padding=1, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
+    super().__init__(input_dim // resample_scale, *args, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
+
+  def _pre(self, x):  # [B, T, 40, 40, C_in] -> [B, T, 70, 70, C_in / rs]
+    def one(f):
+      h, w = f.shape[1:3]
+      out = (int(h * UP_SCALE_FACTOR), int(w * UP_SCALE_FACTOR))
+      up = nearest_exact(f.astype(jnp.float32), out, scale_factor=(UP_SCALE_FACTOR, UP_SCALE_FACTOR))
+      return self.init_conv(up.astype(f.dtype))
+    return per_frame(one, x)
+
+
+class AdapterDecoder(Decoder3d):
+  """Wan decoder body followed by the per-frame ``out_block`` (70 -> 80 resize, pad, stride-2 conv -> 40)."""
+
+  def __init__(self, output_dim: int, resample_scale: int, *args, dtype, param_dtype, rngs, **kw):
+    super().__init__(*args, output_dim // resample_scale, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
+    self.out_conv = Conv(output_dim // resample_scale, output_dim, (3, 3), strides=2, padding=((0, 1), (0, 1)),
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def _post(self, x):  # [B, T, 70, 70, C_out / rs] -> [B, T, 40, 40, C_out]
+    def one(f):
+      up = nearest_exact(f.astype(jnp.float32), (OUT_RESIZE, OUT_RESIZE)).astype(f.dtype)
+      return self.out_conv(up)
+    return per_frame(one, x)
+
+
+class GeometryAdapter(nnx.Module, CheckpointMixin):
+  """``encoder`` (+ init block) + ``conv1`` (1x1x1, 2z) / ``conv2`` (1x1x1, z) + ``decoder`` (+ out block)."""
+
+  Config = GeometryAdapterConfig
+
+  def __init__(self, cfg: GeometryAdapterConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), rngs=rngs)
+    common = dict(num_res_blocks=cfg.num_res_blocks, attention_impl=cfg.attention, spatial="none", **kw)
+    z, h = cfg.z_dim, cfg.hidden_dim
+    enc_dims = [h * u for u in (4, *cfg.dim_mult)]
+    dec_dims = [h * u for u in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+    self.encoder = AdapterEncoder(cfg.input_dim, cfg.resample_scale, enc_dims, 2 * z,
+                                  temporal=cfg.temperal_downsample, **common)
+    self.conv1 = CausalConv3d(2 * z, 2 * z, 1, **kw)
+    self.conv2 = CausalConv3d(z, z, 1, **kw)
+    self.decoder = AdapterDecoder(cfg.output_dim, cfg.resample_scale, z, dec_dims,
+                                  temporal=cfg.temperal_upsample, **common)
+
+  # ---- traced implementations (no input checks) ----
+  def encode_params(self, tokens: jax.Array, *, chunked: bool = True) -> jax.Array:
+    """``[B, T, 40, 40, C_in] -> [B, t, 70, 70, 2z]`` = ``[normalised mu | logvar]`` (unchecked, traceable)."""
+    x = tokens.astype(dtype_of(self.cfg.dtype))
+    hcat = self.conv1(run_encoder(self.encoder, x, chunk=ENCODE_CHUNK, chunked=chunked))
+    mu, logvar = jnp.split(hcat, 2, axis=-1)
+    mu = normalize_mu(mu, self.cfg.latent_mean, self.cfg.latent_std)
+    return jnp.concatenate([mu, logvar], axis=-1)
+
+  def decode_raw(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
+    """``[B, t, 70, 70, z] -> [B, 1 + 4(t-1), 40, 40, C_out]`` (unchecked, traceable)."""
+    z = denormalize_z(z.astype(dtype_of(self.cfg.dtype)), self.cfg.latent_mean, self.cfg.latent_std)
+    return run_decoder(self.decoder, self.conv2(z), chunked=chunked)
+
+  # ---- public API (checks input before any tracing) ----
+  def check_tokens(self, tokens) -> None:
+    check_array(tokens, "tokens", ndim=5, layout="[B, T, 40, 40, C]", floating=True)
+    c = self.cfg.input_dim
+    require(tokens.shape[-1] == c,
+            f"tokens: expected {c} channels last ([B, T, 40, 40, C] layout), got shape {tuple(tokens.shape)}; "
+            f"the adapter input is the 5 VGGT token chunks concatenated on the last axis.")
+    require(tuple(tokens.shape[2:4]) == (TOKEN_GRID, TOKEN_GRID),
+            f"tokens: the adapter only accepts a {TOKEN_GRID}x{TOKEN_GRID} token grid (560x560 images, patch 14; "
+            f"the 40 -> 70 resampling is hard-wired), got {tokens.shape[2]}x{tokens.shape[3]}; resize the "
+            f"frames to 560x560.")
+    check_frames(tokens, "tokens")
+
+  def check_latents(self, z) -> None:
+    check_array(z, "z", ndim=5, layout="[B, t, 70, 70, C]", floating=True)
+    require(z.shape[-1] == self.cfg.z_dim,
+            f"z: expected {self.cfg.z_dim} latent channels last ([B, t, 70, 70, C] layout), got shape "
+            f"{tuple(z.shape)}; transpose a PyTorch [B, C, t, h, w] latent with z.transpose(0, 2, 3, 4, 1).")
+    require(tuple(z.shape[2:4]) == (LATENT_GRID, LATENT_GRID),
+            f"z: the adapter only decodes {LATENT_GRID}x{LATENT_GRID} latents (the 70 -> 80 -> 40 resampling is "
+            f"hard-wired), got {z.shape[2]}x{z.shape[3]}; pass the geometry half of 560x560 latents.")
+
+  def encode(self, tokens: jax.Array, *, chunked: bool = True) -> DiagonalGaussian:
+    """``tokens [B, T, 40, 40, input_dim]`` -> posterior over ``[B, 1 + (T-1)/4, 70, 70, z]``."""
+    self.check_tokens(tokens)
+    return DiagonalGaussian(encode_params_jit(self, jnp.asarray(tokens), chunked))
+
+  def decode(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
+    """``z [B, t, 70, 70, z]`` (normalised) -> ``[B, 1 + 4(t-1), 40, 40, output_dim]`` (no clamp)."""
+    self.check_latents(z)
+    return decode_raw_jit(self, jnp.asarray(z), chunked)
