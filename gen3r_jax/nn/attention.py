@@ -7,9 +7,15 @@ Implementations:
   * ``"xla"``: reference einsum path; logits and softmax in float32, works on every backend and dtype.
   * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (flash attention on NVIDIA GPUs;
     needs bf16/fp16 inputs and head dim <= 128 for the fused kernel).
-  * ``"splash"``: TPU splash attention (Pallas). Its slot is here; the kernel arrives with the
-    context-parallel work and until then asking for it is an error, never a silent fallback.
+  * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.parallel.splash`); no bias
+    or mask. Off TPU it is an error unless Pallas interpret mode is on
+    (``gen3r_jax.parallel.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
   * ``"auto"``: ``cudnn`` on GPU when the dtype allows it, else ``xla``.
+
+Context parallelism: inside ``gen3r_jax.parallel.context.use_context_parallel(mesh, strategy)`` (mesh with
+``context > 1``) :func:`attention` routes unmasked calls through ``context_attention`` (``shard_map`` over the
+sequence axis); models call :func:`attention` unchanged. :func:`local_attention` is the dispatch without that
+hook (what runs on each shard).
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str =
     bias: additive logit bias broadcastable to ``[B, H, Lq, Lk]`` (umT5 relative positions).
     mask: boolean, broadcastable to ``[B, H, Lq, Lk]``; ``False`` = masked out.
   """
+  from gen3r_jax.parallel.context import maybe_context_attention  # lazy: parallel/ imports this module
+  out = maybe_context_attention(q, k, v, implementation=implementation, scale=scale, bias=bias, mask=mask)
+  if out is not None:
+    return out
+  return local_attention(q, k, v, implementation=implementation, scale=scale, bias=bias, mask=mask)
+
+
+def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto",
+                    scale: float | None = None, bias: jax.Array | None = None,
+                    mask: jax.Array | None = None) -> jax.Array:
+  """:func:`attention` on the arrays as given (no context-parallel routing); same arguments."""
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
   impl = resolve_implementation(implementation, q.dtype)
@@ -61,6 +78,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str =
   if impl == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
                                         implementation="cudnn")
-  raise NotImplementedError(
-      "attention implementation 'splash' (TPU) is not available yet; use implementation='xla' on TPU "
-      "for now (it is numerically identical, only slower).")
+  from gen3r_jax.parallel.splash import splash_attention
+  return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)

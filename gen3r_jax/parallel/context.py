@@ -1,0 +1,206 @@
+"""Context (sequence) parallel attention: ``shard_map`` over the mesh axis ``context``.
+
+``context_attention(q, k, v, mesh=mesh, strategy=...)`` computes exactly ``attention(q, k, v)`` for
+``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]`` with the sequence split over ``context`` (batch over the mesh axes
+of the logical ``batch`` rule, heads over those of ``heads`` when they divide, else replicated):
+
+* ``"allgather"``: each shard all-gathers K/V over ``context`` (``[B, Lk, H_local, D]``) and runs the local
+  dispatch (``xla | cudnn | splash``) on its query block. Simple, any kernel; K/V memory is the full sequence.
+* ``"ring"``: K/V blocks travel around the ``context`` ring (``ppermute``, issued before each block's compute so
+  the transfer overlaps it) while a float32 online softmax (running max, denominator, numerator) accumulates;
+  K/V memory stays one block. Einsum blocks (XLA); gradients by autodiff through the scan.
+* ``"replicate_kv"``: only ``q`` is split; K/V are replicated over ``context`` (cross-attention to text/image
+  tokens, whose length has nothing to do with the video's). No communication.
+
+Model hook (models need no change): inside ``with use_context_parallel(mesh, "ring"):`` every
+``gen3r_jax.nn.attention.attention`` call traced with ``bias=None, mask=None`` and ``Lq`` divisible by the
+``context`` size goes through :func:`context_attention`: ``Lk == Lq`` as self-attention with ``strategy``,
+otherwise with ``"replicate_kv"``. Other calls (masked umT5, lengths that do not divide) run the plain dispatch
+under GSPMD, or raise with ``strict=True``. The hook is read at trace time: trace (``jit``) the step inside the
+block; a function traced before stays cached without it.
+
+How the Wan DiT uses it: its activations are constrained to logical ``(batch, length, embed)`` at block
+boundaries, and the rules map ``length -> context``, so under ``jax.set_mesh(mesh)`` the residual stream is
+already split along the sequence. Wrap the jitted train/sample step in ``use_context_parallel(mesh)``: the
+per-token work (projections, RoPE, norms, FFN) stays sharded by GSPMD, self-attention becomes the shard_map
+above (no re-layout: its in_specs match), cross-attention splits the queries and replicates the text/image K/V.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.parallel.rules import DEFAULT_RULES, spec_for
+
+AXIS = "context"
+STRATEGIES = ("allgather", "ring", "replicate_kv")
+
+
+def _shard_map(f, mesh, in_specs, out_specs, check: bool):
+  """``jax.shard_map`` (new jax) or ``jax.experimental.shard_map.shard_map`` (older). ``check`` turns the
+  varying-axes (replication) check on; custom kernels (Pallas splash, cuDNN) do not declare how their outputs
+  vary over manual axes, so their shard_maps run unchecked (gradients are tested equal either way)."""
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check)
+  from jax.experimental.shard_map import shard_map  # pragma: no cover - older jax
+  return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check)
+
+
+def context_size(mesh: Mesh | None) -> int:
+  return int(mesh.shape.get(AXIS, 1)) if mesh is not None else 1
+
+
+def qkv_spec(shape, mesh: Mesh, rules=DEFAULT_RULES, *, split_length: bool = True) -> P:
+  """``PartitionSpec`` of one ``[B, L, H, D]`` operand: batch and heads by ``rules`` (replicated where they do
+  not divide), ``L`` over ``context`` (or replicated with ``split_length=False``)."""
+  b, _, h, _ = shape
+  names = lambda e: set() if e is None else ({e} if isinstance(e, str) else set(e))
+  batch = spec_for(("batch",), (b,), mesh, rules)[0]
+  heads = spec_for(("heads",), (h,), mesh, rules)[0]
+  require(AXIS not in names(batch) | names(heads),
+          f"the rules map batch/heads onto '{AXIS}'; context parallelism needs it for the sequence only")
+  if names(batch) & names(heads):  # one mesh axis cannot split two dimensions
+    heads = None
+  return P(batch, AXIS if split_length else None, heads, None)
+
+
+def _check(q, k, v, mesh, strategy):
+  require(strategy in STRATEGIES, f"context strategy must be one of {STRATEGIES}, got {strategy!r}")
+  require(AXIS in mesh.shape, f"the mesh has no '{AXIS}' axis (axes {tuple(mesh.shape)}); build it with "
+                              "gen3r_jax.parallel.rules.make_mesh")
+  for name, a in (("q", q), ("k", k), ("v", v)):
+    require(a.ndim == 4, f"context_attention: {name} must be [B, L, H, D], got shape {a.shape}")
+  require(k.shape == v.shape and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:],
+          f"context_attention: q {q.shape}, k {k.shape}, v {v.shape} must share B, H, D (k, v equal)")
+  n = context_size(mesh)
+  lengths = (("q", q.shape[1]),) + ((("k/v", k.shape[1]),) if strategy != "replicate_kv" else ())
+  for name, length in lengths:
+    require(length % n == 0, f"context_attention: {name} length {length} is not divisible by the mesh "
+                             f"'{AXIS}' size {n}; pad the sequence to a multiple of {n} or change the mesh.")
+
+
+def _online_block(q, k, v, carry, scale):
+  """One K/V block into the float32 online-softmax accumulator ``(m [b,h,q], l [b,h,q], acc [b,q,h,d])``;
+  ``carry=None`` starts it (the initial state derives from the inputs, so it has their shard_map type)."""
+  s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  m_blk = s.max(-1)
+  m_new = jax.lax.stop_gradient(m_blk if carry is None else jnp.maximum(carry[0], m_blk))  # a stabiliser only
+  p = jnp.exp(s - m_new[..., None])
+  pv = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  if carry is None:
+    return m_new, p.sum(-1), pv
+  m, l, acc = carry
+  corr = jnp.exp(m - m_new)                                   # <= 1: rescales what was accumulated so far
+  return m_new, l * corr + p.sum(-1), acc * jnp.swapaxes(corr, 1, 2)[..., None] + pv
+
+
+def _ring_local(q, k, v, *, scale, n):
+  """Per-shard ring attention: ``q [b, lq, h, d]`` attends to all ``n`` K/V blocks passed around ``context``.
+
+  Each step sends the block it holds to the next device before computing on it (transfer and compute
+  overlap); ``n - 1`` transfers in all.
+  """
+  perm = [(i, (i + 1) % n) for i in range(n)]
+  send = lambda k, v: jax.lax.ppermute((k, v), AXIS, perm)
+  carry = None
+  if n > 1:
+    k_next, v_next = send(k, v)
+    carry = _online_block(q, k, v, None, scale)
+    k, v = k_next, v_next
+
+    def step(state, _):
+      carry, k, v = state
+      k_next, v_next = send(k, v)
+      return (_online_block(q, k, v, carry, scale), k_next, v_next), None
+
+    if n > 2:
+      (carry, k, v), _ = jax.lax.scan(step, (carry, k, v), None, length=n - 2)
+  _, l, acc = _online_block(q, k, v, carry, scale)
+  return (acc / jnp.swapaxes(l, 1, 2)[..., None]).astype(q.dtype)
+
+
+def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, implementation: str = "auto",
+                      strategy: str = "allgather", scale: float | None = None, rules=DEFAULT_RULES) -> jax.Array:
+  """Attention with the sequence split over the mesh axis ``context`` (see the module docstring).
+
+  ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]`` -> ``[B, Lq, H, D]``, equal to the unsharded
+  ``attention(q, k, v)``. Works inside or outside ``jit``; the inputs may carry any sharding.
+  """
+  _check(q, k, v, mesh, strategy)
+  from gen3r_jax.nn.attention import local_attention, resolve_implementation
+  if scale is None:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+  n = context_size(mesh)
+  q_spec = qkv_spec(q.shape, mesh, rules)
+  kv_spec = qkv_spec(k.shape, mesh, rules, split_length=strategy != "replicate_kv")
+  if strategy == "ring" and n > 1:
+    local = functools.partial(_ring_local, scale=scale, n=n)
+  else:
+    def local(q, k, v):
+      if strategy == "allgather" and n > 1:
+        k, v = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True) for a in (k, v))  # [b, Lk, h, d]
+      return local_attention(q, k, v, implementation=implementation, scale=scale)
+  check = strategy == "ring" or resolve_implementation(implementation, q.dtype) == "xla"
+  return _shard_map(local, mesh, (q_spec, kv_spec, kv_spec), q_spec, check)(q, k, v)
+
+
+# ------------------------------------------------------------------------------------------------ model hook
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextParallel:
+  mesh: Mesh
+  strategy: str = "allgather"
+  rules: tuple = DEFAULT_RULES
+  strict: bool = False
+
+
+_ACTIVE: contextvars.ContextVar[ContextParallel | None] = contextvars.ContextVar("context_parallel",
+                                                                                default=None)
+
+
+@contextlib.contextmanager
+def use_context_parallel(mesh: Mesh, strategy: str = "allgather", *, rules=DEFAULT_RULES, strict: bool = False):
+  """Route ``nn.attention.attention`` through :func:`context_attention` for calls traced in this block.
+
+  No-op when ``mesh`` has ``context == 1``. ``strict=True`` raises for an attention call that cannot be routed
+  (mask/bias or a length that does not divide) instead of running it unsharded-by-sequence.
+  """
+  if strategy not in STRATEGIES[:2]:
+    raise Gen3RInputError(f"use_context_parallel: strategy must be one of {STRATEGIES[:2]}, got {strategy!r}")
+  token = _ACTIVE.set(ContextParallel(mesh, strategy, tuple(rules), strict) if context_size(mesh) > 1 else None)
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def active() -> ContextParallel | None:
+  """The active :class:`ContextParallel` setting, or ``None``."""
+  return _ACTIVE.get()
+
+
+def maybe_context_attention(q, k, v, *, implementation, scale, bias, mask):
+  """The dispatch hook: the context-parallel result, or ``None`` when the plain dispatch should run."""
+  cp = _ACTIVE.get()
+  if cp is None:
+    return None
+  n = context_size(cp.mesh)
+  why = ("a bias or mask is given" if bias is not None or mask is not None else
+         f"the query length {q.shape[1]} is not divisible by '{AXIS}'={n}" if q.shape[1] % n else None)
+  strategy = cp.strategy if k.shape[1] == q.shape[1] else "replicate_kv"  # self- vs cross-attention
+  if why is not None:
+    require(not cp.strict, f"use_context_parallel(strict=True): cannot split this attention call over "
+                           f"'{AXIS}' because {why} (q {q.shape}, k {k.shape}).")
+    return None
+  return context_attention(q, k, v, mesh=cp.mesh, implementation=implementation, strategy=strategy,
+                           scale=scale, rules=cp.rules)
