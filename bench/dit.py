@@ -28,7 +28,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
 from gen3r_jax.models.wan.transformer import WanDiT, create
 from gen3r_jax.nn.attention import resolve_implementation
-from gen3r_jax.nn.params import logical_axes
+from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh, spec_for
 
 SIZES = {"tiny": WanDiTConfig.tiny, "1.3b": WanDiTConfig.wan_1_3b, "14b": WanDiTConfig.wan_14b}
@@ -144,7 +144,7 @@ def attention_agreement(dtype: str = "bfloat16", impls=("xla", "cudnn")) -> dict
   inputs = _inputs(cfg, 2, 3, 8, 16, True, None)
   outs = {}
   for impl in impls:
-    g, _ = nnx.split(nnx.eval_shape(lambda: WanDiT(cfg.replace(attention=impl), rngs=nnx.Rngs(0))))
+    g, _ = nnx.split(abstract_module(lambda: WanDiT(cfg.replace(attention=impl), rngs=nnx.Rngs(0))))
     outs[impl] = np.asarray(jax.jit(lambda s, i: nnx.merge(g, s)(**i))(state, inputs), np.float32)
   ref = outs[impls[0]]
   scale = float(np.abs(ref).max())

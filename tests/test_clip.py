@@ -13,7 +13,7 @@ from gen3r_jax.convert.check_manifest import check
 from gen3r_jax.convert.tables.clip import table
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, encode_videos
-from gen3r_jax.nn.params import logical_axes
+from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.testing.fixture import Fixture
 from tests.conftest import fixture_path
 
@@ -22,7 +22,7 @@ MANIFEST = os.path.join(os.path.dirname(fixture_path("clip_vision_tiny")), "..",
 
 
 def _load(cfg, source):
-  model = nnx.eval_shape(lambda: CLIPVision(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: CLIPVision(cfg, rngs=nnx.Rngs(0)))
   return model, load_torch_weights(model, table(cfg), source)
 
 

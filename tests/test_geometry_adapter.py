@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert.core import convert, param_targets
 from gen3r_jax.convert.sources import DictSource
 from gen3r_jax.convert.tables.geometry_adapter import table
@@ -85,7 +87,7 @@ def test_table_key_forms_and_ignored_mean_std():
   cfg = GeometryAdapterConfig.from_fixture(fx.config)
   assert cfg == GeometryAdapterConfig.tiny()
   src = fx.weights_source()
-  targets = param_targets(nnx.eval_shape(lambda: GeometryAdapter(cfg, rngs=nnx.Rngs(0))))
+  targets = param_targets(abstract_module(lambda: GeometryAdapter(cfg, rngs=nnx.Rngs(0))))
   keys = {k: np.zeros(src.shape(k), np.float32) for k in src.keys()}
   _, report = convert(table(cfg), DictSource(keys), targets, shapes_only=True)
   assert report.ok and report.counts()["mapped"] == 202

@@ -17,7 +17,7 @@ from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder, encode_prompts
 from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
 from gen3r_jax.nn.linear import Dense
-from gen3r_jax.nn.params import logical_axes
+from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.nn.stack import scan, stack
 from gen3r_jax.parallel.rules import make_mesh
 from gen3r_jax.testing.fixture import Fixture
@@ -41,7 +41,7 @@ def tiny():
   """The umt5_tiny fixture model (abstract build + strict conversion) and its inputs."""
   fx = Fixture.open(fixture_path("umt5_tiny"))
   cfg = UMT5Config.from_fixture(fx.config, attention="xla")
-  model = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
   load_torch_weights(model, table(cfg), fx.weights_source())
   return fx, model
 
@@ -84,7 +84,7 @@ def test_pipeline_prompt_embeds_from_checkpoint(pipeline, tokenizer):
   """tokenizer + text_encoder folder (config.json + safetensors) -> trimmed prompt embeddings."""
   enc_dir = os.path.join(pipeline.path, "checkpoint", "text_encoder")
   cfg = UMT5Config.from_fixture(read_config(enc_dir), attention="xla")
-  model = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
   report = load_torch_weights(model, table(cfg), open_source(enc_dir))
   assert report.ok and report.counts()["ignored"] == 0
   tol = pipeline.meta["tolerance"]["float32_tensors"]["text"]

@@ -99,7 +99,7 @@ def test_table_accepts_both_key_forms():
   cfg = WanVAEConfig.from_fixture(fx.config)
   assert cfg == WanVAEConfig.tiny()
   src = fx.weights_source()
-  targets = param_targets(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
+  targets = param_targets(abstract_module(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
   shapes = {k: np.zeros(src.shape(k), np.float32) for k in src.keys()}
   for keys in (shapes, {k[len("model."):]: v for k, v in shapes.items()}):
     _, report = convert(table(cfg), DictSource(keys), targets, shapes_only=True)
@@ -107,8 +107,8 @@ def test_table_accepts_both_key_forms():
 
 
 def test_every_parameter_has_logical_axes():
-  from gen3r_jax.nn.params import logical_axes
-  abstract = nnx.eval_shape(lambda: WanVAE(WanVAEConfig(), rngs=nnx.Rngs(0)))
+  from gen3r_jax.nn.params import abstract_module, logical_axes
+  abstract = abstract_module(lambda: WanVAE(WanVAEConfig(), rngs=nnx.Rngs(0)))
   for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
     axes = logical_axes(var)
     assert axes is not None and len(axes) == len(var.get_value().shape), path

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from gen3r_jax.convert.table import Path
+from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 
 PARAMS_DIR = "params"
@@ -71,7 +72,7 @@ def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh
                   rules=DEFAULT_RULES) -> nnx.Module:
   """Restore a model built by ``build`` (called under ``nnx.eval_shape``) from ``directory/params``."""
   directory = os.path.abspath(os.fspath(directory))
-  abstract = nnx.eval_shape(build)
+  abstract = abstract_module(build)
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   if len(nnx.to_flat_state(rest)):
     raise ValueError("models restored from checkpoints must hold only nnx.Param state")

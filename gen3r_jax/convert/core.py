@@ -86,7 +86,7 @@ class Report:
       lines.append(f"  … and {len(self.misshaped) - 20} more misshaped keys")
     if self.unfilled_targets:
       lines.append("  model parameters no rule fills (mapping table bug): " + fmt_list(self.unfilled_targets))
-    lines.append("  (pass strict=False / --no-strict to convert anyway; the JSON report lists every key)")
+    lines.append("  (pass strict=False / --nostrict to convert anyway; the JSON report lists every key)")
     return "\n".join(lines)
 
 

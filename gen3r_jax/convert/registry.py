@@ -37,7 +37,8 @@ class ModelSpec:
     return self.model_cls(self.config, rngs=rngs or nnx.Rngs(0))
 
   def abstract(self) -> nnx.Module:
-    return nnx.eval_shape(lambda: self.model_cls(self.config, rngs=nnx.Rngs(0)))
+    from gen3r_jax.nn.params import abstract_module
+    return abstract_module(lambda: self.model_cls(self.config, rngs=nnx.Rngs(0)))
 
 
 def get_spec(name: str, config: dict | None = None) -> ModelSpec:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert.sources import TensorSource, open_source
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.config import ModelConfig
@@ -138,7 +140,7 @@ def load_lpips(weights: str | None) -> LPIPS:
   require(not missing, f"LPIPS weights file(s) not found: {', '.join(missing)}. " + MISSING_WEIGHTS)
   source = _MergedSource([open_source(p) for p in paths])
   cfg = LPIPSConfig()
-  model = nnx.eval_shape(lambda: LPIPS(cfg, rngs=nnx.Rngs(0)))  # abstract: no random init
+  model = abstract_module(lambda: LPIPS(cfg, rngs=nnx.Rngs(0)))  # abstract: no random init
   params, _ = convert(lpips_table.table(cfg), source, param_targets(model))
   update_model(model, {k: jnp.asarray(v) for k, v in params.items()})
   return model

@@ -8,7 +8,9 @@ the metadata ``out_sharding`` or ``sharding_names`` both work.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Callable, Sequence
 
 import jax
@@ -59,7 +61,33 @@ def ones_init(key, shape, dtype=jnp.float32):
   return jnp.ones(shape, dtype)
 
 
+_SKIP_INIT = threading.local()
+
+
+@contextlib.contextmanager
+def skip_init():
+  """Inside this context :func:`make_param` creates zeros instead of drawing random values.
+
+  Used when only the structure matters (abstract models for conversion, restore and host-side random init):
+  tracing hundreds of random initialisers costs seconds to minutes on a small CPU, zeros cost nothing.
+  """
+  prev = getattr(_SKIP_INIT, "on", False)
+  _SKIP_INIT.on = True
+  try:
+    yield
+  finally:
+    _SKIP_INIT.on = prev
+
+
+def abstract_module(build: Callable[[], nnx.Module]) -> nnx.Module:
+  """``nnx.eval_shape(build)`` without tracing the random initialisers (see :func:`skip_init`)."""
+  with skip_init():
+    return nnx.eval_shape(build)
+
+
 def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], axes: Axes,
                dtype=jnp.float32) -> nnx.Param:
   """Initialise a parameter of ``shape`` with ``init`` and annotate it with ``axes``."""
+  if getattr(_SKIP_INIT, "on", False):
+    return param(jnp.zeros(tuple(shape), dtype), axes)
   return param(init(rngs.params(), tuple(shape), dtype), axes)

@@ -107,7 +107,7 @@ class VGGTConfig(ModelConfig):
     agg = cfg.get("aggregator", {})
     vit = cfg.get("patch_embed_vit", {})
     cam = cfg.get("camera_head", {})
-    dpt = cfg.get("dpt_common", {})
+    dpt = cfg.get("dpt_common", cfg.get("dpt_heads", {}))  # vggt_tiny vs pipeline_tiny naming
     pt = cfg.get("point_head", {})
     dh = cfg.get("depth_head", {})
     if agg.get("aa_order", ["frame", "global"]) != ["frame", "global"] or agg.get("aa_block_size", 1) != 1:

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
 from gen3r_jax.models.vggt.aggregator import Aggregator
@@ -99,7 +101,7 @@ def forward_jit(model: VGGT, images: jax.Array, frames_chunk_size: int | None = 
 
 def abstract_model(cfg: VGGTConfig) -> VGGT:
   """The model with ``ShapeDtypeStruct`` parameters (nothing allocated): fill it with ``load_torch_weights``."""
-  return nnx.eval_shape(lambda: VGGT(cfg, rngs=nnx.Rngs(0)))
+  return abstract_module(lambda: VGGT(cfg, rngs=nnx.Rngs(0)))
 
 
 def create(cfg: VGGTConfig, *, seed: int = 0, mesh=None, rules=DEFAULT_RULES) -> VGGT:

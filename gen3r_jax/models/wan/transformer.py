@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.models.wan.camera_adapter import CameraAdapter
@@ -172,7 +174,7 @@ def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", 
 
 def abstract_model(cfg: WanDiTConfig) -> WanDiT:
   """The model with ``ShapeDtypeStruct`` parameters (nothing allocated): fill it with ``load_torch_weights``."""
-  return nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+  return abstract_module(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
 
 
 def create(cfg: WanDiTConfig, *, seed: int = 0, mesh=None, rules=DEFAULT_RULES,

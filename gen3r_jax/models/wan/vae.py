@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.config import ModelConfig, dtype_of
@@ -236,7 +238,7 @@ def host_init(model_cls, cfg, *, seed: int = 0):
   the converter); the jitted NNX init of these models takes minutes to compile on a small CPU.
   """
   rng = np.random.default_rng(seed)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
+  graphdef, state = nnx.split(abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
   flat = dict(nnx.to_flat_state(state))
   values = {}
   for path, var in flat.items():

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert import load_torch_weights
 from gen3r_jax.convert.tables.clip import table
 from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, _preprocess, encode_videos
@@ -18,7 +20,7 @@ from gen3r_jax.testing.parity import Check
 def build(fx: Fixture, dtype: str = "float32", **overrides) -> CLIPVision:
   cfg = CLIPVisionConfig.from_fixture(fx.config, dtype=dtype, attention="xla", **overrides)
   # built abstractly (no random init to compile), then every parameter is filled by the strict converter
-  model = nnx.eval_shape(lambda: CLIPVision(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: CLIPVision(cfg, rngs=nnx.Rngs(0)))
   load_torch_weights(model, table(cfg), fx.weights_source())
   return model
 

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 from gen3r_jax.convert import load_torch_weights
 from gen3r_jax.convert.tables.umt5 import table
 from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder, relative_position_buckets
@@ -18,7 +20,7 @@ from gen3r_jax.testing.parity import Check
 def build(fx: Fixture, dtype: str = "float32") -> UMT5Encoder:
   cfg = UMT5Config.from_fixture(fx.config, dtype=dtype, attention="xla")
   # built abstractly (no random init to compile), then every parameter is filled by the strict converter
-  model = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
   load_torch_weights(model, table(cfg), fx.weights_source())
   return model
 

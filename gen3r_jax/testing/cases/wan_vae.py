@@ -11,6 +11,8 @@ from typing import Iterator
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.nn.params import abstract_module
+
 import jax.numpy as jnp
 
 from gen3r_jax.convert.core import convert, param_targets, update_model
@@ -53,7 +55,7 @@ def run_autoencoder_calls(fx: Fixture, model) -> Iterator[Check]:
 
 def load_abstract(model_cls, cfg, tab, source):
   """Build ``model_cls(cfg)`` abstractly (no random init to compile) and fill every parameter strictly."""
-  model = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
   params, _ = convert(tab, source, param_targets(model), strict=True)
   update_model(model, {k: jnp.asarray(v) for k, v in params.items()})
   return model
