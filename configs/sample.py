@@ -1,0 +1,44 @@
+"""Gen3R sampling (``infer.py`` defaults): images + prompt + camera trajectory -> video, depth, points, cameras.
+
+    python launch/sample.py --config configs/sample.py --config.checkpoint=ckpt/gen3r --config.task=1view \\
+        --config.images=first.png --config.prompt="A palace on Crete" --config.trajectory=zoom_out \\
+        --config.out=outputs/palace
+    python launch/sample.py --config configs/sample.py ... --config.task=2view --config.images=a.png,b.png
+    python launch/sample.py --config configs/sample.py ... --config.trajectory=my_cameras.json
+
+``checkpoint`` is a converted bundle (``python launch/convert.py --source <Gen3R dir> --out ckpt/gen3r``).
+``trajectory`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
+free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
+rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
+(docs/sampling.md).
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.checkpoint = ""              # converted bundle directory
+  c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
+  c.images = ""                  # comma-separated image paths (1, 2 or num_frames of them)
+  c.prompt = ""
+  c.negative_prompt = "bad detailed"
+  c.trajectory = "zoom_out"      # built-in trajectory name or cameras JSON path
+  c.out = ""                     # output directory
+  c.seed = 0
+  c.num_frames = 49              # 1 + 4k
+  c.steps = 50
+  c.guidance = 5.0               # classifier-free guidance scale (<= 1: off)
+  c.shift = 5.0
+  c.scheduler = ""               # "" = the checkpoint's scheduler_config.json (UniPC); unipc | dpmpp | euler
+  c.dtype = "bfloat16"           # compute dtype of every model (infer.py casts the pipeline to bfloat16)
+  c.posterior = "sample"         # VAE posterior of the control video: sample (official) | mode
+  c.resolution = 560             # Gen3R works on 560x560 frames only (inputs are resized + centre-cropped)
+  c.min_max_depth_mask = True
+  c.fps = 16
+  c.max_points = 0               # > 0: subsample points.ply to at most this many points
+  c.release = True               # drop each model once no later stage needs it
+  c.progress = True
+  c.matmul_precision = "default"
+  c.demo = ConfigDict(dict(enabled=False, cache_dir="", seed=0))
+  return c
