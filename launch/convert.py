@@ -40,27 +40,17 @@ def _load_json(path: str | None):
     return json.load(f)
 
 
-def run(source: str, out: str, *, model: str | None = None, config: dict | None = None,
-        overrides: dict | None = None, strict: bool = True, overwrite: bool = False, log=print):
-  from gen3r_jax.convert.bundle import convert_bundle, convert_model
-  if model:
-    return convert_model(model, source, out, config=config, strict=strict, overwrite=overwrite, log=log)
-  if not os.path.isdir(source):
-    raise ValueError(f"{source} is a file: pass --model <name> to convert one network, or the Gen3R checkpoint "
-                     "directory to convert everything")
-  return convert_bundle(source, out, overrides=overrides, strict=strict, overwrite=overwrite, log=log)
-
-
 def main(argv):
   del argv
   missing = [n for n, f in (("--source", _SOURCE), ("--out", _OUT)) if not f.value]
   if missing:
     print(f"error: {', '.join(missing)} required (see --helpfull)", file=sys.stderr)
     return 2
+  from gen3r_jax.convert.bundle import convert_any
   from gen3r_jax.convert.core import ConversionError
   from gen3r_jax.errors import Gen3RInputError
   try:
-    run(_SOURCE.value, _OUT.value, model=_MODEL.value, config=_load_json(_CONFIG.value),
+    convert_any(_SOURCE.value, _OUT.value, model=_MODEL.value, config=_load_json(_CONFIG.value),
         overrides=_load_json(_OVERRIDES.value), strict=_STRICT.value, overwrite=_OVERWRITE.value)
   except ConversionError as e:
     print(str(e), file=sys.stderr)

@@ -7,9 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gen3r_jax.convert.bundle import COMPONENTS, INDEX_FILE, check_bundle, load_bundle
+from gen3r_jax.convert.bundle import COMPONENTS, INDEX_FILE, check_bundle, convert_any, load_bundle
 from gen3r_jax.errors import Gen3RInputError
-from launch import convert as convert_cli
 from tests.conftest import fixture_path
 
 
@@ -22,7 +21,7 @@ def _overrides():
 def bundle(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("bundle") / "gen3r")
   src = os.path.join(fixture_path("pipeline_tiny"), "checkpoint")
-  reports = convert_cli.run(src, out, overrides=_overrides(), log=lambda *_: None)
+  reports = convert_any(src, out, overrides=_overrides(), log=lambda *_: None)
   return out, reports
 
 
@@ -56,7 +55,7 @@ def test_incomplete_checkpoints_are_refused(tmp_path, bundle):
   broken = tmp_path / "broken"
   shutil.copytree(src, broken, ignore=shutil.ignore_patterns("vggt"))
   with pytest.raises(Gen3RInputError, match="missing vggt"):
-    convert_cli.run(str(broken), str(tmp_path / "out"), log=lambda *_: None)
+    convert_any(str(broken), str(tmp_path / "out"), log=lambda *_: None)
   out, _ = bundle
   conv = tmp_path / "conv"
   shutil.copytree(out, conv, ignore=shutil.ignore_patterns("wan_vae"))
@@ -66,22 +65,26 @@ def test_incomplete_checkpoints_are_refused(tmp_path, bundle):
     check_bundle(str(tmp_path))
 
 
-def test_cli_single_model_and_errors(tmp_path, capsys):
-  from absl import flags
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["convert", "--model=wan_vae",
-               f"--source={fixture_path('wan_vae_tiny')}/weights.safetensors", f"--out={tmp_path}/vae"])
+def _cli(*args):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, os.path.join(root, "launch", "convert.py"), *args],
+                        capture_output=True, text=True, cwd=root, timeout=600)
+
+
+def test_cli_single_model_and_errors(tmp_path):
   cfg = json.load(open(os.path.join(fixture_path("wan_vae_tiny"), "fixture.json")))["config"]
   (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-  flags.FLAGS.config = str(tmp_path / "cfg.json")
-  assert convert_cli.main([]) == 0
-  assert os.path.exists(tmp_path / "vae" / "params")
+  args = ["--model=wan_vae", f"--source={fixture_path('wan_vae_tiny')}/weights.safetensors"]
+  ok = _cli(*args, f"--out={tmp_path}/vae", f"--config={tmp_path}/cfg.json")
+  assert ok.returncode == 0, ok.stderr
+  assert os.path.exists(tmp_path / "vae" / "params") and "194 mapped" in ok.stdout
   # the same output again is refused without --overwrite
-  assert convert_cli.main([]) == 1
-  assert "overwrite" in capsys.readouterr().err
-  # the full-size table refuses the tiny weights, naming keys
-  flags.FLAGS.config = None
-  flags.FLAGS.out = str(tmp_path / "vae_full")
-  assert convert_cli.main([]) == 1
-  err = capsys.readouterr().err
-  assert "misshaped: model." in err and "more misshaped keys" in err
+  again = _cli(*args, f"--out={tmp_path}/vae", f"--config={tmp_path}/cfg.json")
+  assert again.returncode == 1 and "overwrite" in again.stderr
+  # the full-size table refuses the tiny weights, naming keys, and still writes the report
+  full = _cli(*args, f"--out={tmp_path}/vae_full")
+  assert full.returncode == 1
+  assert "misshaped: model." in full.stderr and "more misshaped keys" in full.stderr
+  assert os.path.exists(tmp_path / "vae_full" / "conversion_report.json")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gen3r_jax.errors import Gen3RInputError
-from launch.demo_vae import run
+from gen3r_jax.sampling.vae_demo import run
 
 
 def test_demo_writes_videos_and_psnr(tmp_path):

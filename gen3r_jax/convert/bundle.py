@@ -168,6 +168,18 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
   return reports
 
 
+def convert_any(source: str, out: str, *, model: str | None = None, config: dict | None = None,
+                overrides: dict | None = None, strict: bool = True, overwrite: bool = False,
+                log: Callable = print):
+  """What ``launch/convert.py`` does: one network (``model`` given) or a whole Gen3R checkpoint directory."""
+  if model:
+    return convert_model(model, source, out, config=config, strict=strict, overwrite=overwrite, log=log)
+  if not os.path.isdir(source):
+    raise Gen3RInputError(f"{source} is a file: pass --model <name> to convert one network, or the Gen3R "
+                          "checkpoint directory to convert everything")
+  return convert_bundle(source, out, overrides=overrides, strict=strict, overwrite=overwrite, log=log)
+
+
 @dataclasses.dataclass
 class Gen3RBundle:
   """Every piece Gen3R sampling needs. Set a field to ``None`` to release that model's memory."""
