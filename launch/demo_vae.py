@@ -26,6 +26,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute
 
 def main(argv):
   del argv
+  from gen3r_jax.logs import quiet_library_logs
+  quiet_library_logs()
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.sampling.vae_demo import run
   try:

@@ -30,6 +30,8 @@ flags.mark_flags_as_required(["images", "checkpoint", "out"])
 
 def main(argv) -> int:
   del argv
+  from gen3r_jax.logs import quiet_library_logs
+  quiet_library_logs()
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.sampling.reconstruct import reconstruct
   try:

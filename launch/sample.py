@@ -22,6 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config (conf
 
 def main(argv) -> int:
   del argv
+  from gen3r_jax.logs import quiet_library_logs
+  quiet_library_logs()
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.sampling.run import sample_from_config
   try:

@@ -172,6 +172,8 @@ def convert_any(source: str, out: str, *, model: str | None = None, config: dict
                 overrides: dict | None = None, strict: bool = True, overwrite: bool = False,
                 log: Callable = print):
   """What ``launch/convert.py`` does: one network (``model`` given) or a whole Gen3R checkpoint directory."""
+  if not os.path.exists(source):
+    raise Gen3RInputError(f"{source}: no such file or directory")
   if model:
     return convert_model(model, source, out, config=config, strict=strict, overwrite=overwrite, log=log)
   if not os.path.isdir(source):
