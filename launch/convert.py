@@ -42,7 +42,7 @@ def _load_json(path: str | None):
 
 def main(argv):
   del argv
-  from gen3r_jax.logs import quiet_library_logs
+  from gen3r_jax.cli import quiet_library_logs
   quiet_library_logs()
   missing = [n for n, f in (("--source", _SOURCE), ("--out", _OUT)) if not f.value]
   if missing:

@@ -24,20 +24,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "scene and weight seed")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 
 
-def main(argv):
+def main(argv) -> int:
   del argv
-  from gen3r_jax.logs import quiet_library_logs
-  quiet_library_logs()
-  from gen3r_jax.errors import Gen3RInputError
+  from gen3r_jax.cli import run_tool
   from gen3r_jax.sampling.vae_demo import run
-  try:
-    run(_OUT.value, checkpoint=_CKPT.value, frames=_FRAMES.value, size=_SIZE.value, seed=_SEED.value,
-        dtype=_DTYPE.value)
-  except (Gen3RInputError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
+  return run_tool(run, _OUT.value, checkpoint=_CKPT.value, frames=_FRAMES.value, size=_SIZE.value,
+                  seed=_SEED.value, dtype=_DTYPE.value)
 
 if __name__ == "__main__":
   app.run(lambda argv: sys.exit(main(argv)))

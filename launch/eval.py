@@ -37,7 +37,7 @@ _NN_CHUNK = flags.DEFINE_integer("nn_chunk", 512, "query rows per nearest-neighb
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.logs import quiet_library_logs
+  from gen3r_jax.cli import quiet_library_logs
   quiet_library_logs()
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.eval.evaluate import EvalOptions, evaluate, format_table

@@ -30,19 +30,11 @@ flags.mark_flags_as_required(["images", "checkpoint", "out"])
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.logs import quiet_library_logs
-  quiet_library_logs()
-  from gen3r_jax.errors import Gen3RInputError
+  from gen3r_jax.cli import run_tool
   from gen3r_jax.sampling.reconstruct import reconstruct
-  try:
-    reconstruct(_IMAGES.value, _CKPT.value, _OUT.value, size=_SIZE.value, mode=_MODE.value,
-                frames_chunk_size=_CHUNK.value, dtype=_DTYPE.value, min_max_depth_mask=_MASK.value,
-                max_points=_MAX_POINTS.value)
-  except (Gen3RInputError, FileNotFoundError) as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    return 2
-  return 0
-
+  return run_tool(reconstruct, _IMAGES.value, _CKPT.value, _OUT.value, size=_SIZE.value, mode=_MODE.value,
+                  frames_chunk_size=_CHUNK.value, dtype=_DTYPE.value, min_max_depth_mask=_MASK.value,
+                  max_points=_MAX_POINTS.value)
 
 if __name__ == "__main__":
   app.run(lambda argv: sys.exit(main(argv)))

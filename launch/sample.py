@@ -22,17 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config (conf
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.logs import quiet_library_logs
-  quiet_library_logs()
-  from gen3r_jax.errors import Gen3RInputError
+  from gen3r_jax.cli import run_tool
   from gen3r_jax.sampling.run import sample_from_config
-  try:
-    sample_from_config(_CONFIG.value)
-  except (Gen3RInputError, FileNotFoundError) as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-    return 2
-  return 0
-
+  return run_tool(sample_from_config, _CONFIG.value)
 
 if __name__ == "__main__":
   app.run(lambda argv: sys.exit(main(argv)))

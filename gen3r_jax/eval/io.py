@@ -170,19 +170,9 @@ def write_prediction(path: str, *, rgb=None, depth=None, c2w=None, K=None, point
 
 # -------------------------------------------------------------------------------------------------------- PLY
 def write_ply(path: str, points: np.ndarray, colors: np.ndarray) -> None:
-  """Binary little-endian PLY with float32 xyz and uchar rgb per vertex."""
-  pts = np.asarray(points, np.float32).reshape(-1, 3)
-  col = np.asarray(colors).reshape(-1, 3)
-  v = np.empty(pts.shape[0], PLY_DTYPE)
-  v["x"], v["y"], v["z"] = pts.T
-  v["red"], v["green"], v["blue"] = col.astype(np.uint8).T
-  header = ("ply\nformat binary_little_endian 1.0\n"
-            f"element vertex {pts.shape[0]}\n"
-            "property float x\nproperty float y\nproperty float z\n"
-            "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-  with open(path, "wb") as f:
-    f.write(header.encode("ascii"))
-    f.write(v.tobytes())
+  """Binary little-endian PLY with float32 xyz and uchar rgb per vertex (the sampling export's writer)."""
+  from gen3r_jax.sampling.export import write_ply as _write
+  _write(path, np.asarray(points, np.float32).reshape(-1, 3), np.asarray(colors).reshape(-1, 3).astype(np.uint8))
 
 
 def read_ply(path: str) -> tuple[np.ndarray, np.ndarray]:
