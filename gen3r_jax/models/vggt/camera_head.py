@@ -71,7 +71,10 @@ class CameraHead(nnx.Module):
       if pred is None:
         inp = jnp.broadcast_to(self.empty_pose_tokens[...], (b, s, POSE_DIM))
       else:
-        inp = jax.lax.stop_gradient(pred)
+        # The official trunk detaches the running prediction itself (``pred = pred.detach()``), so iteration k
+        # gets gradient only through its own delta: same forward values, the official training gradient.
+        pred = jax.lax.stop_gradient(pred)
+        inp = pred
       mod = self.pose_ln_modulation(jax.nn.silu(self.embed_pose(inp.astype(dtype))))
       shift, scale, gate = jnp.split(mod, 3, axis=-1)
       x = gate * (normed * (1 + scale) + shift) + tok

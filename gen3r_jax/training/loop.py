@@ -1,0 +1,258 @@
+"""The generic trainer: a task plugs in a trainable module, frozen modules, a loss and a data iterator.
+
+```
+config ─► mesh (data, fsdp, context, tensor) ─► task = TASKS[config.task](config, mesh)
+      ─► optax tx + schedule ─► sharded train state (jitted init with out_shardings)
+      ─► restore the latest checkpoint (state + grain iterator) if any
+      ─► loop: next(batch) ─► global array ─► jitted, donated train step ─► NaN guard ─► metrics ─► checkpoint
+```
+
+The train step differentiates ``task.loss_fn(module, frozen, batch, rng)`` w.r.t. the trainable parameters only,
+applies the optimiser (clipping, AdamW, schedule, optional accumulation), updates the optional EMA and keeps
+the previous state when the loss or the gradient norm is not finite; the host then stops with
+:class:`TrainingDivergedError` without saving, so the newest checkpoint is the last good one. The per-step key is
+``fold_in(PRNGKey(seed), step)``, so a resumed run draws the same noise as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
+from gen3r_jax.training.checkpointing import Checkpointer
+from gen3r_jax.training.metrics import Progress, create_writer
+from gen3r_jax.training.optimizer import make_optimizer
+from gen3r_jax.training.state import StateSpec, create_train_state, merge_params
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Task:
+  """What a training stage gives the trainer.
+
+  Attributes:
+    build: ``rngs -> module``: the trainable module (all its ``nnx.Param`` train).
+    loss_fn: ``(module, frozen, batch, rng) -> (loss, metrics)`` (traceable; metrics are scalars).
+    make_data: ``() -> iterator`` of host batches (dicts of numpy arrays, this process's share of the global
+      batch); a grain ``DatasetIterator`` makes the data position part of the checkpoint.
+    frozen: frozen modules (already on the mesh) or ``None``.
+    batch_axes: logical axes per batch entry (default: axis 0 is ``batch``, the rest replicated).
+  """
+  build: Callable[[nnx.Rngs], nnx.Module]
+  loss_fn: Callable[..., tuple[jax.Array, dict]]
+  make_data: Callable[[], Iterator[dict]]
+  frozen: nnx.Module | None = None
+  batch_axes: Mapping[str, tuple] | None = None
+
+
+TASKS: dict[str, str] = {
+    "toy": "gen3r_jax.training.toy:make_task",
+    "stage1": "gen3r_jax.training.stage1_task:make_task",
+}
+
+
+def get_task(config, mesh: Mesh, workdir: str) -> Task:
+  """``TASKS[config.task](config, mesh, workdir)``."""
+  import importlib
+  require(config.task in TASKS, f"task must be one of {sorted(TASKS)}, got {config.task!r}.")
+  mod, fn = TASKS[config.task].split(":")
+  return getattr(importlib.import_module(mod), fn)(config, mesh, workdir)
+
+
+def check_config(config, num_devices: int | None = None, *, check_mesh: bool = True) -> None:
+  """Validate the trainer settings before anything is built or compiled."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  require(config.num_train_steps >= 1, f"num_train_steps must be >= 1, got {config.num_train_steps}.")
+  require(config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}.")
+  require(config.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {config.checkpoint.every}.")
+  require(config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}.")
+  if check_mesh:
+    mesh_shape = dict(config.mesh)
+    unknown = sorted(set(mesh_shape) - set(MESH_AXES))
+    require(not unknown, f"mesh axes must be among {MESH_AXES}, got {unknown}.")
+    sizes = [int(v) for v in mesh_shape.values()]
+    require(all(s >= 1 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
+            f"mesh sizes must be >= 1 (or one -1), got {mesh_shape}.")
+    fixed = int(np.prod([s for s in sizes if s != -1])) if sizes else 1
+    require(num_devices % fixed == 0 and (-1 in sizes or fixed == num_devices),
+            f"mesh {mesh_shape} does not divide the {num_devices} devices (its fixed axes multiply to {fixed}); "
+            f"make the axis sizes multiply to {num_devices} or set one axis to -1.")
+  pc = jax.process_count()
+  require(config.data.batch_size % pc == 0,
+          f"data.batch_size {config.data.batch_size} (global) must be divisible by the {pc} processes.")
+  require(config.profile.steps >= 0, f"profile.steps must be >= 0, got {config.profile.steps}.")
+
+
+def batch_sharding(mesh: Mesh, axes: tuple, rules=DEFAULT_RULES) -> NamedSharding:
+  return NamedSharding(mesh, activation_spec(axes, mesh, rules))
+
+
+def check_batch_divides(mesh: Mesh, global_batch: int) -> None:
+  n = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+  require(global_batch % n == 0,
+          f"data.batch_size {global_batch} must be divisible by mesh data x fsdp = {n} (the batch axis is sharded "
+          f"over both); use a multiple of {n} or move devices to the context/tensor axes.")
+
+
+def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedSharding]) -> dict[str, jax.Array]:
+  """This process's share of the batch -> global arrays on the mesh (multi-process safe)."""
+  out = {}
+  for k, sh in shardings.items():
+    out[k] = jax.make_array_from_process_local_data(sh, np.asarray(batch[k]))
+  return out
+
+
+def make_train_step(spec: StateSpec, task: Task, tx: optax.GradientTransformation, *, ema_decay: float | None,
+                    batch_sh: Mapping[str, NamedSharding], frozen_sh, mesh: Mesh):
+  """The jitted step ``(state, frozen_state, batch, key) -> (state, metrics)`` with the state donated."""
+  fgd = nnx.graphdef(task.frozen) if task.frozen is not None else None
+  rep = NamedSharding(mesh, P())
+
+  def step(state, frozen_state, batch, key):
+    rng = jax.random.fold_in(key, state["step"])
+    frozen = nnx.merge(fgd, frozen_state) if fgd is not None else None
+
+    def lf(params):
+      return task.loss_fn(merge_params(spec, params), frozen, batch, rng)
+
+    (loss, metrics), grads = jax.value_and_grad(lf, has_aux=True)(state["params"])
+    gnorm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if "ema" in state:
+      new["ema"] = optax.incremental_update(params, state["ema"], 1.0 - ema_decay)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    # NaN guard: a non-finite step leaves the state as it was (the host stops on `finite == False`)
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    metrics = dict(metrics, loss=loss, grad_norm=gnorm, finite=ok)
+    return new, metrics
+
+  return jax.jit(step, in_shardings=(spec.shardings, frozen_sh, dict(batch_sh), rep),
+                 out_shardings=(spec.shardings, rep), donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: dict
+  history: list[dict]      # metrics of every logged step (host floats), with "step"
+  last_checkpoint: int | None
+
+
+class _ProfileWindow:
+  """``jax.profiler`` trace for steps ``[start, start + steps)`` into ``<workdir>/profile`` (process 0)."""
+
+  def __init__(self, pc, workdir: str):
+    self.start, self.steps, self.dir = int(pc.start), int(pc.steps), os.path.join(workdir, "profile")
+    self.on = False
+
+  def before(self, step: int):
+    if self.steps and step == self.start and jax.process_index() == 0:
+      jax.profiler.start_trace(self.dir)
+      self.on = True
+
+  def after(self, step: int, sync):
+    if self.on and step >= self.start + self.steps:
+      jax.block_until_ready(sync)
+      jax.profiler.stop_trace()
+      self.on = False
+      logging.info("profile of steps [%d, %d) written to %s", self.start, step, self.dir)
+
+
+def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None = None,
+          stop_after: int | None = None) -> TrainResult:
+  """Run (or resume) training as ``config`` says; ``stop_after`` ends the loop early at that step (tests:
+  simulates a killed run) without a final checkpoint."""
+  check_config(config, check_mesh=mesh is None)
+  mesh = mesh or make_mesh(dict(config.mesh))
+  logging.info("process %d of %d; %d devices (%d local); mesh %s", jax.process_index(), jax.process_count(),
+               jax.device_count(), jax.local_device_count(), dict(mesh.shape))
+  check_batch_divides(mesh, config.data.batch_size)
+  task = task or get_task(config, mesh, workdir)
+  num_steps = int(config.num_train_steps)
+  tx, sched = make_optimizer(config.optimizer, num_steps)
+  state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  frozen_state, frozen_sh = None, None
+  if task.frozen is not None:  # on the mesh by its logical axes (a no-op for modules built sharded)
+    frozen_state = nnx.state(task.frozen)
+    frozen_sh = state_shardings(frozen_state, mesh)
+    frozen_state = jax.device_put(frozen_state, frozen_sh)
+
+  data = task.make_data()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
+                      async_save=bool(config.checkpoint.async_save), with_data=hasattr(data, "get_state"))
+  last = ckpt.latest_step()
+  if last is not None:
+    state = ckpt.restore(last, spec.abstract, data)
+  step = int(jax.device_get(state["step"]))
+  first = next(data)
+  axes = dict(task.batch_axes or {})
+  batch_sh = {k: batch_sharding(mesh, axes.get(k, ("batch",) + (None,) * (np.ndim(v) - 1)))
+              for k, v in first.items() if isinstance(v, np.ndarray) and v.dtype != object}
+  train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
+                               frozen_sh=frozen_sh, mesh=mesh)
+  key = jax.random.PRNGKey(int(config.seed))
+  writer = create_writer(workdir, tensorboard=bool(config.tensorboard))
+  progress = Progress(step, num_steps)
+  profile = _ProfileWindow(config.profile, workdir)
+  history: list[dict] = []
+  end = num_steps if stop_after is None else min(stop_after, num_steps)
+  batch = first
+  try:
+    while step < end:
+      profile.before(step)
+      state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
+      step += 1
+      profile.after(step, metrics)
+      log_now = step % config.log_every == 0 or step == end
+      if log_now or step % config.nan_check_every == 0:
+        if not bool(jax.device_get(metrics["finite"])):
+          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          raise TrainingDivergedError(
+              f"step {step}: non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}); the step was not "
+              f"applied and training stopped. The last good checkpoint is step {ckpt.latest_step()} in "
+              f"{ckpt.directory}; lower the learning rate or check the batch for NaN/Inf inputs.")
+      if log_now:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+        m["learning_rate"] = float(sched(max(step - 1, 0) // config.optimizer.grad_accum_steps))
+        m.update(progress.report(step))
+        writer.write_scalars(step, m)
+        history.append(dict(m, step=step))
+      if step % config.checkpoint.every == 0 or (step == num_steps and stop_after is None):
+        ckpt.save(step, state, data if ckpt.with_data else None, config)
+      if step < end:
+        batch = next(data)
+  finally:
+    writer.close()
+    ckpt.wait()
+  last = ckpt.latest_step()
+  ckpt.close()
+  return TrainResult(state, history, last)
+
+
+def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | None = None) -> tuple[dict, int]:
+  """``(params, step)`` of a checkpoint (newest by default) for evaluation or export."""
+  tx, _ = make_optimizer(config.optimizer, int(config.num_train_steps))
+  _, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep), with_data=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise Gen3RInputError(f"no checkpoint under {ckpt.directory}")
+  state = ckpt.restore(step, spec.abstract)
+  ckpt.close()
+  return state["params"], step
+

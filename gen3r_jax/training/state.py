@@ -1,0 +1,85 @@
+"""Train state created directly sharded.
+
+The trainable module is built abstractly (``nnx.eval_shape``); its parameter shardings come from
+:func:`gen3r_jax.parallel.rules.state_shardings` (logical axes -> mesh), and one jitted init with
+``out_shardings`` writes every parameter straight onto its shard. Optimiser state (``tx.init``) and the optional
+EMA copy are placed the same way (moments follow their parameter's sharding; counters are replicated).
+
+The state is a plain pytree ``{"step", "params", "opt_state"[, "ema"]}`` with ``params`` a nested pure dict
+(``nnx.to_pure_dict``), so Orbax saves it as is and :func:`merge_params` turns it back into the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
+
+
+@dataclasses.dataclass
+class StateSpec:
+  """What the trainer needs to rebuild the module from a state and to place states on the mesh."""
+  graphdef: Any
+  abstract_params: Any          # nnx.State of ShapeDtypeStruct-valued Params (for replace_by_pure_dict)
+  shardings: dict               # same tree as the train state, NamedSharding leaves
+  abstract: dict                # same tree as the train state, ShapeDtypeStruct leaves (with shardings)
+
+
+def _pure(tree):
+  return nnx.to_pure_dict(tree)
+
+
+def sharded_init(build: Callable[[nnx.Rngs], nnx.Module], *, seed: int = 0, mesh: Mesh | None = None,
+                 rules=DEFAULT_RULES) -> nnx.Module:
+  """Random-init a module with one jitted init; with ``mesh`` each parameter lands directly on its shard."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
+  sh = state_shardings(abstract, mesh, rules) if mesh is not None else None
+  init = jax.jit(lambda: nnx.split(build(nnx.Rngs(seed)))[1], out_shardings=sh)
+  return nnx.merge(graphdef, init())
+
+
+def merge_params(spec: StateSpec, params: dict) -> nnx.Module:
+  """The trainable module with ``params`` (a pure dict) as its parameters (works under tracing)."""
+  state = jax.tree.map(lambda x: x, spec.abstract_params)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(spec.graphdef, state)
+
+
+def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, *,
+                       seed: int, mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False) -> tuple[dict, StateSpec]:
+  """``(state, spec)``: a sharded train state for the module ``build(rngs)`` (only ``nnx.Param`` trains).
+
+  Nothing full-size is ever materialised on one device: shapes come from ``nnx.eval_shape`` and values from
+  jitted inits with ``out_shardings``.
+  """
+  abstract_module = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
+  graphdef, abs_params = nnx.split(abstract_module)
+  param_sh = _pure(state_shardings(abs_params, mesh, rules))
+  abs_pure = _pure(abs_params)
+  rep = NamedSharding(mesh, P())
+  abs_opt = jax.eval_shape(tx.init, abs_pure)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+  if ema:
+    shardings["ema"] = param_sh
+
+  def init():
+    params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
+    params = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                          params)
+    st = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if ema:
+      st["ema"] = jax.tree.map(jnp.copy, params)
+    return st
+
+  state = jax.jit(init, out_shardings=shardings)()
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  return state, StateSpec(graphdef, abs_params, shardings, abstract)

@@ -1,0 +1,87 @@
+"""Train Gen3R (stage 1: the geometry adapter) from a config file.
+
+    python launch/train.py --config configs/cpu_debug.py --workdir /tmp/gen3r_debug
+    python launch/train.py --config configs/gpu_h100.py:stage1 --workdir /ckpt/stage1 --config.data.root=/data
+    # several processes (one per host; on one machine for testing):
+    python launch/train.py --config configs/cpu_debug.py --workdir /tmp/w --coordinator_address=localhost:12345 \
+        --num_processes=2 --process_id=0   # and --process_id=1 in a second shell
+    # TPU pods / SLURM: --distributed (jax.distributed.initialize() finds the cluster itself)
+
+Thin: parses flags, sets up devices / distributed / logging, calls :func:`gen3r_jax.training.loop.train`. A run
+restarted with the same ``--workdir`` resumes from its newest checkpoint. Exit status 2 on bad input (the
+message says what to fix), 3 when training diverged (NaN/Inf; the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events and profiles go here")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (cluster auto-detect)")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+_NUM_PROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+_PROC_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+
+def setup_devices(config) -> None:
+  """Fake CPU devices (``config.host_device_count``) must be requested before jax is imported."""
+  n = int(config.get("host_device_count", 0) or 0)
+  if n > 0:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    flag = f"--xla_force_host_platform_device_count={n}"
+    xla = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in xla:
+      os.environ["XLA_FLAGS"] = (xla + " " + flag).strip()
+
+
+def setup_distributed() -> None:
+  import jax
+  multi = _COORD.value is not None or (_NUM_PROC.value or 1) > 1
+  if multi or _DISTRIBUTED.value:
+    if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if multi:
+      jax.distributed.initialize(_COORD.value, _NUM_PROC.value, _PROC_ID.value)
+    else:
+      jax.distributed.initialize()
+  logging.info("jax process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+
+
+def main(argv) -> int:
+  del argv
+  config = _CONFIG.value
+  if config is None or not _WORKDIR.value:
+    print("error: --config and --workdir are required (see --helpfull)", file=sys.stderr)
+    return 2
+  setup_devices(config)
+  import jax
+  jax.config.update("jax_default_matmul_precision", config.get("matmul_precision", "default"))
+  setup_distributed()
+  from gen3r_jax.errors import Gen3RInputError
+  from gen3r_jax.training.loop import TrainingDivergedError, train
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  try:
+    result = train(config, _WORKDIR.value)
+  except Gen3RInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except TrainingDivergedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
+  last = result.history[-1] if result.history else {}
+  logging.info("done: step %s, loss %s, last checkpoint %s", last.get("step"), last.get("loss"),
+               result.last_checkpoint)
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: sys.exit(main(argv)))
