@@ -233,26 +233,11 @@ class WanVAE(nnx.Module, CheckpointMixin):
 def host_init(model_cls, cfg, *, seed: int = 0):
   """A random model built abstractly and filled on the host with numpy (no XLA init program to compile).
 
-  Kernels and biases are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as PyTorch's default init, norm gains are
-  ``1 + U(-0.1, 0.1)``. Meant for tests and benchmarks (real weights come from :meth:`from_checkpoint` or
-  the converter); the jitted NNX init of these models takes minutes to compile on a small CPU.
+  Kept for the VAE-family tests and demos; see :func:`gen3r_jax.models.init.random_params` (PyTorch-style
+  ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` kernels, norm gains ``1 + U(-0.1, 0.1)``).
   """
-  rng = np.random.default_rng(seed)
-  graphdef, state = nnx.split(abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
-  flat = dict(nnx.to_flat_state(state))
-  values = {}
-  for path, var in flat.items():
-    v = var.get_value() if hasattr(var, "get_value") else var.value
-    if path[-1] == "gamma":
-      x = 1.0 + rng.uniform(-0.1, 0.1, v.shape)
-    else:
-      kshape = v.shape if path[-1] == "kernel" else flat[(*path[:-1], "kernel")].get_value().shape
-      bound = 1.0 / np.sqrt(max(int(np.prod(kshape[:-1])), 1))
-      x = rng.uniform(-bound, bound, v.shape)
-    values[path] = jnp.asarray(x, v.dtype)
-  model = nnx.merge(graphdef, state)
-  nnx.update(model, nnx.State.from_flat_path(list(values.items())))
-  return model
+  from gen3r_jax.models.init import random_params
+  return random_params(model_cls, cfg, seed=seed)
 
 
 @functools.partial(nnx.jit, static_argnames=("chunked",))
