@@ -66,3 +66,23 @@ def get_config() -> ConfigDict:
   # toy task (trainer self-test)
   c.toy = ConfigDict(dict(dim=16, hidden=32, num_examples=64, noise=0.01, poison_step=-1))
   return c
+
+
+def release_stage1(batch_size: int, read_threads: int, mp_workers: int) -> ConfigDict:
+  """Stage 1 at the release size on accelerators: data parallel, bf16 compute, remat, the release's 3k
+  optimiser steps (x 8 accumulation). The hardware configs set only the input pipeline and batch size."""
+  c = get_config()
+  c.task = "stage1"
+  c.mesh.data, c.mesh.fsdp = -1, 1
+  c.data.batch_size = batch_size
+  c.data.read_threads = read_threads
+  c.data.prefetch = 4
+  c.data.mp_workers = mp_workers
+  c.model.size = "release"
+  c.model.dtype = "bfloat16"
+  c.model.remat = "full"
+  c.num_train_steps = 8 * 3_000        # micro-steps: 3k optimiser steps (grad_accum_steps 8)
+  c.checkpoint.every = 500
+  c.log_every = 20
+  return c
+

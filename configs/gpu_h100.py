@@ -20,20 +20,8 @@ import base  # noqa: E402
 
 
 def stage1():
-  c = base.get_config()
-  c.task = "stage1"
-  c.mesh.data, c.mesh.fsdp = -1, 1
-  c.data.batch_size = 8                # per optimiser micro-step, all devices of one host
-  c.data.read_threads = 8
-  c.data.prefetch = 4
-  c.data.mp_workers = 4
-  c.model.size = "release"
-  c.model.dtype = "bfloat16"
-  c.model.remat = "full"
-  c.num_train_steps = 8 * 3_000        # micro-steps: 3k optimiser steps (grad_accum_steps 8)
-  c.checkpoint.every = 500
-  c.log_every = 20
-  return c
+  # batch: per optimiser micro-step, all devices of one host
+  return base.release_stage1(batch_size=8, read_threads=8, mp_workers=4)
 
 
 def get_config(entry: str = "stage1"):

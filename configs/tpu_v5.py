@@ -19,20 +19,8 @@ import base  # noqa: E402
 
 
 def stage1():
-  c = base.get_config()
-  c.task = "stage1"
-  c.mesh.data, c.mesh.fsdp = -1, 1
-  c.data.batch_size = 32               # one clip per chip of a v5e-32; scale with the slice
-  c.data.read_threads = 16
-  c.data.prefetch = 4
-  c.data.mp_workers = 8
-  c.model.size = "release"
-  c.model.dtype = "bfloat16"
-  c.model.remat = "full"
-  c.num_train_steps = 8 * 3_000
-  c.checkpoint.every = 500
-  c.log_every = 20
-  return c
+  # batch: one clip per chip of a v5e-32; scale with the slice
+  return base.release_stage1(batch_size=32, read_threads=16, mp_workers=8)
 
 
 def get_config(entry: str = "stage1"):
