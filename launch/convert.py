@@ -18,7 +18,6 @@ instantiated: weights go from the source straight to Orbax.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.wan.dit_inputs import pad_text
 
 

@@ -81,7 +81,6 @@ class Aggregator(nnx.Module):
     x = normalize_images(images).astype(dtype).reshape(b * s, hh, ww, 3)
     patch = self.patch_embed(x).reshape(b, s, h * w, cfg.embed_dim)         # [B, S, h*w, C]
     tokens = jnp.concatenate([self.special_tokens(b, s, patch.dtype), patch], axis=2)  # [B, S, P, C]
-    p = tokens.shape[2]
     head_dim = cfg.embed_dim // cfg.num_heads
     cos, sin = rope_tables(token_positions(h, w, cfg.patch_start_idx), head_dim, cfg.rope_freq)  # [P, D]
     rope_frame = (jnp.asarray(cos), jnp.asarray(sin))

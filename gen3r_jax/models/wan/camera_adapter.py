@@ -8,7 +8,6 @@ order ``c * 64 + i * 8 + j``) -> 2x2 stride-2 conv -> residual blocks (conv3x3 -
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from gen3r_jax.models.config import dtype_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.errors import check_array, require
 
 
 def pad_text(context, cfg) -> jnp.ndarray:

@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gen3r_jax.nn.params import abstract_module
 
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import check_array, require
