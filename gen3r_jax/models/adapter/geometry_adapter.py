@@ -31,9 +31,9 @@ from flax import nnx
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.config import ModelConfig, dtype_of
-from gen3r_jax.models.wan.vae import (DiagonalGaussian, ENCODE_CHUNK, check_frames, decode_raw_jit,
-                                      denormalize_z, encode_params_jit, normalize_mu)
-from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, per_frame, run_decoder, run_encoder
+from gen3r_jax.models.wan.vae import (CausalLatentCodec, DiagonalGaussian, check_frames, decode_raw_jit,
+                                      encode_params_jit)
+from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, per_frame
 from gen3r_jax.nn.causal_conv import CausalConv3d
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.resample import nearest_exact
@@ -134,7 +134,7 @@ class AdapterDecoder(Decoder3d):
     return per_frame(one, x)
 
 
-class GeometryAdapter(nnx.Module, CheckpointMixin):
+class GeometryAdapter(CausalLatentCodec, nnx.Module, CheckpointMixin):
   """``encoder`` (+ init block) + ``conv1`` (1x1x1, 2z) / ``conv2`` (1x1x1, z) + ``decoder`` (+ out block)."""
 
   Config = GeometryAdapterConfig
@@ -152,20 +152,6 @@ class GeometryAdapter(nnx.Module, CheckpointMixin):
     self.conv2 = CausalConv3d(z, z, 1, **kw)
     self.decoder = AdapterDecoder(cfg.output_dim, cfg.resample_scale, z, dec_dims,
                                   temporal=cfg.temperal_upsample, **common)
-
-  # ---- traced implementations (no input checks) ----
-  def encode_params(self, tokens: jax.Array, *, chunked: bool = True) -> jax.Array:
-    """``[B, T, 40, 40, C_in] -> [B, t, 70, 70, 2z]`` = ``[normalised mu | logvar]`` (unchecked, traceable)."""
-    x = tokens.astype(dtype_of(self.cfg.dtype))
-    hcat = self.conv1(run_encoder(self.encoder, x, chunk=ENCODE_CHUNK, chunked=chunked))
-    mu, logvar = jnp.split(hcat, 2, axis=-1)
-    mu = normalize_mu(mu, self.cfg.latent_mean, self.cfg.latent_std)
-    return jnp.concatenate([mu, logvar], axis=-1)
-
-  def decode_raw(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
-    """``[B, t, 70, 70, z] -> [B, 1 + 4(t-1), 40, 40, C_out]`` (unchecked, traceable)."""
-    z = denormalize_z(z.astype(dtype_of(self.cfg.dtype)), self.cfg.latent_mean, self.cfg.latent_std)
-    return run_decoder(self.decoder, self.conv2(z), chunked=chunked)
 
   # ---- public API (checks input before any tracing) ----
   def check_tokens(self, tokens) -> None:

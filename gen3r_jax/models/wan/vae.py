@@ -165,7 +165,28 @@ def check_frames(x, name: str) -> None:
           f"e.g. to {1 + ENCODE_CHUNK * max((t - 1) // ENCODE_CHUNK, 0)} frames.")
 
 
-class WanVAE(nnx.Module, CheckpointMixin):
+class CausalLatentCodec:
+  """Traced encode/decode shared by :class:`WanVAE` and the geometry adapter (no input checks).
+
+  Needs ``encoder``, ``conv1`` (1x1x1, 2z), ``conv2`` (1x1x1, z), ``decoder`` and ``cfg`` with ``dtype``,
+  ``latent_mean``, ``latent_std``.
+  """
+
+  def encode_params(self, x: jax.Array, *, chunked: bool = True) -> jax.Array:
+    """``[B, T, H, W, C] -> [B, t, h, w, 2z]`` = ``[normalised mu | logvar]`` (unchecked, traceable)."""
+    x = x.astype(dtype_of(self.cfg.dtype))
+    h = self.conv1(run_encoder(self.encoder, x, chunk=ENCODE_CHUNK, chunked=chunked))
+    mu, logvar = jnp.split(h, 2, axis=-1)
+    mu = normalize_mu(mu, self.cfg.latent_mean, self.cfg.latent_std)
+    return jnp.concatenate([mu, logvar], axis=-1)
+
+  def decode_raw(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
+    """``[B, t, h, w, z] -> [B, 1 + 4(t-1), H, W, C]`` without any clamp (unchecked, traceable)."""
+    z = denormalize_z(z.astype(dtype_of(self.cfg.dtype)), self.cfg.latent_mean, self.cfg.latent_std)
+    return run_decoder(self.decoder, self.conv2(z), chunked=chunked)
+
+
+class WanVAE(CausalLatentCodec, nnx.Module, CheckpointMixin):
   """The Wan2.1 VAE: ``encoder`` + ``conv1`` (1x1x1, 2z) / ``conv2`` (1x1x1, z) + ``decoder``."""
 
   Config = WanVAEConfig
@@ -183,20 +204,6 @@ class WanVAE(nnx.Module, CheckpointMixin):
     self.conv2 = CausalConv3d(z, z, 1, **kw)
     self.decoder = Decoder3d(z, dec_dims, cfg.in_channels, temporal=cfg.temperal_upsample,
                              spatial="up", **common)
-
-  # ---- traced implementations (no input checks) ----
-  def encode_params(self, video: jax.Array, *, chunked: bool = True) -> jax.Array:
-    """``[B, T, H, W, 3] -> [B, t, H/8, W/8, 2z]`` = ``[normalised mu | logvar]`` (unchecked, traceable)."""
-    x = video.astype(dtype_of(self.cfg.dtype))
-    h = self.conv1(run_encoder(self.encoder, x, chunk=ENCODE_CHUNK, chunked=chunked))
-    mu, logvar = jnp.split(h, 2, axis=-1)
-    mu = normalize_mu(mu, self.cfg.latent_mean, self.cfg.latent_std)
-    return jnp.concatenate([mu, logvar], axis=-1)
-
-  def decode_raw(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
-    """``[B, t, h, w, z] -> [B, 1 + 4(t-1), 8h, 8w, 3]`` without the clamp (unchecked, traceable)."""
-    z = denormalize_z(z.astype(dtype_of(self.cfg.dtype)), self.cfg.latent_mean, self.cfg.latent_std)
-    return run_decoder(self.decoder, self.conv2(z), chunked=chunked)
 
   # ---- public API (checks input before any tracing) ----
   def check_video(self, video) -> None:
