@@ -3,6 +3,7 @@
 Every other config starts from ``base.get_config()`` and states only what differs. The values here reproduce the
 official stage-1 run: AdamW lr 1e-5, betas (0.9, 0.999), eps 1e-8, weight decay 1e-4; cosine annealing to
 0.2 x lr with no warm-up; gradient clipping at global norm 0.5; batch 1 per device x 8 accumulation.
+``release_stage1`` / ``release_stage2`` hold what the hardware configs share for each stage.
 
     python launch/train.py --config configs/base.py --workdir /tmp/run --config.data.root=/data/gen3r
 """
@@ -12,7 +13,7 @@ from ml_collections import ConfigDict
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
-  c.task = "stage1"               # "stage1" (geometry adapter) | "toy" (trainer self-test)
+  c.task = "stage1"               # "stage1" (geometry adapter) | "stage2" (DiT) | "toy" (trainer self-test)
   c.seed = 42
   c.num_train_steps = 100_000     # micro-steps (optimiser steps = num_train_steps / grad_accum_steps)
   c.log_every = 50
@@ -23,11 +24,15 @@ def get_config() -> ConfigDict:
 
   # mesh: sizes of (data, fsdp, context, tensor); one may be -1 (the remaining devices)
   c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+  c.context_strategy = "allgather"  # attention over mesh.context > 1: "allgather" (fused kernels) | "ring" (einsum)
+  # what --dry_run estimates for (stage 2): device kind, count and memory per device
+  c.hardware = ConfigDict(dict(name="", platform="cpu", num_devices=0, hbm_gib=0.0))
 
   c.data = ConfigDict(dict(
       batch_size=8,               # global (all processes), sharded over data x fsdp
       root="",                    # official layout root (stage 1 reads <root>/train_videos_dirs.txt)
       records="",                 # or array_record files of gen3r_jax.data.tfds_builder
+      preencoded="",              # or (stage 2) the output of launch/preencode.py: no frozen encoders needed
       synthetic_scenes=0,         # > 0 and no root/records: generate this many synthetic scenes in <workdir>
       synthetic_frames=12,        # frames per synthetic scene
       synthetic_size=80,          # rendered size (resized up to height x width by the pipeline)
@@ -43,19 +48,35 @@ def get_config() -> ConfigDict:
   c.optimizer = ConfigDict(dict(
       name="adamw", learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4,
       schedule="cosine", min_lr_ratio=0.2, warmup_steps=0, decay_steps=0,
-      grad_clip_norm=0.5, grad_accum_steps=8,
+      grad_clip_norm=0.5, grad_clip_initial_ratio=1.0, grad_clip_ramp_fraction=0.0, grad_accum_steps=8,
   ))
   c.ema = ConfigDict(dict(enabled=False, decay=0.999))
   c.checkpoint = ConfigDict(dict(every=1000, keep=3, async_save=True))
   c.profile = ConfigDict(dict(start=10, steps=0))   # steps > 0: trace [start, start + steps) to <workdir>/profile
 
-  # models of stage 1
+  # models of stages 1 and 2
   c.model = ConfigDict(dict(
       size="release",             # "release" | "tiny" (random frozen models, for debugging)
       dtype="bfloat16",           # compute dtype (parameters stay float32)
       remat="none",               # VGGT scanned stacks' remat policy
       vggt_checkpoint="",         # Orbax dirs written by launch/convert.py (empty: random init, debug only)
       wan_vae_checkpoint="",
+      adapter_checkpoint="",      # stage 2: frozen geometry adapter, umT5, CLIP, and the umT5 spiece.model folder
+      text_encoder_checkpoint="",
+      clip_checkpoint="",
+      tokenizer="",
+      dit_size="1.3b",            # stage 2: "1.3b" | "14b" (release size)
+      dit_checkpoint="",          # stage 2: the DiT to start from (empty: random init)
+      dit_remat="full",           # "none" | "full" | "dots" | "dots_no_batch" per DiT block
+      attention="auto",           # DiT attention: "auto" | "xla" | "cudnn" | "splash"
+  ))
+  # stage 2 (gen3r_jax.training.stage2.Stage2Config; official values, our draws per example)
+  c.stage2 = ConfigDict(dict(
+      num_train_timesteps=1000, shift=2.0, text_drop_prob=0.2, camera_drop_prob=0.5,
+      camera_drop="example",      # "batch": one draw per batch as the official code
+      loss_clip=50.0,
+      geometry_condition="adapter",  # "zeros": geometry half of the condition zeroed, as paper / inference
+      noise_dtype="float32",      # "bfloat16": the official bf16 noise mixing
   ))
   c.loss = ConfigDict(dict(
       recon_loss_weight=0.5, similarity_loss_weight=0.1, align_kl_loss_weight=2.0,
@@ -86,3 +107,28 @@ def release_stage1(batch_size: int, read_threads: int, mp_workers: int) -> Confi
   c.log_every = 20
   return c
 
+
+def release_stage2(dit_size: str, *, hardware: dict, mesh: dict, batch_size: int, grad_accum_steps: int,
+                   remat: str = "full", attention: str = "auto", read_threads: int = 8,
+                   mp_workers: int = 4) -> ConfigDict:
+  """Stage 2 (the DiT, all parameters train) at the release size with the optimisation the official run really
+  applies (training-reference §3.9): AdamW lr 1e-5, betas (0.9, 0.999), eps 1e-8 (DeepSpeed's default: the script's
+  --adam_epsilon 1e-10 never reaches the optimiser), weight decay 3e-2 on every parameter; DeepSpeed WarmupCosineLR
+  (linear warm-up from 0 over 50 optimiser steps, cosine to 1e-4 x lr); global-norm clipping ramped from 0.5 down to
+  0.25 over the first 10% of optimiser steps; bf16 compute, float32 master weights and Adam moments; every block
+  rematerialised (official gradient checkpointing). 8k optimiser steps of ``batch_size x grad_accum_steps`` clips
+  (the paper's length; official: 192 clips per step)."""
+  c = get_config()
+  c.task = "stage2"
+  c.mesh.update(mesh)
+  c.hardware.update(hardware)
+  c.data.update(dict(batch_size=batch_size, strides=(1,), read_threads=read_threads, prefetch=4,
+                     mp_workers=mp_workers))
+  c.optimizer.update(dict(learning_rate=1e-5, eps=1e-8, weight_decay=3e-2, schedule="deepspeed_warmup_cosine",
+                          min_lr_ratio=1e-4, warmup_steps=50, grad_clip_norm=0.25, grad_clip_initial_ratio=2.0,
+                          grad_clip_ramp_fraction=0.1, grad_accum_steps=grad_accum_steps))
+  c.model.update(dict(size="release", dtype="bfloat16", dit_size=dit_size, dit_remat=remat, attention=attention))
+  c.num_train_steps = 8_000 * grad_accum_steps
+  c.checkpoint.every = 250 * grad_accum_steps
+  c.log_every = 10
+  return c

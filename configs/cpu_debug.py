@@ -1,11 +1,14 @@
-"""Stage 1 on 8 fake CPU devices: tiny random frozen models, synthetic scenes, a few steps (debugging, tests).
+"""Training on 8 fake CPU devices: tiny random models, synthetic scenes, a few steps (debugging, tests).
 
-    python launch/train.py --config configs/cpu_debug.py --workdir /tmp/gen3r_debug
+    python launch/train.py --config configs/cpu_debug.py --workdir /tmp/gen3r_debug           # stage 1
+    python launch/train.py --config configs/cpu_debug.py:stage2 --workdir /tmp/gen3r_debug2   # stage 2
     python launch/train.py --config configs/cpu_debug.py --workdir /tmp/toy --config.task=toy
 
-The models have the parity fixture's tiny sizes (``training_stage1_tiny``) with random weights; frames are still
-560x560 (the adapter's 40x40 <-> 70x70 grids are hard-wired) but single-frame clips. The mesh is data 2 x fsdp 4,
-so the adapter's parameters are sharded over ``fsdp`` and the batch over all 8 devices.
+Entries: ``stage1`` (default) and ``stage2``. The models have the parity fixtures' tiny sizes with random weights;
+frames are still 560x560 (the adapter's 40x40 <-> 70x70 grids are hard-wired) but short clips. Stage 1 runs on
+data 2 x fsdp 4 (the adapter sharded over ``fsdp``, the batch over all 8 devices). Stage 2 runs on fsdp 2 x
+context 2 x tensor 2: the DiT's embed axes are sharded over ``fsdp``, heads and MLP over ``tensor``, its 2450-token
+sequence over ``context`` (context-parallel attention), the batch of 4 over ``fsdp``.
 """
 
 import os
@@ -16,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import base  # noqa: E402
 
 
-def get_config():
+def stage1():
   c = base.get_config()
   c.host_device_count = 8           # fake CPU devices (set before jax starts)
   c.matmul_precision = "highest"
@@ -42,3 +45,25 @@ def get_config():
   c.model.dtype = "float32"
   c.profile.start = 2
   return c
+
+
+def stage2():
+  c = stage1()
+  c.task = "stage2"
+  c.mesh.update(dict(data=1, fsdp=2, context=2, tensor=2))
+  c.hardware.update(dict(name="8 fake CPU devices", platform="cpu", num_devices=8, hbm_gib=4.0))
+  c.num_train_steps = 10
+  c.data.batch_size = 4
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.schedule = "constant"
+  c.model.dit_remat = "full"
+  return c
+
+
+ENTRIES = {"stage1": stage1, "stage2": stage2}
+
+
+def get_config(entry: str = "stage1"):
+  if entry not in ENTRIES:
+    raise ValueError(f"unknown entry {entry!r}; choose one of {sorted(ENTRIES)} (configs/cpu_debug.py:<entry>)")
+  return ENTRIES[entry]()

@@ -6,6 +6,9 @@
     python launch/sample.py --config configs/sample.py ... --config.task=2view --config.images=a.png,b.png
     python launch/sample.py --config configs/sample.py ... --config.trajectory=my_cameras.json
 
+Small GPUs (24 GiB): ``--config.placement=sequential --config.param_dtype=bfloat16`` (peak = the largest stage,
+the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/sampling.md).
+
 ``checkpoint`` is a converted bundle (``python launch/convert.py --source <Gen3R dir> --out ckpt/gen3r``).
 ``trajectory`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
 free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
@@ -32,6 +35,10 @@ def get_config() -> ConfigDict:
   c.shift = 5.0
   c.scheduler = ""               # "" = the checkpoint's scheduler_config.json (UniPC); unipc | dpmpp | euler
   c.dtype = "bfloat16"           # compute dtype of every model (infer.py casts the pipeline to bfloat16)
+  c.param_dtype = ""             # "" = as converted (float32); bfloat16 halves the weights (as infer.py's cast)
+  c.placement = "resident"       # resident | sequential (weights in host memory, one model on the device at a time)
+  c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices
+  c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring
   c.posterior = "sample"         # VAE posterior of the control video: sample (official) | mode
   c.resolution = 560             # Gen3R works on 560x560 frames only (inputs are resized + centre-cropped)
   c.min_max_depth_mask = True

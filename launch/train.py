@@ -1,13 +1,17 @@
-"""Train Gen3R (stage 1: the geometry adapter) from a config file.
+"""Train Gen3R (stage 1: the geometry adapter; stage 2: the DiT) from a config file.
 
     python launch/train.py --config configs/cpu_debug.py --workdir /tmp/gen3r_debug
+    python launch/train.py --config configs/cpu_debug.py:stage2 --workdir /tmp/gen3r_debug2
     python launch/train.py --config configs/gpu_h100.py:stage1 --workdir /ckpt/stage1 --config.data.root=/data
+    # per-device memory of the stage-2 entries on their target hardware (abstract; allocates nothing):
+    python launch/train.py --config configs/tpu_v5.py --workdir /tmp/dry --dry_run
     # several processes (one per host; on one machine for testing):
     python launch/train.py --config configs/cpu_debug.py --workdir /tmp/w --coordinator_address=localhost:12345 \
         --num_processes=2 --process_id=0   # and --process_id=1 in a second shell
     # TPU pods / SLURM: --distributed (jax.distributed.initialize() finds the cluster itself)
 
-Thin: parses flags, sets up devices / distributed / logging, calls :func:`gen3r_jax.training.loop.train`. A run
+Thin: parses flags, sets up devices / distributed / logging, calls :func:`gen3r_jax.training.loop.train` (or
+:func:`gen3r_jax.training.loop.dry_run`: the named stage-2 entry, or every stage-2 entry of the file). A run
 restarted with the same ``--workdir`` resumes from its newest checkpoint. Exit status 2 on bad input (the
 message says what to fix), 3 when training diverged (NaN/Inf; the last good checkpoint is kept).
 """
@@ -28,6 +32,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NUM_PROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
 _PROC_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the per-device memory of the config's stage-2 entries on their "
+                             "target hardware (nothing is allocated) and exit")
 
 
 def setup_devices(config) -> None:
@@ -55,12 +61,26 @@ def setup_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 
 
+def dry_run(config) -> int:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from gen3r_jax.errors import Gen3RInputError
+  from gen3r_jax.training import loop
+  try:
+    print(loop.dry_run(loop.dry_run_configs(config_flags.get_config_filename(flags.FLAGS["config"]), config)))
+  except Gen3RInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def main(argv) -> int:
   del argv
   config = _CONFIG.value
   if config is None or not _WORKDIR.value:
     print("error: --config and --workdir are required (see --helpfull)", file=sys.stderr)
     return 2
+  if _DRY_RUN.value:
+    return dry_run(config)
   setup_devices(config)
   import jax
   jax.config.update("jax_default_matmul_precision", config.get("matmul_precision", "default"))

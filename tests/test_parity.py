@@ -14,13 +14,20 @@ _JAX = tuple(int(p) for p in jax.__version__.split(".")[:2])
 SLOW = {
     # 2 training steps' worth of VGGT + VAE + adapter forward and backward at 560x560.
     "training_stage1_tiny": "stage-1 loss + gradients through VGGT heads at 560x560 (~5 min on 2 cores)",
+    # clean + control encodes (VGGT global attention over 5 x 1605 tokens, Wan VAE) at 560x560, DiT backward
+    "training_stage2_tiny": "stage-2 loss + DiT gradients, 2 calls (~2 min on 2 cores, ~110 s of CPU time)",
 }
 # Known, documented differences (issue notes), kept visible as xfail rather than hidden.
 KNOWN = {
     "training_stage1_tiny": (
         _JAX < (0, 11),
         "3 gradient outputs (grad_norm, grad conv1.bias, grad decoder.head.2.bias) differ by ~1% on jax < 0.11 "
-        "(all 39 outputs pass with jax 0.11.2 on CPU); every loss term and intermediate passes"),
+        "(all 39 outputs pass with jax 0.11.2 on CPU); every loss term and intermediate passes. Not a semantic "
+        "difference: the same code in float64 matches the stored float32 gradients (grad_norm 9.5e-5 relative). "
+        "The float32 rounding of the reconstructed tokens (~2e-5, as large as the official float32 run's) flips "
+        "two ReLU kinks in the frozen point head's deepest RefineNet units (pre-activations -4e-6 and -6e-5 in "
+        "float64), which moves the token gradient by 1.9% and grad_norm by 1%; which side a near-zero unit "
+        "lands on depends on the XLA version's float32 rounding (issue 7)"),
 }
 
 
@@ -55,8 +62,7 @@ def test_every_fixture_has_a_case(fixtures_dir):
     if os.path.isfile(fj):
       names.append(json.load(open(fj))["name"])
   missing = [n for n in names if n not in REGISTERED]
-  allowed_missing = {"training_stage2_tiny"}  # stage 2 training: issue 8, not ported yet
-  assert set(missing) <= allowed_missing, f"fixtures without a parity case: {missing}"
+  assert not missing, f"fixtures without a parity case: {missing}"
 
 
 def test_unknown_fixture_exit_code(tmp_path):

@@ -14,6 +14,7 @@ from gen3r_jax.training.loop import TrainingDivergedError, train
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import cpu_debug  # noqa: E402
+from tests.helpers import set_nested  # noqa: E402
 
 
 def toy_config(**kw):
@@ -26,13 +27,7 @@ def toy_config(**kw):
   c.optimizer.learning_rate = 1e-2
   c.optimizer.schedule = "cosine"
   c.optimizer.grad_clip_norm = 1.0
-  for k, v in kw.items():
-    *parents, leaf = k.split("__")
-    target = c
-    for part in parents:
-      target = target[part]
-    target[leaf] = v
-  return c
+  return set_nested(c, **kw)
 
 
 def losses(result):

@@ -15,6 +15,7 @@ Shapes (F frames ``1 + 4k``, f = ``(F + 3) // 4`` latent frames, latent size ``h
   -> first, zeros, last (at frame F - 1); F images -> unchanged.
 * :func:`control_masks` ``-> [B, f, h, 2w, 4]``: 1 on the LEFT (appearance) half of the conditioning frames,
   0 on the geometry half and on other frames; first frame repeated 4x, channel = frame within the group.
+  :func:`frame_masks` does the same from a per-example frame selection ``[B, F]`` (stage-2 training).
 * :func:`clip_image_input` ``[..., H, W, 3]`` in [0, 1] ``-> [..., H, W, 3]`` in [-1, 1]: ``x * 255`` in the
   input's dtype, TRUNCATED to uint8 (``astype(np.uint8)``), ``/ 255``, ``(v - 0.5) / 0.5``.
 
@@ -112,13 +113,20 @@ def control_index(num_control: int, num_frames: int) -> tuple[int, ...]:
 
 def control_masks(num_control: int, num_frames: int, latent_hw: tuple[int, int], batch: int = 1) -> jax.Array:
   """Binary masks ``[B, f, h, 2w, 4]`` (float32) concatenated after the 16 control-latent channels."""
-  idx = list(control_index(num_control, num_frames))
+  selected = np.zeros((batch, num_frames), np.float32)
+  selected[:, list(control_index(num_control, num_frames))] = 1.0
+  return frame_masks(selected, latent_hw)
+
+
+def frame_masks(selected, latent_hw: tuple[int, int]) -> jax.Array:
+  """Per-example masks: ``selected [B, F]`` (1 on the conditioning frames) -> ``[B, f, h, 2w, 4]`` float32
+  (traceable; the appearance half carries the frame's value, the geometry half is 0)."""
   h, w = int(latent_hw[0]), int(latent_hw[1])
-  m = np.zeros((batch, num_frames, h, 2 * w), np.float32)
-  m[:, idx, :, :w] = 1.0
-  m = np.concatenate([np.repeat(m[:, :1], 4, axis=1), m[:, 1:]], axis=1)   # [B, F + 3, h, 2w]
-  m = m.reshape(batch, (num_frames + 3) // 4, 4, h, 2 * w).transpose(0, 1, 3, 4, 2)
-  return jnp.asarray(m)
+  sel = jnp.asarray(selected, jnp.float32)
+  b, f = sel.shape
+  m = jnp.broadcast_to(sel[:, :, None, None], (b, f, h, w))
+  m = _pad_first_frame(jnp.concatenate([m, jnp.zeros_like(m)], axis=3))   # [B, F + 3, h, 2w]
+  return m.reshape(b, (f + 3) // 4, 4, h, 2 * w).transpose(0, 1, 3, 4, 2)
 
 
 def control_video(images, num_frames: int) -> jax.Array:

@@ -7,15 +7,21 @@ config ─► mesh (data, fsdp, context, tensor) ─► task = TASKS[config.task
       ─► loop: next(batch) ─► global array ─► jitted, donated train step ─► NaN guard ─► metrics ─► checkpoint
 ```
 
-The train step differentiates ``task.loss_fn(module, frozen, batch, rng)`` w.r.t. the trainable parameters only,
-applies the optimiser (clipping, AdamW, schedule, optional accumulation), updates the optional EMA and keeps
+The train step differentiates ``task.loss_fn(module, frozen, batch, rng)`` w.r.t. the trainable parameters only
+(traced under the mesh, ``jax.set_mesh``, so models can constrain activations by logical axes, and with
+context-parallel attention, ``config.context_strategy``, when the mesh has ``context > 1``), applies the optimiser
+(clipping, AdamW, schedule, optional accumulation), updates the optional EMA and keeps
 the previous state when the loss or the gradient norm is not finite; the host then stops with
 :class:`TrainingDivergedError` without saving, so the newest checkpoint is the last good one. The per-step key is
 ``fold_in(PRNGKey(seed), step)``, so a resumed run draws the same noise as the uninterrupted one.
+
+:func:`dry_run` prints the per-device memory of stage-2 configs on their target hardware without allocating
+anything (:mod:`gen3r_jax.training.memory`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Callable, Iterator, Mapping
@@ -51,17 +57,21 @@ class Task:
       batch); a grain ``DatasetIterator`` makes the data position part of the checkpoint.
     frozen: frozen modules (already on the mesh) or ``None``.
     batch_axes: logical axes per batch entry (default: axis 0 is ``batch``, the rest replicated).
+    init_params: ``(abstract params, shardings) -> params`` (pure dicts) to start from, e.g. a pretrained
+      checkpoint; ``None`` = the module's random init.
   """
   build: Callable[[nnx.Rngs], nnx.Module]
   loss_fn: Callable[..., tuple[jax.Array, dict]]
   make_data: Callable[[], Iterator[dict]]
   frozen: nnx.Module | None = None
   batch_axes: Mapping[str, tuple] | None = None
+  init_params: Callable[[dict, dict], dict] | None = None
 
 
 TASKS: dict[str, str] = {
     "toy": "gen3r_jax.training.toy:make_task",
     "stage1": "gen3r_jax.training.stage1_task:make_task",
+    "stage2": "gen3r_jax.training.stage2_task:make_task",
 }
 
 
@@ -95,6 +105,15 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
   require(config.data.batch_size % pc == 0,
           f"data.batch_size {config.data.batch_size} (global) must be divisible by the {pc} processes.")
   require(config.profile.steps >= 0, f"profile.steps must be >= 0, got {config.profile.steps}.")
+
+
+@contextlib.contextmanager
+def step_context(mesh: Mesh, strategy: str = "allgather"):
+  """Where the train step is traced and run: the mesh is active (``jax.set_mesh``) and attention is
+  context-parallel over the mesh axis ``context`` when it is > 1 (:mod:`gen3r_jax.parallel.context`)."""
+  from gen3r_jax.parallel.context import use_context_parallel
+  with jax.set_mesh(mesh), use_context_parallel(mesh, strategy):
+    yield
 
 
 def batch_sharding(mesh: Mesh, axes: tuple, rules=DEFAULT_RULES) -> NamedSharding:
@@ -185,7 +204,8 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   task = task or get_task(config, mesh, workdir)
   num_steps = int(config.num_train_steps)
   tx, sched = make_optimizer(config.optimizer, num_steps)
-  state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled),
+                                   init_params=task.init_params)
   frozen_state, frozen_sh = None, None
   if task.frozen is not None:  # on the mesh by its logical axes (a no-op for modules built sharded)
     frozen_state = nnx.state(task.frozen)
@@ -215,7 +235,8 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   try:
     while step < end:
       profile.before(step)
-      state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
+      with step_context(mesh, config.get("context_strategy", "allgather")):
+        state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
       step += 1
       profile.after(step, metrics)
       log_now = step % config.log_every == 0 or step == end
@@ -256,3 +277,28 @@ def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | 
   ckpt.close()
   return state["params"], step
 
+
+# ------------------------------------------------------------------------------------------------- dry run
+def dry_run_configs(config_arg: str, config) -> list[tuple[str, object]]:
+  """The configs a ``--dry_run`` reports: ``config_arg`` is the ``--config`` value (``file.py[:entry]``). With an
+  entry, that entry (``config``, overrides applied); without one, every stage-2 entry of the file's ``ENTRIES``."""
+  path, _, entry = config_arg.partition(":")
+  if entry or config.task == "stage2":
+    require(config.task == "stage2", f"the dry run estimates stage-2 (DiT) training memory; {config_arg} is task "
+                                     f"{config.task!r}. Name a stage-2 entry ({path}:<entry>).")
+    return [(config_arg, config)]
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_gen3r_dry_run_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  names = list(getattr(module, "ENTRIES", {}))
+  out = [(f"{path}:{n}", module.get_config(n)) for n in names]
+  out = [(n, c) for n, c in out if c.task == "stage2"]
+  require(bool(out), f"{path} has no stage-2 entry to estimate (ENTRIES: {names}); pass a stage-2 config.")
+  return out
+
+
+def dry_run(configs) -> str:
+  """The per-device memory table of ``[(name, config)]`` on each config's ``hardware`` (nothing allocated)."""
+  from gen3r_jax.training.memory import estimate, format_table
+  return format_table([estimate(cfg, name=name) for name, cfg in configs])

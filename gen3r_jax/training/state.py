@@ -53,11 +53,13 @@ def merge_params(spec: StateSpec, params: dict) -> nnx.Module:
 
 
 def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, *,
-                       seed: int, mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False) -> tuple[dict, StateSpec]:
+                       seed: int, mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False,
+                       init_params: Callable[[dict, dict], dict] | None = None) -> tuple[dict, StateSpec]:
   """``(state, spec)``: a sharded train state for the module ``build(rngs)`` (only ``nnx.Param`` trains).
 
   Nothing full-size is ever materialised on one device: shapes come from ``nnx.eval_shape`` and values from
-  jitted inits with ``out_shardings``.
+  jitted inits with ``out_shardings``. ``init_params(abstract, shardings)`` (pure dicts) replaces the random
+  init: it returns the starting parameters already on their shards (a pretrained checkpoint).
   """
   abstract_module = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
   graphdef, abs_params = nnx.split(abstract_module)
@@ -71,8 +73,9 @@ def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
   if ema:
     shardings["ema"] = param_sh
 
-  def init():
-    params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
+  def init(params=None):
+    if params is None:
+      params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
     params = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                           params)
     st = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -80,6 +83,9 @@ def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
       st["ema"] = jax.tree.map(jnp.copy, params)
     return st
 
-  state = jax.jit(init, out_shardings=shardings)()
+  if init_params is None:
+    state = jax.jit(init, out_shardings=shardings)()
+  else:
+    state = jax.jit(init, out_shardings=shardings)(init_params(abs_pure, param_sh))
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   return state, StateSpec(graphdef, abs_params, shardings, abstract)
