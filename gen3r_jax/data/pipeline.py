@@ -14,6 +14,11 @@ very batches the uninterrupted run would have. Batches are dicts of numpy arrays
 * stage 2: also ``c2ws`` ``[B, F, 4, 4]`` (relative to frame 0), ``Ks`` ``[B, F, 3, 3]`` (pixels at H×W),
   ``text`` ``[B]`` object (str), ``dataset_idx`` ``[B]`` int32 (into ``DataPipeline.names``),
   ``dataset_name`` ``[B]`` object.
+* stage 2 over pre-encoded clips (:func:`sources_from_preencoded`, :mod:`gen3r_jax.data.preencode`): no frames;
+  the stored posteriors ``{,ctrl_first_,ctrl_first_last_}{wan,geo}_{mean,logvar}`` ``[B, f, 70, 70, 16]``,
+  ``context`` ``[B, L, Dt]``, ``clip_fea`` ``[B, 257, Dc]`` (storage dtype) and the stage-2 keys above. The clip
+  and caption were fixed at pre-encode time, so this path has no random map; shuffle, mix, shard, batch and resume
+  are the same.
 
 Mixing: stage 2 draws datasets in proportion to the official weights (training-reference §1.3) with
 ``grain.MapDataset.mix``, which interleaves deterministically in those proportions (the official code draws
@@ -110,19 +115,35 @@ def check_sources(sources: Mapping[str, Any], clip: ClipConfig) -> None:
 class ClipTransform:
   """``grain`` random map: scene record → clip dict (see module docstring), one RNG per element."""
 
-  def __init__(self, clip: ClipConfig, names: Sequence[str], with_text: bool, clean_captions: bool = True):
+  def __init__(self, clip: ClipConfig, names: Sequence[str], with_text: bool, clean_captions: bool = True,
+               *, with_frame_ids: bool = False):
     self.clip, self.names, self.with_text, self.clean = clip, list(names), with_text, clean_captions
+    self.with_frame_ids = with_frame_ids  # pre-encoding records which frames each clip used
 
   def random_map(self, element: tuple[int, dict], rng: np.random.Generator) -> dict[str, Any]:
     idx, rec = element
     c = cut_clip(rec, rng, self.clip)
+    ids = {"frame_ids": c["frame_ids"]} if self.with_frame_ids else {}
     if not self.with_text:
-      return {"frames": c["frames"]}
+      return {"frames": c["frames"], **ids}
     text = pick_caption(rec["captions"], rng, clean=self.clean) if len(rec["captions"]) else ""
     return dict(frames=c["frames"], c2ws=c["c2ws"], Ks=c["Ks"], text=text, dataset_idx=np.int32(idx),
-                dataset_name=self.names[idx])
+                dataset_name=self.names[idx], **ids)
 
   __call__ = random_map
+
+
+class PreencodedTransform:
+  """``grain`` map: (dataset index, pre-encoded clip) → the pre-encoded stage-2 batch keys (module docstring)."""
+
+  def __init__(self, names: Sequence[str]):
+    from gen3r_jax.data.preencode import BATCH_KEYS
+    self.names = list(names)
+    self.keys = tuple(k for k in BATCH_KEYS if k not in ("dataset_idx", "dataset_name"))
+
+  def __call__(self, element: tuple[int, dict]) -> dict[str, Any]:
+    idx, ex = element
+    return dict({k: ex[k] for k in self.keys}, dataset_idx=np.int32(idx), dataset_name=self.names[idx])
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -153,6 +174,10 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
   require(cfg.stage in (1, 2), f"stage must be 1 or 2, got {cfg.stage}.")
   require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}.")
   require(len(sources) > 0, "no datasets given; point the pipeline at a dataset root or built records.")
+  kinds = {bool(getattr(s, "preencoded", False)) for s in sources.values()}
+  require(len(kinds) == 1, "mix of pre-encoded and scene sources; use one kind for all datasets.")
+  preencoded = kinds == {True}
+  require(not preencoded or cfg.stage == 2, "pre-encoded clips feed stage 2 only; set stage=2.")
   clip = cfg.resolved_clip()
   require(cfg.stage == 1 or clip.order == "cameras",
           "stage 2 needs clip.order='cameras' (transforms.json order, with cameras).")
@@ -161,7 +186,8 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
     import jax
     pi, pc = jax.process_index(), jax.process_count()
   require(0 <= pi < pc, f"process_index {pi} must be in [0, {pc}).")
-  check_sources(sources, clip)
+  if not preencoded:
+    check_sources(sources, clip)
 
   names = list(sources)
   sizes = [len(sources[n]) for n in names]
@@ -184,7 +210,10 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
     ds = grain.MapDataset.mix([p for p, _ in keep], [w for _, w in keep])
     if cfg.num_epochs is not None:
       ds = ds[: cfg.num_epochs * sum(sizes)]
-  ds = ds.random_map(ClipTransform(clip, names, cfg.stage == 2, cfg.clean_captions), seed=cfg.seed)
+  if preencoded:
+    ds = ds.map(PreencodedTransform(names))
+  else:
+    ds = ds.random_map(ClipTransform(clip, names, cfg.stage == 2, cfg.clean_captions), seed=cfg.seed)
   ds = ds[pi::pc]
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=collate)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
@@ -240,3 +269,22 @@ def sources_from_records(dataset_dir, stage: int = 2, split: str = "train") -> d
     src = RecordSource(dataset_dir, s)
     out[src.index[0]["dataset"] if src.index else s[len("train_"):]] = src
   return out
+
+
+def sources_from_preencoded(directory, split: str = "train") -> dict[str, Any]:
+  """Sources over a finished pre-encoding (``launch/preencode.py``), for :func:`make_pipeline` with ``stage=2``.
+
+  ``split="train"``: one source per ``train_<dataset>`` split, named by its dataset (mixed with the stage-2
+  weights, as online). Any other split name is one source of that name.
+  """
+  import tensorflow_datasets as tfds
+
+  from gen3r_jax.data.preencode import PreencodedSource, read_metadata
+
+  read_metadata(directory)  # clear error for a missing or unfinished pre-encoding
+  if split != "train":
+    return {split: PreencodedSource(directory, split)}
+  train = sorted(s for s in tfds.builder_from_directory(str(directory)).info.splits.keys() if s.startswith("train_"))
+  require(bool(train), f"{directory} has no train_* split; it was pre-encoded from another split.")
+  srcs = [PreencodedSource(directory, s) for s in train]
+  return {src.dataset: src for src in srcs}
