@@ -13,3 +13,10 @@ Sub-packages:
 """
 
 __version__ = "0.1.0"
+
+
+def enable_compilation_cache(path: str | None = None, **kw) -> str | None:
+  """Turn on the persistent XLA compilation cache (``~/.cache/gen3r_jax/xla`` or ``$GEN3R_JAX_CACHE``); see
+  :func:`gen3r_jax.cli.enable_compilation_cache`."""
+  from gen3r_jax.cli import enable_compilation_cache as enable
+  return enable(path, **kw)

@@ -192,8 +192,7 @@ def test_sharded_forward_matches_unsharded():
 
 
 def test_activation_constraint_drops_non_dividing_mesh_axes():
-  from gen3r_jax.models.wan.transformer import constrain
-  P = jax.sharding.PartitionSpec
+  from gen3r_jax.parallel.rules import constrain
   mesh = make_mesh({"data": 2, "fsdp": 4})
   specs = {}
   with jax.set_mesh(mesh):

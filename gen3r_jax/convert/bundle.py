@@ -211,17 +211,42 @@ def check_bundle(directory: str) -> None:
     raise Gen3RInputError(f"{directory}: checkpoint is missing {', '.join(missing)}; re-run the conversion")
 
 
-def load_bundle(directory: str, *, dtype: str | None = None, mesh=None, components=None) -> Gen3RBundle:
-  """Load a converted bundle. ``dtype`` overrides every model's compute dtype (e.g. ``"bfloat16"``)."""
+def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | None = None, mesh=None,
+                components=None, placement: str = "resident", log: Callable = lambda s: None) -> Gen3RBundle:
+  """Load a converted bundle.
+
+  Args:
+    dtype: overrides every model's compute dtype (e.g. ``"bfloat16"``).
+    param_dtype: overrides the stored parameter dtype (``"bfloat16"`` halves the weights' memory, as the official
+      ``infer.py`` casting the pipeline does; None keeps the converted float32).
+    mesh: shard every model's parameters over this mesh by their logical axes (``gen3r_jax.parallel.rules``);
+      the DiT's denoising step then runs sharded (``generate`` reads the mesh from its parameters).
+    placement: ``"resident"`` (parameters restored into device memory) or ``"sequential"`` (restored straight
+      into host memory, same shardings; each sampling stage moves its model to the device and back, see
+      :mod:`gen3r_jax.sampling.placement`).
+  """
+  from gen3r_jax.models.config import DTYPES
   from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
+  from gen3r_jax.sampling import placement as pl
+  pl.check_placement(placement)
+  for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+    if value is not None and value not in DTYPES:
+      raise Gen3RInputError(f"{name} {value!r} is not supported; use one of {', '.join(DTYPES)}")
   check_bundle(directory)
   out = Gen3RBundle()
   out.tokenizer = UMT5Tokenizer.from_pretrained(os.path.join(directory, "tokenizer"))
   out.scheduler_config = _read_json(os.path.join(directory, "scheduler", "scheduler_config.json"))
+  host_kind = pl.host_memory_kind() if placement == "sequential" else None
   for comp in components or COMPONENTS:
     cls = _model_class(COMPONENTS[comp][1])
-    kw = {"dtype": dtype} if dtype else {}
-    setattr(out, _FIELDS[comp], cls.from_checkpoint(os.path.join(directory, comp), mesh=mesh, **kw))
+    kw = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    t0 = time.time()
+    model = cls.from_checkpoint(os.path.join(directory, comp), mesh=mesh, memory_kind=host_kind, **kw)
+    if placement == "sequential" and host_kind is None:     # no host memory space: numpy copies
+      model = pl.to_host(model)
+    setattr(out, _FIELDS[comp], model)
+    log(f"[load] {comp}: {pl.fmt_bytes(pl.param_bytes(model))} "
+        f"({'host' if placement == 'sequential' else 'device'}, {time.time() - t0:.1f} s)")
   return out
 
 

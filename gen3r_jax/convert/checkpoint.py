@@ -69,8 +69,11 @@ def read_config(directory: str) -> dict:
 
 
 def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh | None = None,
-                  rules=DEFAULT_RULES) -> nnx.Module:
-  """Restore a model built by ``build`` (called under ``nnx.eval_shape``) from ``directory/params``."""
+                  rules=DEFAULT_RULES, memory_kind: str | None = None) -> nnx.Module:
+  """Restore a model built by ``build`` (called under ``nnx.eval_shape``) from ``directory/params``.
+
+  ``memory_kind`` (e.g. ``"pinned_host"``) restores into that memory space of the same devices instead of device
+  memory (host-resident weights for sequential placement, ``gen3r_jax.sampling.placement``)."""
   directory = os.path.abspath(os.fspath(directory))
   abstract = abstract_module(build)
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -82,6 +85,8 @@ def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh
     dev = jax.devices()[0]
     shardings = jax.tree.map(lambda _: SingleDeviceSharding(dev), params,
                              is_leaf=lambda x: isinstance(x, nnx.Variable))
+  if memory_kind is not None:
+    shardings = jax.tree.map(lambda s: s.with_memory_kind(memory_kind), shardings)
 
   def to_target(var, sh):
     v = var.get_value() if hasattr(var, "get_value") else var.value
@@ -119,12 +124,14 @@ class CheckpointMixin:
 
   @classmethod
   def from_checkpoint(cls, directory: str, *, mesh: Mesh | None = None, rules=DEFAULT_RULES,
-                      config=None, **overrides):
-    """Load a converted checkpoint. ``overrides`` replace config fields (e.g. ``dtype="bfloat16"``)."""
+                      config=None, memory_kind: str | None = None, **overrides):
+    """Load a converted checkpoint. ``overrides`` replace config fields (e.g. ``dtype="bfloat16"``);
+    ``memory_kind`` as in :func:`restore_model`."""
     cfg = config if config is not None else cls.Config.from_dict(read_config(directory))
     if overrides:
       cfg = cfg.replace(**overrides)
-    return restore_model(directory, lambda: cls(cfg, rngs=nnx.Rngs(0)), mesh=mesh, rules=rules)
+    return restore_model(directory, lambda: cls(cfg, rngs=nnx.Rngs(0)), mesh=mesh, rules=rules,
+                         memory_kind=memory_kind)
 
   def save_checkpoint(self, directory: str, *, overwrite: bool = False) -> str:
     return save_params(directory, nnx.state(self, nnx.Param), config=self.cfg.to_dict(),

@@ -49,6 +49,29 @@ def xla_attention(q, k, v, *, scale: float, bias=None, mask=None):
   return out.astype(q.dtype)
 
 
+def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
+  """cuDNN flash attention.
+
+  * cuDNN's partitioner needs q, k and v sharded alike (text/CLIP keys arrive replicated while the video
+    queries are batch-sharded), so under a mesh all three are constrained to ``(batch, -, heads, -)``.
+  * cuDNN's backward rejects odd sequence lengths (the DiT's 257 CLIP tokens, VGGT's 1605-token frames): an odd
+    query or key length is padded by one row; a sequence-length mask gives the padded key exactly zero weight
+    and the padded query row is sliced off, so the values are unchanged.
+  """
+  from gen3r_jax.parallel.rules import constrain  # lazy: parallel/ imports this module
+  b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+  odd = (lq % 2 or lk % 2) and bias is None and mask is None
+  same = lambda x, n=0: constrain(jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if odd else x,
+                                  ("batch", None, "heads", None))
+  q, k, v = same(q, lq), same(k, lk), same(v, lk)
+  if not odd:
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn")
+  lengths = lambda n: constrain(jnp.full((b,), n, jnp.int32), ("batch",))
+  out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn",
+                                     query_seq_lengths=lengths(lq), key_value_seq_lengths=lengths(lk))
+  return out[:, :lq]
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto",
               scale: float | None = None, bias: jax.Array | None = None,
               mask: jax.Array | None = None) -> jax.Array:
@@ -76,7 +99,6 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
   if impl == "xla":
     return xla_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                        implementation="cudnn")
+    return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   from gen3r_jax.parallel.splash import splash_attention
   return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)

@@ -130,3 +130,39 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
         f"to {len(devices)} (or set one axis to -1)")
   arr = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
   return Mesh(arr, MESH_AXES)
+
+
+ACT_AXES = ("batch", "length", "embed")
+
+
+def active_mesh():
+  """The mesh set by ``jax.set_mesh`` / ``jax.sharding.use_mesh`` or a ``with mesh:`` block, else ``None``."""
+  m = jax.sharding.get_abstract_mesh()
+  if m is not None and not m.empty:
+    return m
+  try:  # legacy ``with mesh:`` context
+    from jax._src.mesh import thread_resources
+    pm = thread_resources.env.physical_mesh
+    return None if pm.empty else pm
+  except Exception:  # pragma: no cover - jax internals moved
+    return None
+
+
+def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:
+  """``with_sharding_constraint`` to logical ``axes`` under an active mesh (no-op without one).
+
+  When the mesh axes of a dimension do not divide it, trailing mesh axes are dropped until they do (batch 2 on
+  ``data=2, fsdp=4`` shards over ``data`` only; tiny shapes stay replicated).
+  """
+  mesh = active_mesh()
+  if mesh is None or any("manual" in str(t).lower() for t in getattr(mesh, "axis_types", ())):
+    return x  # no mesh, or inside shard_map (manual axes): the caller's layout stands
+  spec = activation_spec(axes, mesh)
+  fixed = []
+  for size, entry in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
+    names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+    names = tuple(a for a in names if mesh.shape[a] > 1)
+    while names and size % int(np.prod([mesh.shape[a] for a in names])):
+      names = names[:-1]
+    fixed.append(None if not names else (names[0] if len(names) == 1 else names))
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*fixed))

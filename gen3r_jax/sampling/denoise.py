@@ -15,10 +15,19 @@ positive context only), as the reference does.
 The loop is driven from Python (see ``docs/sampling.md`` for the measurement behind the choice): a progress line
 with steps/s and ETA, an optional per-step callback, and the latents after every step when asked for (the
 parity fixtures record them). :func:`denoise_scan` runs the same step inside one ``lax.scan`` for comparison.
+
+Sharded sampling: a DiT whose parameters are sharded over a mesh (``load_bundle(..., mesh=mesh)`` or
+``transformer.create(cfg, mesh=mesh)``) runs the same step under ``jax.set_mesh(mesh)``: activations follow the
+logical rules (batch over ``data``/``fsdp`` — the CFG pair splits over ``fsdp=2`` —, tokens over ``context``),
+and with ``mesh.context > 1`` self-attention goes through ``use_context_parallel`` (``"allgather"`` by default:
+K/V all-gathered, the local kernel is cuDNN flash on GPU; ``"ring"`` keeps one K/V block per device but uses
+einsum blocks). The latents and scheduler state stay replicated. :func:`time_denoise_step` times one step of a
+random-weight DiT created directly on its shards (the 14B benchmark).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -32,6 +41,7 @@ from flax import nnx
 
 from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.wan.dit_inputs import pad_text
+from gen3r_jax.parallel.context import STRATEGIES, context_size, use_context_parallel
 
 
 @dataclasses.dataclass
@@ -96,29 +106,76 @@ def _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, u
   return uncond + guidance * (cond - uncond)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "scheduler", "use_cfg"), donate_argnums=(2, 3))
+@functools.partial(jax.jit, static_argnames=("graphdef", "scheduler", "use_cfg", "parallel"),
+                   donate_argnums=(2, 3))
 def denoise_step(params, graphdef, latents, sched_state, i, timesteps, context, clip_fea, y, y_camera,
-                 guidance, *, scheduler, use_cfg: bool):
+                 guidance, *, scheduler, use_cfg: bool, parallel: tuple | None = None):
   """One full step: ``(latents, sched_state, guided_noise)`` after step ``i`` (latents and state donated).
 
   ``timesteps [S]`` float32 (the model's ``t``), ``i`` int32 scalar, ``guidance`` float32 scalar.
+  ``parallel``: ``(mesh, context_strategy)`` for a sharded DiT (call under ``jax.set_mesh(mesh)``); the
+  attention hook is installed while tracing, and the carried latents / state / guided noise come out replicated
+  so every step sees the same input shardings (one compile).
   """
   model = nnx.merge(graphdef, params)
   t = timesteps[i]
-  guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
-  latents, sched_state = scheduler.step(sched_state, guided, i, latents)
+  if parallel is None:
+    guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
+    latents, sched_state = scheduler.step(sched_state, guided, i, latents)
+    return latents, sched_state, guided
+  mesh, strategy = parallel
+  with use_context_parallel(mesh, strategy):
+    guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
+  replicated = lambda tree: jax.tree.map(                                        # noqa: E731
+      lambda a: jax.lax.with_sharding_constraint(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+      tree)
+  guided = replicated(guided)
+  latents, sched_state = replicated(scheduler.step(sched_state, guided, i, latents))
   return latents, sched_state, guided
 
 
-def _commit_like(params, tree):
-  """Place the carried arrays where the step's outputs will live (committed to the parameters' device), so that
-  step 1 sees the same argument placement as step 0 and nothing recompiles. Sharded (mesh) parameters: unchanged."""
+def param_mesh(params):
+  """The mesh of the first ``NamedSharding``-placed parameter, else ``None``."""
+  for a in jax.tree.leaves(params):
+    if isinstance(getattr(a, "sharding", None), jax.sharding.NamedSharding):
+      return a.sharding.mesh
+  return None
+
+
+def _commit_like(params, tree, mesh=None):
+  """Place the carried arrays and inputs where the step's outputs will live, so that step 1 sees the same argument
+  placement as step 0 and nothing recompiles: committed to the parameters' device, or replicated over ``mesh``."""
+  if mesh is not None:
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda a: jax.device_put(a, rep), tree)
   leaves = jax.tree.leaves(params)
   leaf = leaves[0] if leaves else None
   if isinstance(leaf, jax.Array) and getattr(leaf, "committed", False) and \
       isinstance(leaf.sharding, jax.sharding.SingleDeviceSharding):
     return jax.device_put(tree, leaf.sharding)
   return tree
+
+
+def mesh_scope(mesh):
+  """``jax.set_mesh(mesh)`` (the DiT's activation constraints read it at trace time), or a no-op."""
+  return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def check_parallel(mesh, context_parallel: str) -> None:
+  require(context_parallel in STRATEGIES[:2],
+          f"context_parallel must be one of {STRATEGIES[:2]}, got {context_parallel!r}.")
+  if mesh is not None:
+    require(isinstance(mesh, jax.sharding.Mesh),
+            f"mesh must be a jax.sharding.Mesh (gen3r_jax.parallel.rules.make_mesh), got {type(mesh).__name__}.")
+
+
+def _check_context_split(mesh, latents, dit_cfg) -> None:
+  n = context_size(mesh)
+  if n > 1:
+    pt, ph, pw = dit_cfg.patch_size
+    tokens = (latents.shape[1] // pt) * (latents.shape[2] // ph) * (latents.shape[3] // pw)
+    require(tokens % n == 0, f"the DiT sees {tokens} video tokens, not divisible by the mesh 'context' size {n}; "
+                             f"use a context size that divides it (or context=1).")
 
 
 class Progress:
@@ -145,7 +202,8 @@ class Progress:
 
 def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_camera=None,
             guidance_scale: float = 5.0, record: bool = False, progress: bool = True,
-            callback: Callable[[int, jax.Array], Any] | None = None) -> DenoiseOutput:
+            callback: Callable[[int, jax.Array], Any] | None = None, mesh=None,
+            context_parallel: str = "allgather") -> DenoiseOutput:
   """Run the whole denoising loop (compiled step driven from Python).
 
   Args:
@@ -157,15 +215,25 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
       ``y_camera``: camera latents ``[B, f, 8h, 16w, 24]`` or None.
     record: keep the latents and the guided noise after every step (host copies).
     callback: called as ``callback(i, latents)`` after each step.
+    mesh: run the step sharded over this mesh (default: the mesh the parameters are sharded over, if any);
+      ``context_parallel`` (``"allgather"`` | ``"ring"``) is the self-attention strategy when ``context > 1``.
   """
   use_cfg = float(guidance_scale) > 1.0
   check_denoise_inputs(model.cfg, latents, context, clip_fea, y, y_camera, use_cfg)
+  check_parallel(mesh, context_parallel)
   graphdef, params = nnx.split(model)
+  mesh = mesh if mesh is not None else param_mesh(params)
+  if mesh is not None:
+    _check_context_split(mesh, latents, model.cfg)
+  parallel = None if mesh is None else (mesh, context_parallel)
   timesteps = jnp.asarray(np.asarray(schedule.timesteps, np.float32))
   x = jnp.array(latents, jnp.float32)                                  # a fresh buffer: it is donated
   state = scheduler.init_state(jnp.asarray(schedule.sigmas, jnp.float32), x)
   state = jax.tree.map(jnp.copy, state)                                # distinct buffers (donated)
-  x, state = _commit_like(params, (x, state))
+  x, state = _commit_like(params, (x, state), mesh)
+  if mesh is not None:
+    timesteps, context, clip_fea, y, y_camera = _commit_like(params, (timesteps, context, clip_fea, y, y_camera),
+                                                             mesh)
   g = jnp.float32(guidance_scale)
   n = schedule.num_steps
   bar = Progress(n, progress)
@@ -173,8 +241,9 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
   t_compile = 0.0
   for i in range(n):
     t0 = time.perf_counter()
-    x, state, guided = denoise_step(params, graphdef, x, state, jnp.int32(i), timesteps, context, clip_fea, y,
-                                    y_camera, g, scheduler=scheduler, use_cfg=use_cfg)
+    with mesh_scope(mesh):
+      x, state, guided = denoise_step(params, graphdef, x, state, jnp.int32(i), timesteps, context, clip_fea, y,
+                                      y_camera, g, scheduler=scheduler, use_cfg=use_cfg, parallel=parallel)
     x.block_until_ready()
     dt = time.perf_counter() - t0
     if i == 0:
@@ -220,5 +289,63 @@ def denoise_scan(model, scheduler, schedule, latents, *, context, clip_fea, y, y
   return DenoiseOutput(x, np.asarray(hist), np.asarray(guided))
 
 
+def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width: int = 560, iters: int = 5, *,
+                      seed: int = 0, context_parallel: str = "allgather", guidance_scale: float = 5.0,
+                      scheduler: str = "unipc", shift: float = 5.0) -> dict:
+  """Time the sampler's CFG step (:func:`denoise`, the production loop) for a random-weight DiT of ``cfg``.
+
+  The parameters come from one jitted init whose outputs land on their shards over ``mesh``
+  (:func:`gen3r_jax.models.wan.transformer.create`): no full copy of the weights exists anywhere, so the 14B
+  (33.8 GB of bfloat16) fits two 80 GB GPUs with ``fsdp=2``. The inputs (latents ``[1, f, h, 2w, 16]`` of
+  ``frames`` x ``height`` x ``width`` video, text / CLIP / control / camera conditioning) are random, made on the
+  devices. Runs ``iters + 1`` steps: the first includes compilation.
+
+  Returns a dict: ``first_step_s`` (compile + one step), ``median_s`` / ``min_s`` / ``max_s`` of the other steps,
+  ``tokens``, ``params``, ``mesh``, ``context_parallel``, ``peak_bytes`` (max over the local devices, None on
+  CPU), ``init_s``.
+  """
+  from gen3r_jax.models.wan.transformer import create
+  from gen3r_jax.sampling.schedulers import get_scheduler
+  from gen3r_jax.sampling import placement
+  require(isinstance(frames, int) and frames >= 1 and (frames - 1) % 4 == 0,
+          f"frames must be 1 + 4k (49 in infer.py), got {frames!r}.")
+  require(height % 16 == 0 and width % 16 == 0, f"height and width must be multiples of 16, got {height}x{width}.")
+  require(isinstance(iters, int) and iters >= 1, f"iters must be a positive integer, got {iters!r}.")
+  check_parallel(mesh, context_parallel)
+  t0 = time.perf_counter()
+  model = create(cfg, seed=seed, mesh=mesh, rng_impl="rbg")
+  params = nnx.state(model, nnx.Param)
+  jax.block_until_ready(params)
+  init_s = time.perf_counter() - t0
+  f, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+  use_cfg = guidance_scale > 1.0
+  rows = 2 if use_cfg else 1
+  sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def make():
+    k = jax.random.split(jax.random.key(seed + 1), 5)
+    return dict(latents=jax.random.normal(k[0], (1, f, h, 2 * w, cfg.out_dim), jnp.float32),
+                context=jax.random.normal(k[1], (rows, cfg.text_len, cfg.text_dim), jnp.float32),
+                clip_fea=jax.random.normal(k[2], (1, cfg.clip_tokens, cfg.clip_dim), jnp.float32),
+                y=jax.random.normal(k[3], (1, f, h, 2 * w, cfg.cond_dim), jnp.float32),
+                y_camera=jax.random.normal(k[4], (1, f, 8 * h, 16 * w, cfg.in_dim_control_adapter), jnp.float32))
+
+  inputs = jax.jit(make, out_shardings=sharding)()
+  sched = get_scheduler(scheduler)
+  schedule = sched.set_timesteps(iters + 1, shift)
+  out = denoise(model, sched, schedule, guidance_scale=guidance_scale, progress=False, mesh=mesh,
+                context_parallel=context_parallel, **inputs)
+  steady = out.seconds[1:]
+  pt, ph, pw = cfg.patch_size
+  mem = placement.memory_stats(mesh.devices.flat if mesh is not None else None) or {}
+  return {"frames": frames, "height": height, "width": width, "latent_shape": list(inputs["latents"].shape),
+          "tokens": (f // pt) * (h // ph) * (2 * w // pw), "cfg_batch": rows, "dtype": cfg.dtype,
+          "param_dtype": cfg.param_dtype, "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(params))),
+          "mesh": dict(mesh.shape) if mesh is not None else None, "context_parallel": context_parallel,
+          "init_s": init_s, "first_step_s": out.seconds[0], "median_s": float(np.median(steady)),
+          "min_s": float(np.min(steady)), "max_s": float(np.max(steady)), "iters": len(steady),
+          "peak_bytes": mem.get("peak_bytes_in_use"), "finite": bool(np.isfinite(np.asarray(out.latents)).all())}
+
+
 __all__ = ("DenoiseOutput", "cfg_context", "denoise", "denoise_scan", "denoise_step", "Progress",
-           "check_denoise_inputs")
+           "check_denoise_inputs", "check_parallel", "mesh_scope", "param_mesh", "time_denoise_step")

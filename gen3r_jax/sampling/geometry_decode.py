@@ -84,7 +84,8 @@ def split_joint_latents(latents) -> tuple[jax.Array, jax.Array]:
   return latents[:, :, :, :w], latents[:, :, :, w:]
 
 
-@functools.partial(nnx.jit, static_argnames=("patch_size", "frames_chunk_size", "with_points"))
+@functools.partial(nnx.jit, static_argnames=("patch_size", "frames_chunk_size", "with_points"),
+                   graph_updates=False)  # no parameter copies out
 def run_heads(camera_head, depth_head, point_head, tokens: jax.Array, *, patch_size: int,
               frames_chunk_size: int | None = None, with_points: bool = True) -> dict[str, jax.Array]:
   """Decoded tokens ``[B, F, h, w, 5D]`` -> head outputs (float32; traced, unchecked).

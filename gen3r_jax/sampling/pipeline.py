@@ -6,18 +6,25 @@
     out["rgb"] [F, H, W, 3]   out["depth"] [F, H, W, 1]   out["pcds"] [F, H, W, 3]   out["masks"] [F, H, W]
     out["c2w"] [F, 4, 4]      out["intrinsics"] [F, 3, 3] (decoded cameras)
 
-This module only wires the stages (``sampling/stages.py``, ``sampling/denoise.py``) in the order of the official
-``infer.py`` + ``Gen3RPipeline.__call__``:
+This module only wires the stages (``sampling/stages.py``, ``sampling/denoise.py``) of the official ``infer.py`` +
+``Gen3RPipeline.__call__``, one model per stage (the stages are independent until the denoising loop, so their
+order does not change any output):
 
-1. VGGT on the conditioning views: first-frame intrinsics and scene scale (built-in trajectories only);
-2. cameras -> Plücker -> camera latents;
-3. umT5 on the prompt and the negative prompt (then the text encoder may be released);
-4. CLIP tokens of the first frame (then CLIP may be released);
-5. zero-filled control video -> Wan VAE posterior (``sample``, the official default, or ``mode``) + masks;
-6. the CFG denoising loop (then the DiT may be released);
-7. appearance half -> Wan VAE decode -> rgb; geometry half -> adapter -> VGGT heads -> depth, points, cameras.
+1. ``text``: umT5 on the prompt and the negative prompt (then the text encoder may be released);
+2. ``clip``: CLIP tokens of the first frame (then CLIP may be released);
+3. ``cameras``: VGGT on the conditioning views -> first-frame intrinsics and scene scale (built-in trajectories
+   only); cameras -> Plücker -> camera latents;
+4. ``vae_encode``: zero-filled control video -> Wan VAE posterior (``sample``, the official default, or ``mode``)
+   + masks;
+5. ``denoise``: the CFG denoising loop (then the DiT may be released);
+6. ``vae_decode``: appearance half -> Wan VAE decode -> rgb;
+7. ``geometry_decode``: geometry half -> adapter -> VGGT heads (not its aggregator) -> depth, points, cameras.
 
 With ``release=True`` each model is dropped from the bundle (field set to ``None``) once no later stage needs it.
+A bundle loaded with ``placement="sequential"`` keeps its weights in host memory; each stage copies its model to
+the device and deletes the copy afterwards, so the device holds one stage's weights at a time
+(:mod:`gen3r_jax.sampling.placement`; per-stage time and memory in ``out["stats"]``). A DiT sharded over a mesh
+runs the denoising step sharded (fsdp / context parallel, :mod:`gen3r_jax.sampling.denoise`).
 Everything the user passes is checked before the first compile. All randomness comes from ``seed``: the initial
 noise and, with ``posterior="sample"``, the VAE posterior draw; the same seed gives the same outputs.
 """
@@ -25,7 +32,6 @@ noise and, with ``posterior="sample"``, the VAE posterior draw; the same seed gi
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable
 
 import jax
@@ -35,7 +41,9 @@ import numpy as np
 from gen3r_jax.errors import require
 from gen3r_jax.sampling import inputs, stages
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES, check_num_frames, load_cameras_json, parse_cameras
-from gen3r_jax.sampling.denoise import cfg_context, denoise
+from gen3r_jax.sampling.denoise import cfg_context, check_parallel, denoise
+from gen3r_jax.sampling.geometry_decode import decode_geometry, split_joint_latents
+from gen3r_jax.sampling.placement import StageStats
 from gen3r_jax.sampling.schedulers import get_scheduler, scheduler_from_config
 from gen3r_jax.sampling.schedulers.schedules import check_shift
 
@@ -98,27 +106,35 @@ def _release(bundle, field: str, release: bool) -> None:
 
 
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
-             release: bool = False, record: bool = False, progress: bool = True,
-             log: Callable[[str], None] = lambda s: None) -> dict:
+             release: bool = False, record: bool = False, progress: bool = True, mesh=None,
+             context_parallel: str = "allgather", log: Callable[[str], None] = lambda s: None,
+             probe: Callable[[str, tuple], None] | None = None) -> dict:
   """Run the whole pipeline (module docstring).
 
   Args:
     bundle: a :class:`~gen3r_jax.convert.bundle.Gen3RBundle` (tokenizer, text_encoder, clip, transformer, vae,
-      geo_adapter, vggt, scheduler_config).
+      geo_adapter, vggt, scheduler_config), resident on the device or in host memory (``placement``: each model
+      is then copied to the device for its stage only, see :mod:`gen3r_jax.sampling.placement`).
     images: conditioning views ``[n, 560, 560, 3]`` in [0, 1] (see :func:`inputs.load_control_images`).
     prompt: the text prompt.
     latents: optional initial latents ``[1, f, 70, 140, 16]`` (default: normal noise from ``opts.seed``).
     release: drop each model from ``bundle`` once it is no longer needed.
     record: also return every stage's intermediates and the latents after each step.
+    mesh: the mesh of a sharded DiT (default: read from its parameters); ``context_parallel`` (``"allgather"`` |
+      ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``.
+    probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
   Returns:
     a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
     point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
-    trajectory (``traj_c2w``, ``traj_K``) and ``timings``; with ``record`` also ``stages`` (a dict).
+    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps) and
+    ``stats`` (per stage: seconds, weights on the device and device memory, see
+    :class:`~gen3r_jax.sampling.placement.StageStats`); with ``record`` also ``stages`` (a dict).
   """
   images = np.asarray(images)
   require(isinstance(prompt, str) and prompt.strip() != "", "prompt must be a non-empty string.")
   inputs.check_images(images, opts.size)
   check_options(opts, images.shape[0])
+  check_parallel(mesh, context_parallel)
   sched = make_scheduler(opts, bundle.scheduler_config)
   shape = latent_shape(opts, bundle.transformer.cfg.out_dim)
   if latents is not None:
@@ -126,54 +142,61 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
             f"latents: expected shape {shape} ([1, f, h, 2w, C] channels-last), got {tuple(np.shape(latents))}.")
   key_noise, key_post = jax.random.split(jax.random.PRNGKey(int(opts.seed)))
   views = jnp.asarray(images, jnp.float32)[None]                          # [1, n, H, W, 3]
-  rec, t = {}, {}
+  stats = StageStats(log, probe)
+  rec = {}
 
-  def tick(name, t0):
-    t[name] = time.perf_counter() - t0
-    log(f"[sample] {name}: {t[name]:.1f} s")
-
-  t0 = time.perf_counter()
-  estimate = None
-  if isinstance(opts.cameras, str) and opts.cameras in BUILTIN_TRAJECTORIES:
-    estimate = stages.estimate_cameras(bundle.vggt, views)
-  raw, c2ws, ks = stages.trajectory(opts.cameras, opts.num_frames, estimate)
-  plucker, cam_latents = stages.camera_conditioning(c2ws, ks, opts.size, cameras=opts.cameras, task=opts.task)
-  tick("cameras", t0)
-
-  t0 = time.perf_counter()
-  pos = stages.encode_text(bundle.tokenizer, bundle.text_encoder, prompt, opts.max_sequence_length)
+  # 1. umT5 on the prompt and the negative prompt
   use_cfg = opts.guidance_scale > 1.0
-  neg = stages.encode_text(bundle.tokenizer, bundle.text_encoder, opts.negative_prompt,
-                           opts.max_sequence_length) if use_cfg else None
+  with stats.stage("text", bundle.text_encoder) as (te,):
+    pos = stages.encode_text(bundle.tokenizer, te, prompt, opts.max_sequence_length)
+    neg = stages.encode_text(bundle.tokenizer, te, opts.negative_prompt, opts.max_sequence_length) \
+        if use_cfg else None
   _release(bundle, "text_encoder", release)
   context = cfg_context([pos["embeds"]], [neg["embeds"]] if use_cfg else None, bundle.transformer.cfg)
-  tick("text", t0)
 
-  t0 = time.perf_counter()
-  clip_ctx = stages.clip_context(bundle.clip, views)
+  # 2. CLIP tokens of the first frame
+  with stats.stage("clip", bundle.clip) as (clip,):
+    clip_ctx = stages.clip_context(clip, views)
   _release(bundle, "clip", release)
-  control = stages.control_latents(bundle.vae, views, opts.num_frames, posterior=opts.posterior, key=key_post)
-  tick("control", t0)
 
+  # 3. VGGT on the conditioning views (built-in trajectories), cameras -> Plücker -> camera latents
+  estimate = None
+  builtin = isinstance(opts.cameras, str) and opts.cameras in BUILTIN_TRAJECTORIES
+  with stats.stage("cameras", bundle.vggt if builtin else None) as (vggt,):
+    if builtin:
+      estimate = stages.estimate_cameras(vggt, views)
+    raw, c2ws, ks = stages.trajectory(opts.cameras, opts.num_frames, estimate)
+    plucker, cam_latents = stages.camera_conditioning(c2ws, ks, opts.size, cameras=opts.cameras, task=opts.task)
+
+  # 4. zero-filled control video -> Wan VAE posterior + masks
+  with stats.stage("vae_encode", bundle.vae) as (vae,):
+    control = stages.control_latents(vae, views, opts.num_frames, posterior=opts.posterior, key=key_post)
+
+  # 5. the CFG denoising loop
   schedule = sched.set_timesteps(int(opts.num_steps), float(opts.shift))
   x0 = (jnp.asarray(latents, jnp.float32) if latents is not None
         else jax.random.normal(key_noise, shape, jnp.float32))
-  t0 = time.perf_counter()
-  den = denoise(bundle.transformer, sched, schedule, x0, context=context, clip_fea=clip_ctx, y=control,
-                y_camera=cam_latents, guidance_scale=float(opts.guidance_scale), record=record,
-                progress=progress)
+  with stats.stage("denoise", bundle.transformer) as (dit,):
+    den = denoise(dit, sched, schedule, x0, context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
+                  guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh,
+                  context_parallel=context_parallel)
   _release(bundle, "transformer", release)
-  tick("denoise", t0)
 
-  t0 = time.perf_counter()
-  dec = stages.decode(bundle.vae, bundle.geo_adapter, bundle.vggt, den.latents,
-                      min_max_depth_mask=opts.min_max_depth_mask)
-  tick("decode", t0)
+  # 6. appearance half -> Wan VAE decode -> rgb; geometry half -> adapter -> VGGT heads -> depth, points, cameras
+  final = np.asarray(den.latents)           # via the host (8 MB): the decoders may live on other devices than a
+  z_app, z_geo = split_joint_latents(final)  # sharded DiT
+  with stats.stage("vae_decode", bundle.vae) as (vae,):
+    rgb = stages.decode_rgb(vae, z_app)
+  with stats.stage("geometry_decode", bundle.geo_adapter, bundle.vggt, only={1: stages.VGGT_HEADS}) as (ad, vg):
+    dec = decode_geometry(ad, vg, z_geo, min_max_depth_mask=opts.min_max_depth_mask)
+  dec["rgb"] = rgb
 
   out = {k: np.asarray(dec[k])[0] for k in ("rgb", "depth", "points", "pcds", "masks", "extrinsics",
                                             "intrinsics", "c2w", "pose_enc")}
-  out.update(traj_c2w=np.asarray(c2ws), traj_K=np.asarray(ks), latents=np.asarray(den.latents),
-             timings=dict(t, denoise_compile=den.compile_seconds, denoise_steps=den.seconds))
+  timings = {name: st["seconds"] for name, st in stats.stages.items()}
+  out.update(traj_c2w=np.asarray(c2ws), traj_K=np.asarray(ks), latents=final,
+             timings=dict(timings, denoise_compile=den.compile_seconds, denoise_steps=den.seconds),
+             stats=stats.summary())
   if record:
     rec.update(prompt_ids=pos["input_ids"], prompt_mask=pos["attention_mask"], prompt_embeds=pos["embeds"],
                c2ws_raw=np.asarray(raw), c2ws=np.asarray(c2ws), Ks=np.asarray(ks), plucker=plucker,

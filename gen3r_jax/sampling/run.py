@@ -43,12 +43,36 @@ def resolve_demo(cfg, log=print):
   return ckpt, images
 
 
+def parse_mesh(spec: str) -> dict[str, int] | None:
+  """``"fsdp=2,context=2"`` -> ``{"fsdp": 2, "context": 2}`` (``""`` -> None: no mesh)."""
+  from gen3r_jax.parallel.rules import MESH_AXES
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  out = {}
+  for item in spec.split(","):
+    name, _, value = item.partition("=")
+    name = name.strip()
+    require(name in MESH_AXES and value.strip().lstrip("-").isdigit(),
+            f"mesh {spec!r}: expected comma-separated axis=size with axes among {MESH_AXES}, e.g. fsdp=2,context=2.")
+    out[name] = int(value)
+  return out
+
+
 def check_config(cfg, checkpoint: str, paths: list[str]) -> SampleOptions:
   """All checks that need no model (module docstring)."""
   from gen3r_jax.convert.bundle import check_bundle
+  from gen3r_jax.sampling.denoise import check_parallel
+  from gen3r_jax.sampling.placement import check_placement
   require(bool(cfg.out), "no output directory: pass --config.out=<dir>.")
   require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "", 'no prompt: pass --config.prompt="...".')
   require(cfg.dtype in DTYPES, f"dtype {cfg.dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
+  require(cfg.param_dtype in ("",) + DTYPES,
+          f"param_dtype {cfg.param_dtype!r} is not supported; use \"\" (as converted) or one of "
+          f"{', '.join(DTYPES)}.")
+  check_placement(cfg.placement)
+  parse_mesh(cfg.mesh)
+  check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
   require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png].")
   opts = options_from_config(cfg)
@@ -72,17 +96,26 @@ def sample_from_config(cfg, log=print) -> dict[str, str]:
   checkpoint, paths = resolve_demo(cfg, log)
   opts = check_config(cfg, checkpoint, paths)
   images = inputs.load_control_images(paths, opts.size)
+  shape = parse_mesh(cfg.mesh)
+  mesh = None
+  if shape:
+    from gen3r_jax.parallel.rules import make_mesh
+    mesh = make_mesh(shape)
+  placement = cfg.placement
   t0 = time.perf_counter()
-  bundle = load_bundle(checkpoint, dtype=cfg.dtype)
-  log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype})")
+  bundle = load_bundle(checkpoint, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None, mesh=mesh,
+                       placement=placement, log=log)
+  log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
+      f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
   out = generate(bundle, images, cfg.prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
-                 log=log)
+                 context_parallel=cfg.context_parallel, log=log)
   k = out["intrinsics"]
   meta = {"task": opts.task, "trajectory": opts.cameras if isinstance(opts.cameras, str) else "json",
           "seed": opts.seed, "num_frames": opts.num_frames, "steps": opts.num_steps,
           "guidance": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
           "posterior": opts.posterior, "dtype": cfg.dtype, "images": paths, "checkpoint": checkpoint,
-          "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)}}
+          "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},
+          "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
   files = export_all(cfg.out, rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"], masks=out["masks"],
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
                      prompt=cfg.prompt, meta=meta)
@@ -92,4 +125,4 @@ def sample_from_config(cfg, log=print) -> dict[str, str]:
   return files
 
 
-__all__ = ("sample_from_config", "check_config", "options_from_config", "resolve_demo", "image_paths")
+__all__ = ("sample_from_config", "check_config", "options_from_config", "resolve_demo", "image_paths", "parse_mesh")

@@ -11,8 +11,8 @@ Shapes (channels-last; F frames ``1 + 4k``, f = ``(F + 3) // 4``, frames 560 x 5
 * :func:`control_latents`: images -> zero-filled control video -> Wan VAE posterior (``mode`` or ``sample``)
   ``[1, f, 70, 70, 16]`` | zeros ``[.., 70, 16]`` along width, + masks -> ``[1, f, 70, 140, 20]``.
 * :func:`clip_context`: first control frame -> CLIP tokens ``[1, 257, C]``.
-* :func:`decode`: final latents ``[1, f, 70, 140, 16]`` -> rgb ``[1, F, H, W, 3]`` in [0, 1] + the geometry
-  outputs of :func:`~gen3r_jax.sampling.geometry_decode.decode_geometry`.
+* :func:`decode`: final latents ``[1, f, 70, 140, 16]`` -> rgb ``[1, F, H, W, 3]`` in [0, 1]
+  (:func:`decode_rgb`) + the geometry outputs of :func:`~gen3r_jax.sampling.geometry_decode.decode_geometry`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from gen3r_jax.sampling.cameras import (BUILTIN_TRAJECTORIES, get_poses, resolve
 from gen3r_jax.sampling.geometry_decode import decode_geometry, split_joint_latents
 
 POSTERIORS = ("sample", "mode")
+VGGT_HEADS = ("camera_head", "depth_head", "point_head")  # all the decode path needs of VGGT (no aggregator)
 
 
 def encode_text(tokenizer, text_encoder, prompt: str, max_length: int = 512) -> dict:
@@ -42,7 +43,9 @@ def encode_text(tokenizer, text_encoder, prompt: str, max_length: int = 512) -> 
   return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "embeds": embeds}
 
 
-@nnx.jit
+# graph_updates=False: nnx.jit would otherwise return (copy) every parameter as an updated state, doubling the
+# model's device memory during the call (here and in every model's jitted entry point).
+@nnx.jit(graph_updates=False)
 def _vggt_estimate(vggt, images):
   tokens = vggt.aggregator(images)                                         # [4, B, V, P, 2C]
   out = vggt.heads(tokens, images.shape[2:4], camera=True, depth=True, points=False)
@@ -114,13 +117,18 @@ def clip_context(clip, images) -> jax.Array:
   return encode_videos(clip, [x[None]]).astype(jnp.float32)
 
 
+def decode_rgb(vae, z_app) -> jax.Array:
+  """Appearance latents ``[B, t, 70, 70, 16]`` -> rgb ``[B, F, H, W, 3]`` in [0, 1] (float32)."""
+  return _to_unit(vae.decode(z_app, clamp=True))
+
+
 def decode(vae, geo_adapter, vggt, latents, *, min_max_depth_mask: bool = True) -> dict:
   """``Gen3RPipeline.decode_latents``: ``rgb [B, F, H, W, 3]`` in [0, 1] from the appearance half and the
   geometry outputs (``depth``, ``points``, ``extrinsics``, ``intrinsics``, ``c2w``, ``pcds``, ``masks``, ...)
-  from the geometry half."""
+  from the geometry half (only VGGT's heads are used)."""
   z_app, z_geo = split_joint_latents(latents)
   out = decode_geometry(geo_adapter, vggt, z_geo, min_max_depth_mask=min_max_depth_mask)
-  out["rgb"] = _to_unit(vae.decode(z_app, clamp=True))
+  out["rgb"] = decode_rgb(vae, z_app)
   return out
 
 
@@ -130,4 +138,4 @@ def _to_unit(x):
 
 
 __all__ = ("POSTERIORS", "encode_text", "estimate_cameras", "trajectory", "camera_conditioning",
-           "control_latents", "clip_context", "decode")
+           "control_latents", "clip_context", "decode", "decode_rgb", "VGGT_HEADS")

@@ -110,7 +110,8 @@ class Aggregator(nnx.Module):
       f_out = x
       x = nnx.merge(gdef, gs)(x.reshape(b, s * p, c), rope_global).reshape(b, s, p, c)
       out = jnp.concatenate([f_out, x], axis=-1)[None]                      # [1, B, S, P, 2C]
-      buf = jax.lax.dynamic_update_slice(buf, out.astype(buf.dtype), (slot, 0, 0, 0, 0))
+      zero = jnp.zeros((), slot.dtype)                                      # indices of one dtype (x64-safe)
+      buf = jax.lax.dynamic_update_slice(buf, out.astype(buf.dtype), (slot, zero, zero, zero, zero))
       return (x, buf), None
 
     buf = jnp.zeros((len(layers) + 1, b, s, p, 2 * c), tokens.dtype)

@@ -94,7 +94,7 @@ class VGGT(nnx.Module, CheckpointMixin):
     return self.heads(tokens, images.shape[2:4], frames_chunk_size=frames_chunk_size)
 
 
-@functools.partial(nnx.jit, static_argnames=("frames_chunk_size",))
+@functools.partial(nnx.jit, static_argnames=("frames_chunk_size",), graph_updates=False)  # no param copies
 def forward_jit(model: VGGT, images: jax.Array, frames_chunk_size: int | None = None):
   return model.forward(images, frames_chunk_size)
 

@@ -227,12 +227,12 @@ def encode_videos(model: CLIPVision, videos: Sequence[jax.Array]) -> jax.Array:
   return _visual(model, pixels)
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)  # return no parameter copies
 def _preprocess(model: CLIPVision, x):
   return model.preprocess(x)
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)
 def _visual(model: CLIPVision, x):
   return model.visual(x)
 

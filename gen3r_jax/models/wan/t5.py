@@ -220,7 +220,7 @@ def _check_ids(input_ids, attention_mask, vocab: int) -> None:
           f"{ids.max()}]; use the tokenizer that ships with the text encoder checkpoint")
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)  # return no parameter copies (they would double device memory)
 def _encode(model: UMT5Encoder, input_ids, attention_mask):
   return model(input_ids, attention_mask)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from gen3r_jax.nn.params import abstract_module
@@ -35,42 +34,8 @@ from gen3r_jax.models.wan.dit_embed import ImageEmbedding, TextEmbedding, TimeEm
 from gen3r_jax.models.wan.dit_inputs import batch_of, check_inputs, pad_text
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.rope import rope_tables
-from gen3r_jax.parallel.rules import DEFAULT_RULES, activation_spec, state_shardings
+from gen3r_jax.parallel.rules import DEFAULT_RULES, constrain, state_shardings
 
-ACT_AXES = ("batch", "length", "embed")
-
-
-def active_mesh():
-  """The mesh set by ``jax.set_mesh`` / ``jax.sharding.use_mesh`` or a ``with mesh:`` block, else ``None``."""
-  m = jax.sharding.get_abstract_mesh()
-  if m is not None and not m.empty:
-    return m
-  try:  # legacy ``with mesh:`` context
-    from jax._src.mesh import thread_resources
-    pm = thread_resources.env.physical_mesh
-    return None if pm.empty else pm
-  except Exception:  # pragma: no cover - jax internals moved
-    return None
-
-
-def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:
-  """``with_sharding_constraint`` to logical ``axes`` under an active mesh (no-op without one).
-
-  When the mesh axes of a dimension do not divide it, trailing mesh axes are dropped until they do (batch 2 on
-  ``data=2, fsdp=4`` shards over ``data`` only; tiny shapes stay replicated).
-  """
-  mesh = active_mesh()
-  if mesh is None:
-    return x
-  spec = activation_spec(axes, mesh)
-  fixed = []
-  for size, entry in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
-    names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-    names = tuple(a for a in names if mesh.shape[a] > 1)
-    while names and size % int(np.prod([mesh.shape[a] for a in names])):
-      names = names[:-1]
-    fixed.append(None if not names else (names[0] if len(names) == 1 else names))
-  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*fixed))
 
 
 def remat_policy(name: str):

@@ -246,13 +246,13 @@ def host_init(model_cls, cfg, *, seed: int = 0):
   return random_params(model_cls, cfg, seed=seed)
 
 
-@functools.partial(nnx.jit, static_argnames=("chunked",))
+@functools.partial(nnx.jit, static_argnames=("chunked",), graph_updates=False)  # no parameter copies out
 def encode_params_jit(model, x, chunked):
   """Jitted ``model.encode_params`` (shared with the geometry adapter)."""
   return model.encode_params(x, chunked=chunked)
 
 
-@functools.partial(nnx.jit, static_argnames=("chunked",))
+@functools.partial(nnx.jit, static_argnames=("chunked",), graph_updates=False)  # no parameter copies out
 def decode_raw_jit(model, z, chunked):
   """Jitted ``model.decode_raw`` (shared with the geometry adapter)."""
   return model.decode_raw(z, chunked=chunked)
