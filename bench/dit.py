@@ -2,10 +2,11 @@
 
     python -m bench.dit --size 1.3b --batch 2 --frames 13 --h 70 --w 140 --dtype bfloat16 --out dit_1_3b.json
     python -m bench.dit --abstract-14b --fsdp 8          # no device memory used
+    python -m bench.run --what dit                       # the same through the suite (table + JSON)
 
 ``run`` builds the model with one jitted init whose outputs land straight on their shards (no parameter passes
 through the host), makes the inputs on device, compiles the jitted forward (timed separately) and times the
-median of ``iters`` calls. ``h``/``w`` are *latent* sizes (Gen3R's joint layout: ``w = 2 * h``, appearance |
+median of ``iters`` calls with :func:`bench.common.time_jitted`. ``h``/``w`` are *latent* sizes (Gen3R's joint layout: ``w = 2 * h``, appearance |
 geometry side by side). TFLOP/s are analytic (:func:`forward_flops`, multiply-add = 2 FLOPs), never measured.
 Numbers go to docs only with the device and date this prints.
 """
@@ -13,9 +14,7 @@ Numbers go to docs only with the device and date this prints.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
 import sys
 import time
 
@@ -25,13 +24,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
+from bench.common import count_flops, param_count, peak_memory_bytes, row_base, time_jitted
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import WanDiT, create
+from gen3r_jax.models.wan.transformer import WanDiT, abstract_model, create
 from gen3r_jax.nn.attention import resolve_implementation
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh, spec_for
 
-SIZES = {"tiny": WanDiTConfig.tiny, "1.3b": WanDiTConfig.wan_1_3b, "14b": WanDiTConfig.wan_14b}
+SIZES = {"tiny": WanDiTConfig.tiny, "1.3b": WanDiTConfig.wan_1_3b, "full": WanDiTConfig.wan_1_3b,
+         "14b": WanDiTConfig.wan_14b}
+TINY = dict(batch=1, frames=2, h=4, w=8, iters=2)   # bench.run --size tiny (CPU smoke)
 
 
 def config_for(size: str, dtype: str, param_dtype: str | None = None, **kw) -> WanDiTConfig:
@@ -82,19 +84,25 @@ def _inputs(cfg: WanDiTConfig, batch: int, frames: int, h: int, w: int, camera: 
   return jax.jit(make, out_shardings=sharding)()
 
 
-def peak_memory_bytes() -> int | None:
-  stats = jax.local_devices()[0].memory_stats()
-  return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
+def flops_jaxpr(cfg: WanDiTConfig, batch: int, frames: int, h: int, w: int, camera: bool = True) -> float:
+  """The same forward counted from the traced program (:func:`bench.common.count_flops`, XLA attention twin)."""
+  graphdef, state = nnx.split(abstract_model(cfg.replace(attention="xla")))
+  inputs = jax.eval_shape(lambda: _inputs(cfg, batch, frames, h, w, camera, None))
+  return count_flops(lambda s, i: nnx.merge(graphdef, s)(**i), state, inputs)
 
 
 def run(batch: int = 2, frames: int = 13, h: int = 70, w: int = 140, dtype: str = "bfloat16",
-        size: str = "1.3b", *, param_dtype: str | None = None, iters: int = 5, camera: bool = True,
-        mesh_shape: dict | None = None, num_devices: int | None = None, attention: str = "auto") -> dict:
+        size: str = "1.3b", *, param_dtype: str | None = None, iters: int = 5, repeats: int | None = None,
+        warmup: int = 1,
+        camera: bool = True, mesh_shape: dict | None = None, num_devices: int | None = None,
+        attention: str = "auto", quick: bool = False) -> dict:
   """Time one jitted forward of the ``size`` DiT on ``[batch, frames, h, w]`` latents; returns a result dict.
 
   The parameters are sharded by their logical axes on a mesh of the first ``num_devices`` devices (default all,
-  shape ``mesh_shape``, default everything on ``fsdp``).
+  shape ``mesh_shape``, default everything on ``fsdp``). ``quick`` changes nothing here (the DiT compiles fast).
   """
+  del quick
+  iters = repeats or iters
   cfg = config_for(size, dtype, param_dtype, attention=attention)
   devices = jax.devices()[:num_devices] if num_devices else None
   mesh = make_mesh(mesh_shape or {"fsdp": -1}, devices)
@@ -102,38 +110,28 @@ def run(batch: int = 2, frames: int = 13, h: int = 70, w: int = 140, dtype: str 
   graphdef, state = nnx.split(create(cfg, mesh=mesh, rng_impl="rbg"))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  n_params = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state))
+  n_params = param_count(state)
   inputs = _inputs(cfg, batch, frames, h, w, camera, NamedSharding(mesh, P()))
 
   def forward(state, inputs):
     return nnx.merge(graphdef, state)(**inputs)
 
-  with jax.set_mesh(mesh):
-    t0 = time.perf_counter()
-    compiled = jax.jit(forward).lower(state, inputs).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(state, inputs))          # warm-up
-    times = []
-    for _ in range(max(iters, 1)):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(state, inputs))
-      times.append(time.perf_counter() - t0)
   flops = forward_flops(cfg, batch, frames, h, w, camera)
-  median = statistics.median(times)
+  with jax.set_mesh(mesh):
+    t = time_jitted(jax.jit(forward), state, inputs, warmup=warmup, repeats=iters, flops=flops)
   pt, ph, pw = cfg.patch_size
-  dev = jax.local_devices()[0]
-  return {
-      "bench": "wan_dit_forward", "size": size, "dtype": dtype, "param_dtype": cfg.param_dtype,
-      "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}", "num_devices": len(mesh.devices.flat),
-      "mesh": dict(mesh.shape), "jax": jax.__version__,
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "batch": batch, "frames": frames, "h": h, "w": w, "camera": camera,
-      "tokens": (frames // pt) * (h // ph) * (w // pw), "params": n_params,
-      "attention": resolve_implementation(attention, jnp.dtype(dtype)),
-      "init_s": init_s, "compile_s": compile_s, "median_s": median, "min_s": min(times),
-      "max_s": max(times), "iters": len(times), "tflop": flops / 1e12,
-      "tflops_per_s": flops / median / 1e12, "peak_bytes": peak_memory_bytes(),
-  }
+  peak = peak_memory_bytes()
+  return row_base(
+      "wan_dit_forward", dtype=dtype, ref_key="dit_forward", size=size, param_dtype=cfg.param_dtype,
+      num_devices=len(mesh.devices.flat), mesh=dict(mesh.shape),
+      batch=batch, frames=frames, h=h, w=w, camera=camera,
+      shapes={"x": [batch, frames, h, w, cfg.out_dim], "y": [batch, frames, h, w, cfg.cond_dim],
+              "context": [batch, cfg.text_len, cfg.text_dim], "clip_fea": [batch, cfg.clip_tokens, cfg.clip_dim],
+              "y_camera": [batch, frames, 8 * h, 8 * w, cfg.in_dim_control_adapter] if camera else None},
+      tokens=(frames // pt) * (h // ph) * (w // pw), params=n_params,
+      attention=resolve_implementation(attention, jnp.dtype(dtype)), init_s=init_s, **t,
+      iters=t["repeats"], tflops_per_s=t["tflops"], peak_bytes=peak,
+      flops_counted="matmuls+convs, hand formula forward_flops (attention 4 L^2 D per layer)")
 
 
 def attention_agreement(dtype: str = "bfloat16", impls=("xla", "cudnn")) -> dict:

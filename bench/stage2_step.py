@@ -1,0 +1,150 @@
+"""Full-size stage-2 train step benchmark: the 1.3B DiT forward + backward (remat) in bf16 compute with float32
+master parameters, global-norm clipping and AdamW, on pre-encoded-style random inputs (49 frames, 560x560):
+
+    x0 [B, 13, 70, 140, 16]   y [B, 13, 70, 140, 20]   context [B, 512, 4096]   clip_fea [B, 257, 1280]
+    y_camera [B, 13, 560, 1120, 24]   t_index [B]   noise [B, 13, 70, 140, 16]        (B = 1 per device)
+
+    python -m bench.run --what stage2_step                          # one GPU, remat=full
+    python -m bench.run --what stage2_step --kw devices=2           # fsdp over two GPUs (the project's rules)
+    python -m bench.run --what stage2_step --kw size=tiny --kw frames=5 --kw image=32 --dtype float32   # CPU
+
+The loss is ``gen3r_jax.training.stage2.flow_matching_loss`` (the trainer's; shifted-sigma timesteps, the
+clipped MSE) when it imports, else a plain flow-matching MSE (the row's ``loss`` says which). The train state
+comes from ``training.state.create_train_state`` (sharded jitted init) and the optimiser from
+``training.optimizer.make_optimizer``; the step itself is written here because ``training/loop.py`` imports
+clu, which the GPU image lacks. The step donates the state and is timed over ``repeats`` consecutive steps.
+
+MFU: ``model_flops`` = 3 x the analytic forward (:func:`bench.dit.forward_flops`: forward + 2 x for the
+backward); ``hardware_flops`` adds the forward recomputed by ``remat="full"`` (4 x; other policies recompute no
+matmul: 3 x). ``mfu`` = model FLOPs / step time / (devices x peak) with the H100 SXM dense bf16 peak
+(989.4 TFLOP/s, ``peak_tflops_per_device``); ``hfu`` likewise with the hardware FLOPs. Flash attention's own
+backward recompute of ``QK^T`` is not in either count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bench.common import H100_BF16_DENSE_TFLOPS, param_count, row_base, time_jitted
+from bench.dit import SIZES, forward_flops
+from gen3r_jax.models.wan.dit_config import WanDiTConfig
+from gen3r_jax.models.wan.transformer import WanDiT
+from gen3r_jax.parallel.rules import activation_spec, make_mesh
+from gen3r_jax.training.optimizer import make_optimizer
+from gen3r_jax.training.state import create_train_state, merge_params
+
+
+TINY = dict(frames=5, image=32, repeats=2)   # bench.run --size tiny (CPU smoke)
+
+class _Cfg(dict):
+  """``ml_collections.ConfigDict`` stand-in (attribute access + ``get``) for ``make_optimizer``."""
+  __getattr__ = dict.__getitem__
+
+
+# the stage-2 release optimiser (configs/base.py release_stage2) with a constant learning rate: the schedule
+# does not change the step's cost
+OPTIMIZER = _Cfg(name="adamw", learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=3e-2,
+                 schedule="constant", min_lr_ratio=0.0, warmup_steps=0, decay_steps=0, grad_clip_norm=0.25,
+                 grad_accum_steps=1)
+
+
+def _loss_fn():
+  """``(loss(model, batch), name)``: the trainer's flow-matching loss if importable, else a plain MSE."""
+  try:
+    from gen3r_jax.training.stage2 import Stage2Config, flow_matching_loss
+    cfg = Stage2Config()
+
+    def loss(model, b):
+      return flow_matching_loss(model, b["x0"], b["y"], b["context"], b["clip_fea"], b["y_camera"], b["t_index"],
+                                b["noise"], cfg)[0]
+    return loss, "training.stage2.flow_matching_loss"
+  except ImportError as e:  # pragma: no cover - depends on the checkout
+    def loss(model, b):
+      sigma = (b["t_index"].astype(jnp.float32) + 1.0) / 1000.0
+      s = sigma[:, None, None, None, None]
+      noisy = (1.0 - s) * b["x0"] + s * b["noise"]
+      pred = model(noisy, sigma * 1000.0, b["context"], clip_fea=b["clip_fea"], y=b["y"], y_camera=b["y_camera"])
+      return jnp.mean(jnp.square(pred.astype(jnp.float32) - (b["noise"] - b["x0"])))
+    return loss, f"plain flow MSE (stage2 import failed: {e})"
+
+
+def _batch(cfg: WanDiTConfig, b: int, f: int, h: int, w: int, sharding) -> dict:
+  """Random pre-encoded-style inputs on device (``h``, ``w``: one latent half; joint width 2w)."""
+  r = 2 * cfg.control_unshuffle // cfg.patch_size[1]
+
+  def make():
+    k = jax.random.split(jax.random.key(1), 6)
+    return dict(x0=jax.random.normal(k[0], (b, f, h, 2 * w, cfg.out_dim), jnp.float32),
+                y=jax.random.normal(k[1], (b, f, h, 2 * w, cfg.cond_dim), jnp.float32),
+                context=jax.random.normal(k[2], (b, cfg.text_len, cfg.text_dim), jnp.float32),
+                clip_fea=jax.random.normal(k[3], (b, cfg.clip_tokens, cfg.clip_dim), jnp.float32),
+                y_camera=jax.random.normal(k[4], (b, f, h * r, 2 * w * r, cfg.in_dim_control_adapter),
+                                           jnp.float32),
+                t_index=jax.random.randint(k[5], (b,), 0, 1000, jnp.int32),
+                noise=jax.random.normal(k[5], (b, f, h, 2 * w, cfg.out_dim), jnp.float32))
+
+  return jax.jit(make, out_shardings=sharding)()
+
+
+def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = "bfloat16", *,
+        frames: int = 49, image: int = 560, batch_per_device: int = 1, repeats: int = 5, warmup: int = 1,
+        attention: str = "auto", peak_tflops: float = H100_BF16_DENSE_TFLOPS, quick: bool = False) -> dict:
+  """Time ``repeats`` consecutive train steps (state donated) on ``devices`` GPUs (fsdp)."""
+  del quick
+  devs = jax.devices()[:devices]
+  if len(devs) < devices:
+    raise ValueError(f"devices={devices} but only {len(devs)} are visible")
+  cfg = SIZES[size](dtype=dtype, param_dtype="float32", remat=remat, attention=attention)
+  mesh = make_mesh({"fsdp": devices}, devs)
+  b = batch_per_device * devices
+  f, h = (frames - 1) // 4 + 1, image // 8
+  tx, _ = make_optimizer(OPTIMIZER, 1000)
+  t0 = time.perf_counter()
+  state, spec = create_train_state(lambda rngs: WanDiT(cfg, rngs=rngs), tx, seed=0, mesh=mesh)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  loss_of, loss_name = _loss_fn()
+  ndim = {"x0": 5, "y": 5, "context": 3, "clip_fea": 3, "y_camera": 5, "t_index": 1, "noise": 5}
+  batch_sh = {k: NamedSharding(mesh, activation_spec(("batch",) + (None,) * (n - 1), mesh)) for k, n in ndim.items()}
+  batch = _batch(cfg, b, f, h, h, batch_sh)
+  rep = NamedSharding(mesh, P())
+
+  def step(state, batch):
+    def lf(params):
+      return loss_of(merge_params(spec, params), batch)
+
+    loss, grads = jax.value_and_grad(lf)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, loss
+
+  jitted = jax.jit(step, in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, rep),
+                   donate_argnums=(0,))
+  fwd = forward_flops(cfg, b, f, h, 2 * h, camera=True)
+  model_flops = 3 * fwd
+  hw_flops = (4 if remat == "full" else 3) * fwd
+  with jax.set_mesh(mesh):
+    t = time_jitted(jitted, state, batch, warmup=warmup, repeats=repeats, flops=model_flops, carry=True)
+  step_s = t["median_s"]
+  pt, ph, pw = cfg.patch_size
+  tokens = b * (f // pt) * (h // ph) * (2 * h // pw)
+  on_gpu = jax.devices()[0].platform == "gpu"
+  peak = peak_tflops if on_gpu else None
+  return row_base(
+      "stage2_train_step", dtype=dtype, ref_key="stage2_step", size=size, param_dtype="float32",
+      master_params="float32", remat=remat, devices=devices, mesh=dict(mesh.shape), batch=b,
+      batch_per_device=batch_per_device, frames=frames, image=image, loss=loss_name, optimizer="clip 0.25 + AdamW",
+      shapes={"x0": [b, f, h, 2 * h, cfg.out_dim], "y": [b, f, h, 2 * h, cfg.cond_dim],
+              "context": [b, cfg.text_len, cfg.text_dim], "clip_fea": [b, cfg.clip_tokens, cfg.clip_dim],
+              "y_camera": [b, f, 8 * h, 16 * h, cfg.in_dim_control_adapter]},
+      params=param_count(state["params"]), init_s=init_s, **t, tokens=tokens, tokens_per_s=tokens / step_s,
+      model_tflop=model_flops / 1e12, hardware_tflop=hw_flops / 1e12, hardware_tflops=hw_flops / step_s / 1e12,
+      peak_tflops_per_device=peak, peak_source="H100 SXM dense bf16 (datasheet)" if peak else None,
+      mfu=model_flops / step_s / 1e12 / (devices * peak) if peak else None,
+      hfu=hw_flops / step_s / 1e12 / (devices * peak) if peak else None,
+      flops_counted="model = 3 x forward_flops (hand formula); hardware adds the remat=full recompute (4 x)")
