@@ -9,7 +9,7 @@ master parameters, global-norm clipping and AdamW, on pre-encoded-style random i
     python -m bench.run --what stage2_step --kw size=tiny --kw frames=5 --kw image=32 --dtype float32   # CPU
 
 The loss is ``gen3r_jax.training.stage2.flow_matching_loss`` (the trainer's; shifted-sigma timesteps, the
-clipped MSE) when it imports, else a plain flow-matching MSE (the row's ``loss`` says which). The train state
+clipped MSE; the row's ``loss`` names it). The train state
 comes from ``training.state.create_train_state`` (sharded jitted init) and the optimiser from
 ``training.optimizer.make_optimizer``; the step itself is written here because ``training/loop.py`` imports
 clu, which the GPU image lacks. The step donates the state and is timed over ``repeats`` consecutive steps.
@@ -54,23 +54,14 @@ OPTIMIZER = _Cfg(name="adamw", learning_rate=1e-5, b1=0.9, b2=0.999, eps=1e-8, w
 
 
 def _loss_fn():
-  """``(loss(model, batch), name)``: the trainer's flow-matching loss if importable, else a plain MSE."""
-  try:
-    from gen3r_jax.training.stage2 import Stage2Config, flow_matching_loss
-    cfg = Stage2Config()
+  """``(loss(model, batch), name)``: the trainer's flow-matching loss (release settings)."""
+  from gen3r_jax.training.stage2 import Stage2Config, flow_matching_loss
+  cfg = Stage2Config()
 
-    def loss(model, b):
-      return flow_matching_loss(model, b["x0"], b["y"], b["context"], b["clip_fea"], b["y_camera"], b["t_index"],
-                                b["noise"], cfg)[0]
-    return loss, "training.stage2.flow_matching_loss"
-  except ImportError as e:  # pragma: no cover - depends on the checkout
-    def loss(model, b):
-      sigma = (b["t_index"].astype(jnp.float32) + 1.0) / 1000.0
-      s = sigma[:, None, None, None, None]
-      noisy = (1.0 - s) * b["x0"] + s * b["noise"]
-      pred = model(noisy, sigma * 1000.0, b["context"], clip_fea=b["clip_fea"], y=b["y"], y_camera=b["y_camera"])
-      return jnp.mean(jnp.square(pred.astype(jnp.float32) - (b["noise"] - b["x0"])))
-    return loss, f"plain flow MSE (stage2 import failed: {e})"
+  def loss(model, b):
+    return flow_matching_loss(model, b["x0"], b["y"], b["context"], b["clip_fea"], b["y_camera"], b["t_index"],
+                              b["noise"], cfg)[0]
+  return loss, "training.stage2.flow_matching_loss"
 
 
 def _batch(cfg: WanDiTConfig, b: int, f: int, h: int, w: int, sharding) -> dict:

@@ -192,16 +192,18 @@ def test_sample_tiny_in_process():
 
 
 # --------------------------------------------------------------------------- the official PyTorch modules (opt-in)
-def _torch_ref_or_skip():
+def _require_torch_ref():
+  """The slow PyTorch-reference test needs the ignored folder; missing, it fails (never skips)."""
   if not os.path.isdir(os.path.join(TORCH_REF, "gen3r")):
-    pytest.skip("bench/_torch_ref not prepared (bash bench/fetch_torch_ref.sh)")
+    pytest.fail("bench/_torch_ref is missing: run `bash bench/fetch_torch_ref.sh` first (it copies the official "
+                "code and the diffusers wheel into that ignored folder)")
 
 
 @pytest.mark.slow
 def test_torch_ref_tiny_on_cpu_without_transformers(tmp_path):
   """Every official class builds and runs (float32, CPU, tiny shapes); a ``transformers`` that fails on import is
   on the path, as the GPU image's 5.x could: it must never be imported."""
-  _torch_ref_or_skip()
+  _require_torch_ref()
   fake = tmp_path / "fake"
   (fake / "transformers").mkdir(parents=True)
   (fake / "transformers" / "__init__.py").write_text("raise ImportError('transformers must not be imported')\n")
