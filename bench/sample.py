@@ -130,14 +130,18 @@ def phase(name: str, *, size: str = "full", dtype: str = "bfloat16", param_dtype
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _spawn(name: str, kw: dict, cache_dir: str, steady: bool, timeout: float | None) -> dict:
-  """One phase in a fresh process (killed with its children on timeout)."""
+def _spawn(name: str, kw: dict, cache_dir: str, steady: bool, timeout: float | None,
+           xla_flags: str | None = None) -> dict:
+  """One phase in a fresh process (killed with its children on timeout; ``xla_flags`` appended to XLA_FLAGS)."""
   fd, path = tempfile.mkstemp(suffix=f"_{name}.json")
   os.close(fd)
   cmd = [sys.executable, "-m", "bench.sample", "--phase", name, "--cache-dir", cache_dir, "--json", path,
          "--kw", json.dumps(kw)] + ([] if steady else ["--no-steady"])
+  env = dict(os.environ)
+  if xla_flags:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          start_new_session=True)
+                          start_new_session=True, env=env)
   try:
     try:
       rc = proc.wait(timeout=timeout)
@@ -167,11 +171,14 @@ def _backend_in_use() -> bool:
 
 def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None = None, steps: int | None = None,
         num_frames: int = 49, quick: bool = False, isolate: bool = True, warm: bool = True,
-        cache_dir: str | None = None, timeout: float | None = None) -> list[dict]:
-  """The cold row (first + steady sample) and, with ``warm``, the warm-cache row; ``quick``: 10 steps."""
+        cache_dir: str | None = None, timeout: float | None = None, xla_flags: str | None = None) -> list[dict]:
+  """The cold row (first + steady sample) and, with ``warm``, the warm-cache row; ``quick``: 10 steps.
+  ``xla_flags``: extra XLA flags for both phases (compile / autotuning variants; needs ``isolate``)."""
   import jax  # noqa: F401  (no backend is initialised here: the phases run in their own processes)
   if size not in SIZES:
     raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+  if xla_flags and not isolate:
+    raise ValueError("bench.sample: xla_flags needs isolate=True (XLA reads its flags when a process starts)")
   if isolate and _backend_in_use():
     raise RuntimeError("bench.sample: this process already holds the accelerator (JAX preallocates it), so the cold "
                        "and warm phases could not get its memory; run the sample benchmark in its own process "
@@ -184,12 +191,12 @@ def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None 
   try:
     if isolate:
       t0 = time.monotonic()
-      cold = _spawn("cold", kw, cache_dir, True, None if timeout is None else 0.65 * timeout)
+      cold = _spawn("cold", kw, cache_dir, True, None if timeout is None else 0.65 * timeout, xla_flags)
       hot = None
       if warm:
         left = None if timeout is None else timeout - (time.monotonic() - t0)
         try:
-          hot = _spawn("warm", kw, cache_dir, False, left)
+          hot = _spawn("warm", kw, cache_dir, False, left, xla_flags)
         except (subprocess.SubprocessError, OSError) as e:   # keep the cold row
           hot = {"error": f"warm phase: {type(e).__name__}: {e}"}
     else:
@@ -203,7 +210,10 @@ def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None 
   finally:
     if own_cache:
       shutil.rmtree(cache_dir, ignore_errors=True)
-  return rows_from(cold, hot, kw, isolate)
+  rows = rows_from(cold, hot, kw, isolate)
+  for r in rows:
+    r["xla_flags"] = xla_flags
+  return rows
 
 
 def rows_from(cold: dict, hot: dict | None, kw: dict, isolate: bool) -> list[dict]:

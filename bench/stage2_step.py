@@ -9,14 +9,14 @@ master parameters, global-norm clipping and AdamW, on pre-encoded-style random i
     python -m bench.run --what stage2_step --kw size=tiny --kw frames=5 --kw image=32 --dtype float32   # CPU
 
 The loss is ``gen3r_jax.training.stage2.flow_matching_loss`` (the trainer's; shifted-sigma timesteps, the
-clipped MSE; the row's ``loss`` names it). The train state
-comes from ``training.state.create_train_state`` (sharded jitted init) and the optimiser from
-``training.optimizer.make_optimizer``; the step itself is written here because ``training/loop.py`` imports
-clu, which the GPU image lacks. The step donates the state and is timed over ``repeats`` consecutive steps.
+clipped MSE; the row's ``loss`` names it). The train state comes from ``training.state.create_train_state``
+(sharded jitted init), the optimiser from ``training.optimizer.make_optimizer`` and the step is the trainer's
+own ``training.loop.make_train_step`` (grad norm, AdamW, the NaN guard), on a task whose batch is already
+encoded (no frozen models). The step donates the state and is timed over ``repeats`` consecutive steps.
 
 MFU: ``model_flops`` = 3 x the analytic forward (:func:`bench.dit.forward_flops`: forward + 2 x for the
-backward); ``hardware_flops`` adds the forward recomputed by ``remat="full"`` (4 x; other policies recompute no
-matmul: 3 x). ``mfu`` = model FLOPs / step time / (devices x peak) with the H100 SXM dense bf16 peak
+backward); ``hardware_flops`` adds the forward recomputed by ``remat="full"`` (4 x), or the first FFN matmul of
+every block with ``remat="attention"`` (which keeps the attention outputs and projections). ``mfu`` = model FLOPs / step time / (devices x peak) with the H100 SXM dense bf16 peak
 (989.4 TFLOP/s, ``peak_tflops_per_device``); ``hfu`` likewise with the hardware FLOPs. Flash attention's own
 backward recompute of ``QK^T`` is not in either count.
 """
@@ -27,16 +27,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from bench.common import H100_BF16_DENSE_TFLOPS, param_count, row_base, time_jitted
 from bench.dit import SIZES, forward_flops
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
 from gen3r_jax.models.wan.transformer import WanDiT
 from gen3r_jax.parallel.rules import activation_spec, make_mesh
+from gen3r_jax.training.loop import Task, make_train_step
 from gen3r_jax.training.optimizer import make_optimizer
-from gen3r_jax.training.state import create_train_state, merge_params
+from gen3r_jax.training.state import create_train_state
 
 
 TINY = dict(frames=5, image=32, repeats=2)   # bench.run --size tiny (CPU smoke)
@@ -103,24 +103,18 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   ndim = {"x0": 5, "y": 5, "context": 3, "clip_fea": 3, "y_camera": 5, "t_index": 1, "noise": 5}
   batch_sh = {k: NamedSharding(mesh, activation_spec(("batch",) + (None,) * (n - 1), mesh)) for k, n in ndim.items()}
   batch = _batch(cfg, b, f, h, h, batch_sh)
-  rep = NamedSharding(mesh, P())
-
-  def step(state, batch):
-    def lf(params):
-      return loss_of(merge_params(spec, params), batch)
-
-    loss, grads = jax.value_and_grad(lf)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, loss
-
-  jitted = jax.jit(step, in_shardings=(spec.shardings, batch_sh), out_shardings=(spec.shardings, rep),
-                   donate_argnums=(0,))
+  task = Task(build=lambda rngs: WanDiT(cfg, rngs=rngs), loss_fn=lambda m, frozen, b, rng: (loss_of(m, b), {}),
+              make_data=lambda: iter(()))
+  jitted = make_train_step(spec, task, tx, ema_decay=None, batch_sh=batch_sh, frozen_sh=None, mesh=mesh)
   fwd = forward_flops(cfg, b, f, h, 2 * h, camera=True)
   model_flops = 3 * fwd
   hw_flops = (4 if remat == "full" else 3) * fwd
+  if remat == "attention":  # recomputes each block's first FFN matmul
+    pt, ph, pw = cfg.patch_size
+    hw_flops += 2 * b * (f // pt) * (h // ph) * (2 * h // pw) * cfg.dim * cfg.ffn_dim * cfg.num_layers
   with jax.set_mesh(mesh):
-    t = time_jitted(jitted, state, batch, warmup=warmup, repeats=repeats, flops=model_flops, carry=True)
+    t = time_jitted(jitted, state, None, batch, jax.random.PRNGKey(0), warmup=warmup, repeats=repeats,
+                    flops=model_flops, carry=True)
   step_s = t["median_s"]
   pt, ph, pw = cfg.patch_size
   tokens = b * (f // pt) * (h // ph) * (2 * h // pw)
@@ -129,7 +123,7 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   return row_base(
       "stage2_train_step", dtype=dtype, ref_key="stage2_step", size=size, param_dtype="float32",
       master_params="float32", remat=remat, devices=devices, mesh=dict(mesh.shape), batch=b,
-      batch_per_device=batch_per_device, frames=frames, image=image, loss=loss_name, optimizer="clip 0.25 + AdamW",
+      batch_per_device=batch_per_device, frames=frames, image=image, loss=loss_name, optimizer="clip 0.25 + AdamW", step="training.loop.make_train_step",
       shapes={"x0": [b, f, h, 2 * h, cfg.out_dim], "y": [b, f, h, 2 * h, cfg.cond_dim],
               "context": [b, cfg.text_len, cfg.text_dim], "clip_fea": [b, cfg.clip_tokens, cfg.clip_dim],
               "y_camera": [b, f, 8 * h, 16 * h, cfg.in_dim_control_adapter]},
@@ -138,4 +132,4 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
       peak_tflops_per_device=peak, peak_source="H100 SXM dense bf16 (datasheet)" if peak else None,
       mfu=model_flops / step_s / 1e12 / (devices * peak) if peak else None,
       hfu=hw_flops / step_s / 1e12 / (devices * peak) if peak else None,
-      flops_counted="model = 3 x forward_flops (hand formula); hardware adds the remat=full recompute (4 x)")
+      flops_counted="model = 3 x forward_flops (hand formula); hardware adds the remat recompute (full: 4 x; attention: + the FFN's first matmul)")

@@ -67,7 +67,7 @@ def get_config() -> ConfigDict:
       tokenizer="",
       dit_size="1.3b",            # stage 2: "1.3b" | "14b" (release size)
       dit_checkpoint="",          # stage 2: the DiT to start from (empty: random init)
-      dit_remat="full",           # "none" | "full" | "dots" | "dots_no_batch" per DiT block
+      dit_remat="full",           # "none" | "full" | "attention" | "dots" | "dots_no_batch" per DiT block
       attention="auto",           # DiT attention: "auto" | "xla" | "cudnn" | "splash"
   ))
   # stage 2 (gen3r_jax.training.stage2.Stage2Config; official values, our draws per example)

@@ -16,7 +16,9 @@ stacks are rematerialised to fit 49 frames at 560x560 per device.
 Stage 2 keeps the release's DiT optimisation (``base.release_stage2``) and 192 clips per optimiser step, cuDNN
 attention, every block rematerialised:
 
-* ``stage2_1p3b``: one host, FSDP over its 8 GPUs, 2 clips per GPU x 12 accumulation steps.
+* ``stage2_1p3b``: one host, FSDP over its 8 GPUs, 1 clip per GPU x 24 accumulation steps, remat ``attention``
+  (keeps each block's attention outputs and projections, ~59 GiB on one H100: 2.20 s per clip instead of 2.59 s
+  with ``full``, bench/RESULTS.md); ``--config.model.dit_remat=full`` for 2 clips per GPU.
 * ``stage2_14b``: two hosts (16 GPUs), FSDP 8 x context 2 (each clip's 31,850 tokens over two GPUs, all-gather
   context attention), 8 clips x 24 accumulation steps.
 Online encoding also needs the frozen models (``--config.model.{vggt,adapter,wan_vae,text_encoder,clip}_checkpoint``
@@ -40,7 +42,8 @@ def stage1():
 
 def stage2_1p3b():
   return base.release_stage2("1.3b", hardware=dict(H100, name="1 x 8 H100", num_devices=8),
-                             mesh=dict(data=1, fsdp=-1, context=1, tensor=1), batch_size=16, grad_accum_steps=12)
+                             mesh=dict(data=1, fsdp=-1, context=1, tensor=1), batch_size=8, grad_accum_steps=24,
+                             remat="attention")
 
 
 def stage2_14b():

@@ -23,7 +23,7 @@ from gen3r_jax.nn.params import param
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_REF = os.path.join(ROOT, "bench", "_torch_ref")
 MODULES = ("bench.run", "bench.common", "bench.dit", "bench.vggt", "bench.vae", "bench.adapter", "bench.sample",
-           "bench.stage2_step", "bench.torch_ref", "bench.dit14b_memory")
+           "bench.stage2_step", "bench.torch_ref", "bench.dit14b_memory", "bench.compile_probe", "bench.compile_log")
 
 
 # ------------------------------------------------------------------------------------------------ import hygiene
@@ -220,3 +220,19 @@ def test_torch_ref_tiny_on_cpu_without_transformers(tmp_path):
                                           "adapter_decode"}
   dit = next(r for r in rows if r["ref_key"] == "dit_forward")
   assert dit["params"] == 1_945_888 and dit["diffusers"] == "0.33.1"    # = our WanDiTConfig.tiny()
+
+
+# ------------------------------------------------------------------------------------------- compile tools
+def test_compile_log_and_probe_summaries():
+  """``bench.compile_log`` sums JAX's compile lines per program; ``bench.compile_probe`` sums host trace events
+  by name without the profiler's Python frames."""
+  from bench import compile_log, compile_probe
+  lines = ["WARNING:jax._src.dispatch:Finished XLA compilation of jit(_rays) in 5.85 sec",
+           "Finished XLA compilation of jit(add) in 0.05 sec", "unrelated line",
+           "Finished XLA compilation of jit(add) in 0.07 sec"]
+  rows = compile_log.summarise(lines)
+  assert rows[0] == ("jit(_rays)", 5.85, 1)
+  assert rows[1][0] == "jit(add)" and rows[1][1] == pytest.approx(0.12) and rows[1][2] == 2
+  events = [dict(name="config-assigner", dur=2e6), dict(name="$profiler.py:1 wrapper", dur=9e6),
+            dict(name="PTX->CUBIN", dur=1e6), dict(name="PTX->CUBIN", dur=5e5)]
+  assert compile_probe.summarise(events, 5) == [("config-assigner", 2.0, 1), ("PTX->CUBIN", 1.5, 2)]

@@ -114,3 +114,36 @@ def test_resize_matrices_closed_form():
   # a constant image stays constant
   x = jnp.full((2, 9, 11, 3), 0.3)
   np.testing.assert_allclose(np.asarray(resize(x, (4, 5), "bicubic", antialias=True)), 0.3, rtol=1e-6)
+
+
+def test_module_jit_reads_modules_and_takes_compiler_options():
+  """``module_jit``: same values as eager, static / traced keywords, modules mixed with arrays, ``.lower``, no
+  parameter returned, and the compiler options really reach XLA (an unknown one is refused)."""
+  from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
+  from gen3r_jax.nn.linear import Dense
+
+  calls = []
+
+  def f(a, x, b, *, scale, bias):
+    calls.append(scale)                                  # runs at trace time only
+    y = b(a(x)) * scale + bias
+    return y if scale > 0 else -y
+
+  fast = module_jit(static_argnames=("scale",), compiler_options=FAST_COMPILE)(f)
+  a, b = Dense(3, 4, rngs=nnx.Rngs(0)), Dense(4, 2, rngs=nnx.Rngs(1))
+  x, bias = jnp.arange(6.0).reshape(2, 3), jnp.ones((2,))
+  want = b(a(x)) * 2.0 + bias
+  out = fast(a, x, b, scale=2.0, bias=bias)
+  np.testing.assert_allclose(out, want, rtol=1e-6)
+  assert isinstance(out, jax.Array)                      # only the function's output, no module state
+  np.testing.assert_allclose(fast(a, x, b, scale=-1.0, bias=bias), -(b(a(x)) * -1.0 + bias), rtol=1e-6)
+  n = len(calls)
+  fast(a, x + 1, b, scale=2.0, bias=bias + 1)            # same static values, new arrays: no retrace
+  assert len(calls) == n
+  compiled = fast.lower(a, jax.ShapeDtypeStruct((2, 3), jnp.float32), b, scale=2.0, bias=bias).compile()
+  assert compiled is not None
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    module_jit(static_argnames=("scale",), compiler_options={"xla_no_such_option": True})(f)(
+        a, x, b, scale=2.0, bias=bias)
+  with pytest.raises(ValueError, match="hashable|static"):
+    fast(a, x, b, scale=jnp.ones(()), bias=bias)         # a static keyword must be hashable

@@ -29,7 +29,7 @@ from gen3r_jax.training.stage2_task import latent_grid, make_task, model_configs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import cpu_debug  # noqa: E402
-from tests.helpers import set_nested  # noqa: E402
+from tests.helpers import one_train_step, set_nested  # noqa: E402
 import gpu_h100  # noqa: E402
 import tpu_v5  # noqa: E402
 
@@ -171,25 +171,9 @@ def test_loss_falls_on_fsdp_context_tensor_mesh(tmp_path):
 
 def _one_step(config, models, n_devices):
   """One compiled train step of the stage-2 task (pre-encoded batch): ``(compiled, state after, metrics)``."""
-  from flax import nnx
-  from gen3r_jax.parallel.rules import state_shardings
-  from gen3r_jax.training.loop import batch_sharding, make_train_step, step_context, to_global
-  from gen3r_jax.training.state import create_train_state
   mesh = make_mesh(dict(config.mesh), devices=jax.devices()[:n_devices])
-  task = preencoded_task(config, mesh, clips=2, models=models)
-  tx, _ = opt.make_optimizer(config.optimizer, config.num_train_steps)
-  state, spec = create_train_state(task.build, tx, seed=0, mesh=mesh, init_params=task.init_params)
-  frozen_state = nnx.state(task.frozen)
-  frozen_sh = state_shardings(frozen_state, mesh)
-  frozen_state = jax.device_put(frozen_state, frozen_sh)
-  batch = next(task.make_data())
-  batch_sh = {k: batch_sharding(mesh, ("batch",) + (None,) * (v.ndim - 1)) for k, v in batch.items()}
-  step = make_train_step(spec, task, tx, ema_decay=None, batch_sh=batch_sh, frozen_sh=frozen_sh, mesh=mesh)
-  batch, key = to_global(batch, batch_sh), jax.random.PRNGKey(0)
-  with step_context(mesh, config.context_strategy):
-    compiled = step.lower(state, frozen_state, batch, key).compile()
-    state, metrics = compiled(state, frozen_state, batch, key)
-  return compiled, jax.device_get(state), jax.device_get(metrics)
+  r = one_train_step(config, preencoded_task(config, mesh, clips=2, models=models), mesh)
+  return r.compiled, jax.device_get(r.state), r.metrics
 
 
 def test_one_sharded_step_equals_single_device_and_memory_estimate():
@@ -295,7 +279,8 @@ def test_dry_run_table_for_every_stage2_entry(module, tmp_path):
     assert num("HBM") == c.hardware.hbm_gib
     assert row["fits"] == ("yes" if num("total") <= c.hardware.hbm_gib else "NO")
     assert int(row["tokens/dev"]) == 31850 // cp and int(row["batch/dev"]) == c.data.batch_size // (d * f)
-    assert row["remat"] == model_configs(c.model).dit.remat == "full"
+    assert row["remat"] == model_configs(c.model).dit.remat == c.model.dit_remat
+    assert c.model.dit_remat in ("full", "attention")
     assert 0 < num("activations") < num("total")
 
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from jax._src.ad_checkpoint import saved_residuals  # what print_saved_residuals prints, as a list
+from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
 
 from gen3r_jax.convert import check_manifest, load_torch_weights
 from gen3r_jax.convert.tables.wan_dit import table
@@ -18,6 +20,7 @@ from gen3r_jax.models.wan.dit_inputs import pad_text
 from gen3r_jax.models.wan.transformer import abstract_model, scan_blocks
 from gen3r_jax.nn.params import logical_axes
 from gen3r_jax.nn.rope import rope_tables
+from gen3r_jax.nn.stack import SAVED_NAMES, checkpointed, remat_policy
 from gen3r_jax.parallel.rules import make_mesh, state_shardings
 from gen3r_jax.testing.fixture import Fixture, fixtures_root
 from tests.conftest import fixture_path
@@ -161,12 +164,32 @@ def test_remat_policies_agree_in_value_and_grad():
     return f
 
   ref_v, ref_g = jax.jit(jax.value_and_grad(loss("none"), argnums=1))(state, x)
-  v, g = jax.jit(jax.value_and_grad(loss("full"), argnums=1))(state, x)
-  np.testing.assert_allclose(v, ref_v, rtol=1e-5)
-  np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-6)
-  for remat in ("none", "dots", "dots_no_batch", "full"):
+  for remat in ("full", "attention"):
+    v, g = jax.jit(jax.value_and_grad(loss(remat), argnums=1))(state, x)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-5)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-6)
+  # "attention" keeps exactly the tagged [B, L, D]-sized values of every block (not the FFN hidden)
+  block = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
+  one = checkpointed(lambda x: jnp.sum(block(x, e0, rope, txt, img) ** 2), "attention")
+  res = saved_residuals(one, x)
+  saved = [d for _, d in res]
+  for name in SAVED_NAMES:
+    assert any(f"named '{name}'" in d for d in saved), (name, saved)
+  computed = [a.shape for a, d in res if not d.startswith("from")]   # not the inputs, parameters or constants
+  assert computed and not any(cfg.ffn_dim in shp for shp in computed), computed
+  for remat in ("none", "dots", "dots_no_batch", "full", "attention"):
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(remat), argnums=1))(state, x))
     assert ("remat" in jaxpr or "checkpoint" in jaxpr) == (remat != "none"), remat
+
+
+def test_attention_policy_saves_the_cudnn_forward_outputs():
+  """On GPUs the "attention" policy saves the cuDNN flash-attention forward (output + softmax stats), so the
+  backward never reruns it; the primitive names are checked here because CPU runs take the XLA path."""
+  policy = remat_policy("attention")
+  for prim in (cudnn_fa._dot_product_attention_fwd_p, cudnn_fa._dot_product_attention_fwd_p_wrapper):
+    assert policy(prim), prim.name
+  for prim in (cudnn_fa._dot_product_attention_bwd_p, jax.lax.dot_general_p, jax.lax.exp_p):
+    assert not policy(prim), prim.name
 
 
 def test_sharded_forward_matches_unsharded():

@@ -18,12 +18,28 @@ from flax import nnx
 
 M = TypeVar("M", bound=nnx.Module)
 
+ATTENTION_RESIDUALS = ("dot_product_attention_fwd",)  # cuDNN flash attention's forward (output + softmax stats)
+
+# Names a block may tag with ``jax.ad_checkpoint.checkpoint_name`` for the "attention" policy: the rotated
+# q/k/v, the attention output projections and the FFN output (each [B, L, D]-sized; the FFN hidden is not saved).
+SAVED_NAMES = ("attn_q", "attn_k", "attn_v", "attn_proj", "cross_proj", "ffn_out")
+
+
+def _save_attention(prim, *_, **__) -> bool:
+  """Save flash-attention forward outputs (so the backward never reruns the attention forward)."""
+  return any(prim.name.startswith(n) for n in ATTENTION_RESIDUALS)
+
+
 # remat policy name -> jax.checkpoint policy ("none" = no rematerialisation)
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # the flash-attention residuals + the tagged q/k/v and projection outputs: the backward recomputes only
+    # norms, modulation and the FFN's first matmul (what "dots" saves, minus the FFN hidden and the small GEMMs)
+    "attention": jax.checkpoint_policies.save_from_both_policies(
+        _save_attention, jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES)),
 }
 
 
@@ -31,6 +47,14 @@ def remat_policy(name: str):
   if name not in REMAT_POLICIES:
     raise ValueError(f"remat policy must be one of {sorted(REMAT_POLICIES)}, got {name!r}")
   return REMAT_POLICIES[name]
+
+
+def checkpointed(fn: Callable, remat: str) -> Callable:
+  """``fn`` under ``jax.checkpoint`` with the named policy (``fn`` itself for ``"none"``)."""
+  policy = remat_policy(remat)
+  if remat == "none":
+    return fn
+  return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 
 def stack(make: Callable[[nnx.Rngs], M], num: int, rngs: nnx.Rngs) -> M:
@@ -51,8 +75,5 @@ def scan(stacked: M, body: Callable[[M, jax.Array], jax.Array], carry, *, remat:
   def step(c, layer_state):
     return body(nnx.merge(graphdef, layer_state), c), None
 
-  policy = remat_policy(remat)
-  if remat != "none":
-    step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-  carry, _ = jax.lax.scan(step, carry, state)
+  carry, _ = jax.lax.scan(checkpointed(step, remat), carry, state)
   return carry

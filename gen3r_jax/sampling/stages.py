@@ -20,9 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gen3r_jax.errors import require
+from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
 from gen3r_jax.models.wan.clip import encode_videos
 from gen3r_jax.models.wan.t5 import encode_prompts
@@ -43,9 +43,9 @@ def encode_text(tokenizer, text_encoder, prompt: str, max_length: int = 512) -> 
   return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "embeds": embeds}
 
 
-# graph_updates=False: nnx.jit would otherwise return (copy) every parameter as an updated state, doubling the
-# model's device memory during the call (here and in every model's jitted entry point).
-@nnx.jit(graph_updates=False)
+# module_jit: no parameter copies out (nnx.jit with graph updates would return every parameter, doubling the
+# model's device memory during the call) and no Triton GEMM autotuning (26 -> 6 s compile, gen3r_jax.nn.jit)
+@module_jit(compiler_options=FAST_COMPILE)
 def _vggt_estimate(vggt, images):
   tokens = vggt.aggregator(images)                                         # [4, B, V, P, 2C]
   out = vggt.heads(tokens, images.shape[2:4], camera=True, depth=True, points=False)

@@ -37,7 +37,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
 from gen3r_jax.training.checkpointing import Checkpointer
-from gen3r_jax.training.metrics import Progress, create_writer
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import StateSpec, create_train_state, merge_params
 
@@ -226,6 +225,8 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
                                frozen_sh=frozen_sh, mesh=mesh)
   key = jax.random.PRNGKey(int(config.seed))
+  # lazy: clu is a training-run dependency only (make_train_step is also used where clu is absent, bench/)
+  from gen3r_jax.training.metrics import Progress, create_writer
   writer = create_writer(workdir, tensorboard=bool(config.tensorboard))
   progress = Progress(step, num_steps)
   profile = _ProfileWindow(config.profile, workdir)

@@ -19,7 +19,8 @@ Activation model, per device (``b`` clips, ``l = L / context`` tokens, width ``D
   kernel (cuDNN, splash) keeps its log-sum-exp; the XLA einsum path and the ring keep the float32 logits and
   probabilities ``8 b H_t l L`` (ring: every K/V block, so the same); all-gather context parallelism holds the
   gathered K/V ``2c b L Dt``;
-* saved per layer by the remat policy: ``none`` P; ``full`` the block input ``4 b l D``; ``dots`` /
+* saved per layer by the remat policy: ``none`` P; ``full`` the block input ``4 b l D``; ``attention`` the input,
+  q/k/v, the self- and both cross-attention outputs with their stats and the three ``[l, D]`` projections; ``dots`` /
   ``dots_no_batch`` the input plus every projection output (and the attention einsums for ``dots`` on XLA);
 * plus one block recomputed in the backward pass with its gradients (``P + 12 b l D + 2c b l Ft``), the camera
   path (Plücker maps ``[b, F, H, W, 6]`` and camera latents ``[b, f, H, 2W, 24]`` in float32, their compute-dtype
@@ -190,6 +191,8 @@ def activation_parts(cfg, *, batch: int, grid: tuple[int, int, int], frames: int
     saved = block
   elif cfg.remat == "full":
     saved = carry
+  elif cfg.remat == "attention":   # q, k, v, the three attention outputs + stats, the three [l, D] projections
+    saved = carry + c * b * l * (6 * dt + 3 * d) + 4 * b * ht * l * 3
   else:
     saved = carry + c * b * l * (3 * d + 4 * dt + ft) + 4 * c * b * lc * dt
     if cfg.remat == "dots" and einsum_self:

@@ -178,9 +178,9 @@ class GeometryAdapter(CausalLatentCodec, nnx.Module, CheckpointMixin):
   def encode(self, tokens: jax.Array, *, chunked: bool = True) -> DiagonalGaussian:
     """``tokens [B, T, 40, 40, input_dim]`` -> posterior over ``[B, 1 + (T-1)/4, 70, 70, z]``."""
     self.check_tokens(tokens)
-    return DiagonalGaussian(encode_params_jit(self, jnp.asarray(tokens), chunked))
+    return DiagonalGaussian(encode_params_jit(self, jnp.asarray(tokens), chunked=chunked))
 
   def decode(self, z: jax.Array, *, chunked: bool = True) -> jax.Array:
     """``z [B, t, 70, 70, z]`` (normalised) -> ``[B, 1 + 4(t-1), 40, 40, output_dim]`` (no clamp)."""
     self.check_latents(z)
-    return decode_raw_jit(self, jnp.asarray(z), chunked)
+    return decode_raw_jit(self, jnp.asarray(z), chunked=chunked)

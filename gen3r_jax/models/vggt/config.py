@@ -10,8 +10,9 @@ import dataclasses
 from typing import Any
 
 from gen3r_jax.models.config import ModelConfig
+from gen3r_jax.nn.stack import REMAT_POLICIES as _POLICIES
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = tuple(_POLICIES)  # gen3r_jax.nn.stack
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from gen3r_jax.nn.attention import attention
 from gen3r_jax.nn.linear import Dense
 from gen3r_jax.nn.norms import LayerNorm
 from gen3r_jax.nn.params import make_param
+from gen3r_jax.nn.stack import checkpointed
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -140,16 +141,8 @@ def stacked(n: int, make: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs) -> n
 
 
 def remat(fn: Callable, policy: str) -> Callable:
-  """Wrap a scan body with ``jax.checkpoint`` as the config's remat policy says."""
-  if policy == "none":
-    return fn
-  if policy == "full":
-    return jax.checkpoint(fn)
-  if policy == "dots":
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.checkpoint_dots)
-  if policy == "dots_no_batch":
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-  raise ValueError(f"unknown remat policy {policy!r}")
+  """Wrap a scan body with ``jax.checkpoint`` as the config's remat policy says (:mod:`gen3r_jax.nn.stack`)."""
+  return checkpointed(fn, policy)
 
 
 def scan_blocks(blocks: nnx.Module, x: jax.Array, *, policy: str = "none", **call_kw: Any) -> jax.Array:

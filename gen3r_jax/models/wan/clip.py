@@ -22,6 +22,7 @@ from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
 from gen3r_jax.models.config import ModelConfig, dtype_of
 from gen3r_jax.nn.attention import IMPLEMENTATIONS, attention
+from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 from gen3r_jax.nn.linear import Conv, Dense
 from gen3r_jax.nn.norms import LayerNorm
 from gen3r_jax.nn.params import make_param
@@ -227,12 +228,12 @@ def encode_videos(model: CLIPVision, videos: Sequence[jax.Array]) -> jax.Array:
   return _visual(model, pixels)
 
 
-@nnx.jit(graph_updates=False)  # return no parameter copies
+@module_jit(compiler_options=FAST_COMPILE)  # no parameter copies out, no Triton GEMM autotuning
 def _preprocess(model: CLIPVision, x):
   return model.preprocess(x)
 
 
-@nnx.jit(graph_updates=False)
+@module_jit(compiler_options=FAST_COMPILE)
 def _visual(model: CLIPVision, x):
   return model.visual(x)
 

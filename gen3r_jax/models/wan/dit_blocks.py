@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.nn.attention import attention
@@ -48,11 +49,12 @@ class SelfAttention(nnx.Module):
     b, l, _ = x.shape
     dt = dtype_of(cfg.dtype)
     shp = (b, l, cfg.num_heads, cfg.head_dim)
-    q = apply_rope(_norm(self.norm_q, self.q(x)).reshape(shp), *rope).astype(dt)  # [B, L, H, Dh]
-    k = apply_rope(_norm(self.norm_k, self.k(x)).reshape(shp), *rope).astype(dt)
-    v = self.v(x).reshape(shp)
+    # names: what remat="attention" keeps (gen3r_jax.nn.stack.SAVED_NAMES)
+    q = checkpoint_name(apply_rope(_norm(self.norm_q, self.q(x)).reshape(shp), *rope).astype(dt), "attn_q")
+    k = checkpoint_name(apply_rope(_norm(self.norm_k, self.k(x)).reshape(shp), *rope).astype(dt), "attn_k")
+    v = checkpoint_name(self.v(x).reshape(shp), "attn_v")                        # [B, L, H, Dh]
     y = attention(q, k, v, implementation=cfg.attention)                          # [B, L, H, Dh]
-    return self.o(y.reshape(b, l, cfg.dim))
+    return checkpoint_name(self.o(y.reshape(b, l, cfg.dim)), "attn_proj")
 
 
 class I2VCrossAttention(nnx.Module):
@@ -77,7 +79,7 @@ class I2VCrossAttention(nnx.Module):
                       implementation=cfg.attention)
     y_img = attention(q, heads(_norm(self.norm_k_img, self.k_img(img))), heads(self.v_img(img)),
                       implementation=cfg.attention)
-    return self.o((y_txt + y_img).reshape(b, l, cfg.dim))
+    return checkpoint_name(self.o((y_txt + y_img).reshape(b, l, cfg.dim)), "cross_proj")
 
 
 class FeedForward(nnx.Module):
@@ -87,7 +89,7 @@ class FeedForward(nnx.Module):
     self.fc2 = Dense(cfg.ffn_dim, cfg.dim, axes=("mlp", "embed"), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+    return checkpoint_name(self.fc2(jax.nn.gelu(self.fc1(x), approximate=True)), "ffn_out")
 
 
 def _modulation_init(dim):

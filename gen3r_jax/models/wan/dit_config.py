@@ -7,8 +7,9 @@ from typing import Any
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.models.config import ModelConfig
+from gen3r_jax.nn.stack import REMAT_POLICIES as _POLICIES
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = tuple(_POLICIES)  # gen3r_jax.nn.stack
 
 # Official constructor arguments that exist only for other variants and must keep their default here.
 _FIXED = {"model_type": "i2v", "window_size": (-1, -1), "add_ref_conv": False}

@@ -34,15 +34,9 @@ from gen3r_jax.models.wan.dit_embed import ImageEmbedding, TextEmbedding, TimeEm
 from gen3r_jax.models.wan.dit_inputs import batch_of, check_inputs, pad_text
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.rope import rope_tables
+from gen3r_jax.nn.stack import checkpointed
 from gen3r_jax.parallel.rules import DEFAULT_RULES, constrain, state_shardings
 
-
-
-def remat_policy(name: str):
-  """``cfg.remat`` -> ``jax.checkpoint`` policy (``None`` for no remat)."""
-  pol = jax.checkpoint_policies
-  return {"none": None, "full": pol.nothing_saveable, "dots": pol.dots_saveable,
-          "dots_no_batch": pol.dots_with_no_batch_dims_saveable}[name]
 
 
 def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch, c: int) -> jax.Array:
@@ -125,16 +119,14 @@ def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", 
   """``lax.scan`` of one block over the layer axis of the split stacked-block ``state``.
 
   Returns ``(x [B, L, D], per_block [layers, B, L, D] or None)``. ``remat`` names a policy of
-  :func:`remat_policy`; activations are constrained to ``(batch, length, embed)`` after every block.
+  :data:`gen3r_jax.nn.stack.REMAT_POLICIES`; activations are constrained to ``(batch, length, embed)`` after every block.
   """
   def body(carry, layer_state):
     blk = nnx.merge(graphdef, layer_state)
     out = constrain(blk(carry, e0, rope, txt, img))
     return out, (out if collect else None)
 
-  if remat != "none":
-    body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
-  return jax.lax.scan(body, x, state)
+  return jax.lax.scan(checkpointed(body, remat), x, state)
 
 
 def abstract_model(cfg: WanDiTConfig) -> WanDiT:

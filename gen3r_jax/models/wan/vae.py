@@ -32,7 +32,6 @@ process peak (37.7 GiB) was conv autotuning scratch, not the program.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +44,7 @@ from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.config import ModelConfig, dtype_of
 from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, run_decoder, run_encoder
 from gen3r_jax.nn.causal_conv import CausalConv3d
+from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 
 WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -227,12 +227,12 @@ class WanVAE(CausalLatentCodec, nnx.Module, CheckpointMixin):
   def encode(self, video: jax.Array, *, chunked: bool = True) -> DiagonalGaussian:
     """``video [B, T, H, W, 3]`` in ``[-1, 1]`` -> posterior over ``[B, 1 + (T-1)/4, H/8, W/8, z]``."""
     self.check_video(video)
-    return DiagonalGaussian(encode_params_jit(self, jnp.asarray(video), chunked))
+    return DiagonalGaussian(encode_params_jit(self, jnp.asarray(video), chunked=chunked))
 
   def decode(self, z: jax.Array, *, clamp: bool = True, chunked: bool = True) -> jax.Array:
     """``z [B, t, h, w, z]`` (normalised latents) -> video ``[B, 1 + 4(t-1), 8h, 8w, 3]``."""
     self.check_latents(z)
-    y = decode_raw_jit(self, jnp.asarray(z), chunked)
+    y = decode_raw_jit(self, jnp.asarray(z), chunked=chunked)
     return jnp.clip(y, -1.0, 1.0) if clamp else y
 
 
@@ -246,13 +246,14 @@ def host_init(model_cls, cfg, *, seed: int = 0):
   return random_params(model_cls, cfg, seed=seed)
 
 
-@functools.partial(nnx.jit, static_argnames=("chunked",), graph_updates=False)  # no parameter copies out
+# module_jit: no parameter copies out; no Triton GEMM autotuning (compile time, see gen3r_jax.nn.jit)
+@module_jit(static_argnames=("chunked",), compiler_options=FAST_COMPILE)
 def encode_params_jit(model, x, chunked):
   """Jitted ``model.encode_params`` (shared with the geometry adapter)."""
   return model.encode_params(x, chunked=chunked)
 
 
-@functools.partial(nnx.jit, static_argnames=("chunked",), graph_updates=False)  # no parameter copies out
+@module_jit(static_argnames=("chunked",), compiler_options=FAST_COMPILE)
 def decode_raw_jit(model, z, chunked):
   """Jitted ``model.decode_raw`` (shared with the geometry adapter)."""
   return model.decode_raw(z, chunked=chunked)
