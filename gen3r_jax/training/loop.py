@@ -38,7 +38,7 @@ from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
 from gen3r_jax.training.checkpointing import Checkpointer
 from gen3r_jax.training.optimizer import make_optimizer
-from gen3r_jax.training.state import StateSpec, create_train_state, merge_params
+from gen3r_jax.training.state import StateSpec, create_train_state, merge_params, train_state_spec
 
 
 class TrainingDivergedError(RuntimeError):
@@ -203,8 +203,6 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   task = task or get_task(config, mesh, workdir)
   num_steps = int(config.num_train_steps)
   tx, sched = make_optimizer(config.optimizer, num_steps)
-  state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled),
-                                   init_params=task.init_params)
   frozen_state, frozen_sh = None, None
   if task.frozen is not None:  # on the mesh by its logical axes (a no-op for modules built sharded)
     frozen_state = nnx.state(task.frozen)
@@ -215,7 +213,11 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
                       async_save=bool(config.checkpoint.async_save), with_data=hasattr(data, "get_state"))
   last = ckpt.latest_step()
-  if last is not None:
+  if last is None:
+    state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh,
+                                     ema=bool(config.ema.enabled), init_params=task.init_params)
+  else:  # resume: restore straight onto the shards (no random init or pretrained load first)
+    spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
     state = ckpt.restore(last, spec.abstract, data)
   step = int(jax.device_get(state["step"]))
   first = next(data)
@@ -269,7 +271,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
 def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | None = None) -> tuple[dict, int]:
   """``(params, step)`` of a checkpoint (newest by default) for evaluation or export."""
   tx, _ = make_optimizer(config.optimizer, int(config.num_train_steps))
-  _, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep), with_data=False)
   step = ckpt.latest_step() if step is None else step
   if step is None:

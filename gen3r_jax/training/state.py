@@ -52,27 +52,8 @@ def merge_params(spec: StateSpec, params: dict) -> nnx.Module:
   return nnx.merge(spec.graphdef, state)
 
 
-def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, *,
-                       seed: int, mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False,
-                       init_params: Callable[[dict, dict], dict] | None = None) -> tuple[dict, StateSpec]:
-  """``(state, spec)``: a sharded train state for the module ``build(rngs)`` (only ``nnx.Param`` trains).
-
-  Nothing full-size is ever materialised on one device: shapes come from ``nnx.eval_shape`` and values from
-  jitted inits with ``out_shardings``. ``init_params(abstract, shardings)`` (pure dicts) replaces the random
-  init: it returns the starting parameters already on their shards (a pretrained checkpoint).
-  """
-  abstract_module = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
-  graphdef, abs_params = nnx.split(abstract_module)
-  param_sh = _pure(state_shardings(abs_params, mesh, rules))
-  abs_pure = _pure(abs_params)
-  rep = NamedSharding(mesh, P())
-  abs_opt = jax.eval_shape(tx.init, abs_pure)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
-                                 transform_non_params=lambda _: rep)
-  shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh}
-  if ema:
-    shardings["ema"] = param_sh
-
+def _init_fn(build, tx, seed: int, ema: bool):
+  """``init(params=None) -> state``: the random init of ``build`` (or ``params``) in float32 + optimiser state."""
   def init(params=None):
     if params is None:
       params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
@@ -82,10 +63,39 @@ def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
     if ema:
       st["ema"] = jax.tree.map(jnp.copy, params)
     return st
+  return init
 
+
+def train_state_spec(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, *, seed: int,
+                     mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False) -> StateSpec:
+  """The :class:`StateSpec` of :func:`create_train_state` without creating the state: nothing is allocated or
+  compiled (``spec.abstract`` is what a checkpoint restores into)."""
+  abstract_module = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
+  graphdef, abs_params = nnx.split(abstract_module)
+  param_sh = _pure(state_shardings(abs_params, mesh, rules))
+  rep = NamedSharding(mesh, P())
+  abs_opt = jax.eval_shape(tx.init, _pure(abs_params))
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+  if ema:
+    shardings["ema"] = param_sh
+  shapes = jax.eval_shape(_init_fn(build, tx, seed, ema))
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  return StateSpec(graphdef, abs_params, shardings, abstract)
+
+
+def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation, *,
+                       seed: int, mesh: Mesh, rules=DEFAULT_RULES, ema: bool = False,
+                       init_params: Callable[[dict, dict], dict] | None = None) -> tuple[dict, StateSpec]:
+  """``(state, spec)``: a sharded train state for the module ``build(rngs)`` (only ``nnx.Param`` trains).
+
+  Nothing full-size is ever materialised on one device: shapes come from ``nnx.eval_shape`` and values from
+  jitted inits with ``out_shardings``. ``init_params(abstract, shardings)`` (pure dicts) replaces the random
+  init: it returns the starting parameters already on their shards (a pretrained checkpoint).
+  """
+  spec = train_state_spec(build, tx, seed=seed, mesh=mesh, rules=rules, ema=ema)
+  init = jax.jit(_init_fn(build, tx, seed, ema), out_shardings=spec.shardings)
   if init_params is None:
-    state = jax.jit(init, out_shardings=shardings)()
-  else:
-    state = jax.jit(init, out_shardings=shardings)(init_params(abs_pure, param_sh))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-  return state, StateSpec(graphdef, abs_params, shardings, abstract)
+    return init(), spec
+  return init(init_params(_pure(spec.abstract_params), spec.shardings["params"])), spec
