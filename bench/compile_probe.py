@@ -12,7 +12,8 @@ of XLA's pipeline costs the time. No persistent compilation cache is used. Stage
 * ``estimate``: ``sampling.stages._vggt_estimate`` (VGGT aggregator + camera and depth heads on one view);
 * ``heads``: ``sampling.geometry_decode.run_heads`` (camera, depth and point heads on 49 decoded frames);
 * ``adapter``: the geometry adapter's jitted decode ``[1, 13, 70, 70, 16] -> [1, 49, 40, 40, 10240]``;
-* ``clip``: ``models.wan.clip.encode_videos``'s jitted visual tower on one preprocessed frame.
+* ``clip``: ``models.wan.clip.encode_videos``'s jitted visual tower on one preprocessed frame;
+* ``rays``: ``sampling.conditioning._rays`` (the Plücker rays of 49 cameras at 560x560).
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ def _stage_fns(what: str):
     from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, _visual
     return (lambda: device_random(CLIPVision, CLIPVisionConfig.vit_h_14().replace(**bf)),
             lambda m: _visual.lower(m, sds((1, m.cfg.image_size, m.cfg.image_size, 3), jnp.float32)))
-  raise ValueError(f"unknown stage {what!r}; choose from estimate, heads, adapter, clip")
+  if what == "rays":
+    from gen3r_jax.sampling.conditioning import _rays
+    return (lambda: None,
+            lambda m: _rays.lower(sds((49, 4, 4), jnp.float32), sds((49, 3, 3), jnp.float32), 560, 560))
+  raise ValueError(f"unknown stage {what!r}; choose from estimate, heads, adapter, clip, rays")
 
 
 def probe(what: str, top: int = 30) -> dict:

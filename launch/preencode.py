@@ -10,8 +10,8 @@
 
 Rerunning the same command resumes (finished shards are skipped); the last process to finish writes the dataset
 metadata. Train on the result with ``config.data.preencoded=<out>``. All logic lives in
-:mod:`gen3r_jax.data.preencode`; bad input prints one ``error: ...`` line and exits with status 2 before any model
-is loaded.
+:mod:`gen3r_jax.data.preencode` (the on-disk format and reader in :mod:`gen3r_jax.data.preencoded`); bad input
+prints one ``error: ...`` line and exits with status 2 before any model is loaded.
 """
 
 from __future__ import annotations

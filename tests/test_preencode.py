@@ -1,7 +1,8 @@
-"""Offline pre-encoding (gen3r_jax.data.preencode, launch/preencode.py) on random tiny models and synthetic
-560x560 scenes: two processes write the records (the first leaves the output unfinished, a rerun skips finished
-shards), the stage-2 pipeline reads them back, the stored arrays equal a direct encode of the same clip through
-gen3r_jax.training.stage2, and bad input fails with a message before anything is compiled.
+"""Offline pre-encoding (gen3r_jax.data.preencode, launch/preencode.py; read back by gen3r_jax.data.preencoded)
+on random tiny models and synthetic 560x560 scenes: two processes write the records (the first leaves the output
+unfinished, a rerun skips finished shards), the stage-2 pipeline reads them back, the stored arrays equal a direct
+encode of the same clip through gen3r_jax.training.stage2, and bad input fails with a message before anything is
+compiled.
 
 1-frame clips keep this fast (the three conditions then share one control video; the masking of longer clips is
 checked on its own, exactly, through an identity posterior)."""
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gen3r_jax.data import preencode as P
+from gen3r_jax.data import preencode as P          # the writer
+from gen3r_jax.data import preencoded as R         # the on-disk format and reader
 from gen3r_jax.data import synthetic
 from gen3r_jax.data.clips import relative_poses, resize_crop
 from gen3r_jax.data.layout import decode_image
@@ -45,7 +47,7 @@ def run(tmp_path_factory):
     logs[name] = lines
     if name == "first":
       with pytest.raises(Gen3RInputError, match="is unfinished; rerun launch/preencode.py") as e:
-        P.read_metadata(cfg.out)
+        R.read_metadata(cfg.out)
       logs["unfinished"] = str(e.value)
   return cfg, logs
 
@@ -56,7 +58,7 @@ def test_two_processes_write_and_a_rerun_resumes(run):
   assert logs["first"][-1].startswith("[preencode] this process is done")
   assert logs["second"][-1] == f"[preencode] complete: {cfg.out}"
   assert "0 shards (0 clips) to encode" in logs["rerun"][0] and len(logs["rerun"]) == 2
-  meta = P.read_metadata(cfg.out)
+  meta = R.read_metadata(cfg.out)
   s = meta["settings"]
   assert (s["num_frames"], s["size"], s["dtype"], s["strides"], s["start"], s["pad"]) == (1, 560, "bfloat16", [1],
                                                                                           None, "random")
@@ -75,8 +77,8 @@ def test_pipeline_reads_the_stage2_keys(run):
   assert p.names == ["re10k", "waymo"] and p.sizes == [1, 1] and p.weights == [1.0, 0.5]
   it = iter(p)
   b = next(it)
-  assert set(b) == set(P.BATCH_KEYS)
-  for k in P.POSTERIOR_KEYS:
+  assert set(b) == set(R.BATCH_KEYS)
+  for k in R.POSTERIOR_KEYS:
     assert b[k].shape == (2, 1, 70, 70, 16) and b[k].dtype == ml_dtypes.bfloat16, k
   assert b["context"].shape == (2, 512, 32) and b["context"].dtype == ml_dtypes.bfloat16
   assert b["clip_fea"].shape == (2, 257, 32) and b["clip_fea"].dtype == ml_dtypes.bfloat16
@@ -110,7 +112,7 @@ def _close_in_bf16(stored, direct, what):
   """``stored`` (bfloat16) is ``direct`` (float32, another compiled program) rounded: equal almost everywhere,
   at most one bfloat16 step apart where the float32 values straddle a rounding boundary."""
   got = np.asarray(stored, np.float32)
-  want = P.storage_round(direct, "bfloat16")
+  want = R.storage_round(direct, "bfloat16")
   step = np.abs(want) * 2.0 ** -7 + 1e-30
   assert (np.abs(got - want) <= step * 1.01).all(), what
   assert np.mean(got != want) < 1e-3, what
@@ -132,9 +134,9 @@ def test_records_equal_a_direct_encode(run):
   frozen = S.Stage2Frozen(b.vggt, b.geo_adapter, b.vae, text_encoder=b.text_encoder, clip=b.clip)
   # the keys of stage2.encode_posteriors; with one frame every control video is the clip itself
   parts = [f"{n}_{p}" for n in ("wan", "geo") for p in ("mean", "logvar")]
-  assert set(P.POSTERIOR_KEYS) == {f"{c}{q}" for c in ["", *(f"ctrl_{m}_" for m in S.PARTIAL_MODES)] for q in parts}
+  assert set(R.POSTERIOR_KEYS) == {f"{c}{q}" for c in ["", *(f"ctrl_{m}_" for m in S.PARTIAL_MODES)] for q in parts}
   wan, geo = nnx.jit(S.posterior_params)(frozen, frames)
-  for k in P.POSTERIOR_KEYS:
+  for k in R.POSTERIOR_KEYS:
     d = DiagonalGaussian(wan if "wan" in k else geo)
     _close_in_bf16(ex[k], np.asarray(d.mean if k.endswith("mean") else d.logvar)[0], k)
   tok = b.tokenizer([ex["text"]], max_length=512)
@@ -145,7 +147,7 @@ def test_records_equal_a_direct_encode(run):
   assert (rows[:n] > 0).all() and not rows[n:].any()
   _close_in_bf16(ex["clip_fea"], np.asarray(nnx.jit(S.clip_features)(frozen, frames))[0], "clip_fea")
   empty = np.asarray(S.empty_caption_context(b.tokenizer, b.text_encoder, 512))
-  _close_in_bf16(P.read_metadata(cfg.out)["empty_context"], empty, "empty_context")
+  _close_in_bf16(R.read_metadata(cfg.out)["empty_context"], empty, "empty_context")
 
 
 def test_condition_masks_match_the_stage2_control_video():
@@ -155,7 +157,7 @@ def test_condition_masks_match_the_stage2_control_video():
   frames = np.random.RandomState(0).rand(3, 5, 8, 8, 3).astype(np.float32)
   identity = lambda x: DiagonalGaussian(jnp.concatenate([x, -x], axis=-1))  # noqa: E731
   out = P.encode_posteriors(identity, (), frames, "wan", batch=2)
-  assert set(out) == {k for k in P.POSTERIOR_KEYS if "wan" in k}
+  assert set(out) == {k for k in R.POSTERIOR_KEYS if "wan" in k}
   for prefix, mode in (("", "all"), ("ctrl_first_", "first"), ("ctrl_first_last_", "first_last")):
     ctrl = np.asarray(S.control_frames(jnp.asarray(frames), jnp.full((3,), S.MODES.index(mode))))
     np.testing.assert_array_equal(out[f"{prefix}wan_mean"], ctrl, err_msg=prefix)
@@ -169,10 +171,10 @@ def test_condition_masks_match_the_stage2_control_video():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_storage_round_trip(dtype):
   x = np.random.RandomState(1).randn(3, 7).astype(np.float32) * 30
-  s = P.to_storage(x, dtype)
+  s = R.to_storage(x, dtype)
   assert s.dtype == {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}[dtype]
-  back = P.from_storage(s, dtype)
-  np.testing.assert_array_equal(np.asarray(back, np.float32), P.storage_round(x, dtype))
+  back = R.from_storage(s, dtype)
+  np.testing.assert_array_equal(np.asarray(back, np.float32), R.storage_round(x, dtype))
   np.testing.assert_allclose(np.asarray(back, np.float32), x, rtol={"bfloat16": 2 ** -8, "float16": 2 ** -11,
                                                                     "float32": 0}[dtype])
 

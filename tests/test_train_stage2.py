@@ -50,7 +50,7 @@ def stage2_config(steps=1, size=128, **kw):
 # ------------------------------------------------------------------------------------------ pre-encoded data
 def preencoded_records(config, dit, clips: int, seed: int = 0) -> list[dict]:
   """Fixed random clips in the pre-encoded batch format (posteriors, context, CLIP tokens, cameras)."""
-  from gen3r_jax.data.preencode import POSTERIOR_KEYS
+  from gen3r_jax.data.preencoded import POSTERIOR_KEYS
   f, h, w2 = latent_grid(config.data)
   nf = int(config.data.num_frames)
   rng = np.random.default_rng(seed)

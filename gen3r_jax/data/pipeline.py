@@ -14,7 +14,7 @@ very batches the uninterrupted run would have. Batches are dicts of numpy arrays
 * stage 2: also ``c2ws`` ``[B, F, 4, 4]`` (relative to frame 0), ``Ks`` ``[B, F, 3, 3]`` (pixels at H×W),
   ``text`` ``[B]`` object (str), ``dataset_idx`` ``[B]`` int32 (into ``DataPipeline.names``),
   ``dataset_name`` ``[B]`` object.
-* stage 2 over pre-encoded clips (:func:`sources_from_preencoded`, :mod:`gen3r_jax.data.preencode`): no frames;
+* stage 2 over pre-encoded clips (:func:`sources_from_preencoded`, :mod:`gen3r_jax.data.preencoded`): no frames;
   the stored posteriors ``{,ctrl_first_,ctrl_first_last_}{wan,geo}_{mean,logvar}`` ``[B, f, 70, 70, 16]``,
   ``context`` ``[B, L, Dt]``, ``clip_fea`` ``[B, 257, Dc]`` (storage dtype) and the stage-2 keys above. The clip
   and caption were fixed at pre-encode time, so this path has no random map; shuffle, mix, shard, batch and resume
@@ -137,7 +137,7 @@ class PreencodedTransform:
   """``grain`` map: (dataset index, pre-encoded clip) → the pre-encoded stage-2 batch keys (module docstring)."""
 
   def __init__(self, names: Sequence[str]):
-    from gen3r_jax.data.preencode import BATCH_KEYS
+    from gen3r_jax.data.preencoded import BATCH_KEYS
     self.names = list(names)
     self.keys = tuple(k for k in BATCH_KEYS if k not in ("dataset_idx", "dataset_name"))
 
@@ -279,7 +279,7 @@ def sources_from_preencoded(directory, split: str = "train") -> dict[str, Any]:
   """
   import tensorflow_datasets as tfds
 
-  from gen3r_jax.data.preencode import PreencodedSource, read_metadata
+  from gen3r_jax.data.preencoded import PreencodedSource, read_metadata
 
   read_metadata(directory)  # clear error for a missing or unfinished pre-encoding
   if split != "train":

@@ -18,8 +18,9 @@ last process to finish: TFDS metadata (dataset_info.json, features.json) + preen
 Stored per clip (see ``docs/data.md``): posterior mean and clamped log-variance (not samples, so the loss still
 draws fresh posterior samples every step) of the clean clip and of the 1-view / 2-view control videos, the caption
 context, the CLIP tokens, cameras and the clip's frame ids. The clips are fixed at pre-encode time (the online
-pipeline re-draws start and caption every epoch). Reading back: :class:`PreencodedSource`,
-``pipeline.sources_from_preencoded``.
+pipeline re-draws start and caption every epoch). This module writes; the on-disk format and the reader
+(:class:`~gen3r_jax.data.preencoded.PreencodedSource`, ``pipeline.sources_from_preencoded``) live in
+:mod:`gen3r_jax.data.preencoded`.
 """
 
 from __future__ import annotations
@@ -37,20 +38,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gen3r_jax.data.preencoded import (CONDITIONS, EMPTY_CONTEXT_FILE, FORMAT, NAME, POSTERIOR_KEYS, SETTINGS_FILE,
+                                       SHARD_DIR, SIZE, STORAGE_DTYPES, features, pad_rows, record_shapes,
+                                       storage_round, to_storage)
 from gen3r_jax.errors import fmt_list, require
 
-FORMAT = "gen3r_preencoded v1"
-NAME = "gen3r_preencoded"
-SETTINGS_FILE = "preencode.json"
-EMPTY_CONTEXT_FILE = "empty_context.npy"
-SHARD_DIR = "shards"
-SIZE = 560                   # the adapter's 40 -> 70 grids are hard-wired to 560 x 560 frames
-LATENT = SIZE // 8
-STORAGE_DTYPES = ("bfloat16", "float16", "float32")
 COMPUTE_DTYPES = ("bfloat16", "float32")
-CONDITIONS = ("", "ctrl_first_", "ctrl_first_last_")     # clean clip, 1-view, 2-view control video
-POSTERIOR_KEYS = tuple(f"{c}{m}_{p}" for c in CONDITIONS for m in ("wan", "geo") for p in ("mean", "logvar"))
-BATCH_KEYS = (*POSTERIOR_KEYS, "context", "clip_fea", "c2ws", "Ks", "text", "dataset_idx", "dataset_name")
 NEEDED = ("vggt", "geo_adapter", "wan_vae", "text_encoder", "clip_image_encoder")
 PASSES = (("geometry", ("vggt", "geo_adapter")), ("appearance", ("wan_vae",)), ("text", ("text_encoder",)),
           ("clip", ("clip_image_encoder",)))
@@ -320,7 +313,7 @@ def encode_shard(models: Models, clips: list[dict], cfg: PreencodeConfig, out: P
       res["context"] = encode_captions(tok, ms[0], [c["text"] for c in clips], cfg.batch_size, cfg.max_length)
       if not (out / EMPTY_CONTEXT_FILE).exists():
         empty = encode_captions(tok, ms[0], [""], cfg.batch_size, cfg.max_length)[0]
-        _atomic_save(out / EMPTY_CONTEXT_FILE, _pad_rows(storage_round(empty, cfg.dtype), cfg.max_length))
+        _atomic_save(out / EMPTY_CONTEXT_FILE, pad_rows(storage_round(empty, cfg.dtype), cfg.max_length))
     else:
       res["clip_fea"] = encode_clip(ms[0], frames, cfg.batch_size)
     del ms                            # no reference left: the next pass's models load after these are freed
@@ -329,58 +322,7 @@ def encode_shard(models: Models, clips: list[dict], cfg: PreencodeConfig, out: P
   return res
 
 
-# ---------------------------------------------------------------- storage format
-
-def _np_dtype(name: str):
-  import ml_dtypes
-  return {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[name]
-
-
-def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
-  """float array -> what the record holds (bfloat16: its uint16 bit pattern)."""
-  y = np.ascontiguousarray(np.asarray(x, np.float32).astype(_np_dtype(dtype)))
-  return y.view(np.uint16) if dtype == "bfloat16" else y
-
-
-def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
-  """Inverse of :func:`to_storage`: bfloat16 comes back as ``ml_dtypes.bfloat16`` (``jnp.bfloat16``)."""
-  return x.view(_np_dtype(dtype)) if dtype == "bfloat16" else x
-
-
-def storage_round(x: np.ndarray, dtype: str) -> np.ndarray:
-  """``x`` rounded to the storage dtype, as float32."""
-  return np.asarray(x, np.float32).astype(_np_dtype(dtype)).astype(np.float32)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  return np.concatenate([x, np.zeros((rows - len(x), x.shape[1]), x.dtype)])
-
-
-def record_shapes(bundle: str, num_frames: int) -> dict[str, list]:
-  """Static shapes of the stored arrays, from the bundle's component configs (no weights loaded)."""
-  from gen3r_jax.convert.checkpoint import read_config
-  rc = lambda c: read_config(os.path.join(bundle, c))                         # noqa: E731
-  f = (num_frames - 1) // 4 + 1
-  clip = rc("clip_image_encoder")
-  shapes = {k: [f, LATENT, LATENT, int(rc("wan_vae" if "wan" in k else "geo_adapter")["z_dim"])]
-            for k in POSTERIOR_KEYS}
-  shapes["context"] = [None, int(rc("text_encoder")["dim"])]
-  shapes["clip_fea"] = [(int(clip["image_size"]) // int(clip["patch_size"])) ** 2 + 1, int(clip["dim"])]
-  return shapes
-
-
-def features(shapes: dict[str, list], num_frames: int, dtype: str):
-  import tensorflow_datasets as tfds
-  t, enc = tfds.features.Tensor, tfds.features.Encoding.BYTES
-  sd = np.uint16 if dtype == "bfloat16" else _np_dtype(dtype)
-  spec = {k: t(shape=tuple(shapes[k]), dtype=sd, encoding=enc) for k in (*POSTERIOR_KEYS, "context", "clip_fea")}
-  spec.update(c2ws=t(shape=(num_frames, 4, 4), dtype=np.float32, encoding=enc),
-              Ks=t(shape=(num_frames, 3, 3), dtype=np.float32, encoding=enc),
-              frame_ids=t(shape=(num_frames,), dtype=np.int32, encoding=enc),
-              text=tfds.features.Text(), dataset=tfds.features.Text(), scene=tfds.features.Text(),
-              clip_index=t(shape=(), dtype=np.int32))
-  return tfds.features.FeaturesDict(spec)
-
+# ---------------------------------------------------------------- writing
 
 def shard_examples(clips: list[dict], res: dict, shard: Shard, dtype: str) -> list[dict]:
   out = []
@@ -533,58 +475,6 @@ def _eta(seconds: float) -> str:
   return f"{m // 60}:{m % 60:02d}:{sec:02d}"
 
 
-# ---------------------------------------------------------------- reading back
-
-def read_metadata(directory) -> dict:
-  """``preencode.json`` (settings, shapes, per-split clip table) plus ``empty_context [L, Dt]`` in the
-  storage dtype (bfloat16 as ``ml_dtypes.bfloat16``); requires a finished pre-encoding."""
-  d = Path(directory)
-  require((d / SETTINGS_FILE).is_file(), f"{d} holds no pre-encoding ({SETTINGS_FILE} missing); write one with "
-          "python launch/preencode.py --source <data> --bundle <ckpt> --out <dir>.")
-  meta = json.loads((d / SETTINGS_FILE).read_text())
-  require(meta.get("complete", False), f"the pre-encoding in {d} is unfinished; rerun launch/preencode.py with the "
-          "same flags (finished shards are skipped) until it reports 'complete'.")
-  meta["empty_context"] = np.load(d / EMPTY_CONTEXT_FILE).astype(_np_dtype(meta["settings"]["dtype"]))
-  return meta
-
-
-class PreencodedSource:
-  """Random-access pre-encoded clips of one split (``grain.sources.ArrayRecordDataSource``; no TF).
-
-  ``src[i]`` holds the stored arrays (float arrays in the storage dtype, ``context`` padded with zero rows to
-  ``max_length``), ``c2ws``, ``Ks``, ``frame_ids``, ``text``, ``dataset``, ``scene``, ``clip_index``.
-  """
-
-  preencoded = True
-
-  def __init__(self, directory, split: str):
-    import grain
-    import tensorflow_datasets as tfds
-    self.meta = read_metadata(directory)
-    info = tfds.builder_from_directory(str(directory)).info
-    require(split in info.splits, f"split {split!r} not in {directory}; it has {sorted(info.splits.keys())}.")
-    self.split, self.features = split, info.features
-    self.dataset = self.meta["splits"][split]["dataset"]
-    self.dtype = self.meta["settings"]["dtype"]
-    self.max_length = int(self.meta["settings"]["max_length"])
-    self._source = grain.sources.ArrayRecordDataSource([os.fspath(p) for p in info.splits[split].filepaths])
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    ex = dict(self.features.deserialize_example_np(self._source[i]))
-    for k in (*POSTERIOR_KEYS, "context", "clip_fea"):
-      ex[k] = from_storage(ex[k], self.dtype)
-    ex["context"] = _pad_rows(ex["context"], self.max_length)
-    for k in ("text", "dataset", "scene"):
-      ex[k] = ex[k].decode("utf-8") if isinstance(ex[k], bytes) else str(ex[k])
-    return ex
-
-  def __repr__(self) -> str:
-    return f"PreencodedSource({self.split!r}, {len(self)} clips)"
-
-
 # ---------------------------------------------------------------- tiny demo inputs
 
 def demo_inputs(cache_dir: str, *, scenes: int = 1, frames: int = 5, log: Callable = print) -> tuple[str, str]:
@@ -598,5 +488,4 @@ def demo_inputs(cache_dir: str, *, scenes: int = 1, frames: int = 5, log: Callab
   return root, ensure_demo_bundle(cache_dir, log=log)
 
 
-__all__ = ("PreencodeConfig", "preencode", "PreencodedSource", "read_metadata", "POSTERIOR_KEYS", "BATCH_KEYS",
-           "demo_inputs", "keep_masks", "to_storage", "from_storage", "storage_round", "plan_shards", "clip_rng")
+__all__ = ("PreencodeConfig", "preencode", "demo_inputs", "keep_masks", "plan_shards", "clip_rng")

@@ -208,7 +208,7 @@ def build_frozen(models: Stage2Models, config, mesh, tokenizer):
   from gen3r_jax.training.stage2 import Stage2Frozen, empty_caption_context
   dc, mc = config.data, config.model
   if dc.preencoded:
-    from gen3r_jax.data.preencode import read_metadata
+    from gen3r_jax.data.preencoded import read_metadata
     empty = np.asarray(read_metadata(dc.preencoded)["empty_context"], np.float32)
     want = (models.dit.text_len, models.dit.text_dim)
     require(empty.shape == want, f"data.preencoded {dc.preencoded}: empty_context {empty.shape} does not match the "
