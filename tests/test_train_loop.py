@@ -10,7 +10,9 @@ import pytest
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.parallel.rules import make_mesh
-from gen3r_jax.training.loop import TrainingDivergedError, train
+from gen3r_jax.training.loop import TrainingDivergedError, get_task, restore_params, train
+from gen3r_jax.training.optimizer import make_optimizer
+from gen3r_jax.training.state import train_state_spec
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import cpu_debug  # noqa: E402
@@ -57,7 +59,19 @@ def test_sharded_step_equals_single_device(tmp_path):
 
 
 def test_kill_and_resume_reproduces_next_losses(tmp_path):
-  full = losses(train(toy_config(steps=6, every=2), str(tmp_path / "full")))
+  c = toy_config(steps=6, every=2)
+  run = train(c, str(tmp_path / "full"))
+  full = losses(run)
+  # restore_params reads the newest checkpoint onto the abstract state of train_state_spec (nothing initialised)
+  mesh = make_mesh(dict(c.mesh))
+  task = get_task(c, mesh, str(tmp_path / "full"))
+  params, step = restore_params(str(tmp_path / "full"), c, task, mesh)
+  assert step == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(run.state["params"]))
+  tx, _ = make_optimizer(c.optimizer, 6)
+  spec = train_state_spec(task.build, tx, seed=int(c.seed), mesh=mesh)
+  want = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), run.state)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), spec.abstract) == want
   w = str(tmp_path / "killed")
   part = train(toy_config(steps=6, every=2), w, stop_after=5)       # "killed" after step 5, last ckpt 4
   assert part.last_checkpoint == 4
