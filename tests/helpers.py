@@ -21,25 +21,16 @@ def one_train_step(config, task, mesh):
   ``state`` (after the step) on the mesh, ``metrics`` and ``before`` (the state before the step) on the host."""
   import types
   import jax
-  import numpy as np
-  from flax import nnx
-  from gen3r_jax.parallel.rules import state_shardings
   from gen3r_jax.training import optimizer as opt
-  from gen3r_jax.training.loop import batch_sharding, make_train_step, step_context, to_global
+  from gen3r_jax.training.loop import batch_shardings, make_train_step, place_frozen, step_context, to_global
   from gen3r_jax.training.state import create_train_state
   tx, _ = opt.make_optimizer(config.optimizer, int(config.num_train_steps))
   state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled),
                                    init_params=task.init_params)
   before = jax.device_get(state)       # the step donates the state
-  frozen_state, frozen_sh = None, None
-  if task.frozen is not None:
-    frozen_state = nnx.state(task.frozen)
-    frozen_sh = state_shardings(frozen_state, mesh)
-    frozen_state = jax.device_put(frozen_state, frozen_sh)
+  frozen_state, frozen_sh = place_frozen(task, mesh)
   batch = next(task.make_data())
-  axes = dict(task.batch_axes or {})
-  batch_sh = {k: batch_sharding(mesh, axes.get(k, ("batch",) + (None,) * (np.ndim(v) - 1)))
-              for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+  batch_sh = batch_shardings(task, mesh, batch)
   step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh, frozen_sh=frozen_sh,
                          mesh=mesh)
   batch, key = to_global(batch, batch_sh), jax.random.PRNGKey(int(config.seed))

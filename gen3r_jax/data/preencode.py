@@ -198,9 +198,9 @@ def keep_masks(num_frames: int) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _tokens_jit():
-  from flax import nnx
+  from gen3r_jax.nn.jit import module_jit   # no parameter copies out (nnx.jit would return VGGT's parameters)
   from gen3r_jax.training.stage1 import target_tokens
-  return nnx.jit(lambda vggt, frames: target_tokens(vggt, frames)[0])
+  return module_jit(lambda vggt, frames: target_tokens(vggt, frames)[0])
 
 
 def geo_posterior(vggt, adapter, x):
@@ -210,8 +210,8 @@ def geo_posterior(vggt, adapter, x):
 
 def wan_posterior(vae, x):
   """frames ``[B, F, H, W, 3]`` in [0, 1] -> Wan VAE posterior of ``clamp(2x - 1)``."""
-  import jax.numpy as jnp
-  return vae.encode(jnp.clip(x * 2 - 1, -1.0, 1.0))
+  from gen3r_jax.models.wan.vae import unit_to_vae_range
+  return vae.encode(unit_to_vae_range(x))
 
 
 def _batches(n: int, size: int):

@@ -26,6 +26,7 @@ from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
 from gen3r_jax.models.wan.clip import encode_videos
 from gen3r_jax.models.wan.t5 import encode_prompts
+from gen3r_jax.models.wan.vae import unit_to_vae_range
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.sampling.cameras import (BUILTIN_TRAJECTORIES, get_poses, resolve_cameras,
                                        scene_scale_from_depth)
@@ -88,9 +89,7 @@ def camera_conditioning(c2ws, ks, size: int, *, cameras, task: str) -> tuple[jax
   return p, cond.camera_latents(p)
 
 
-@jax.jit
-def _vae_input(video):
-  return jnp.clip(video * 2.0 - 1.0, -1.0, 1.0)
+_vae_input = jax.jit(unit_to_vae_range)
 
 
 def control_latents(vae, images, num_frames: int, *, posterior: str = "sample", key=None) -> jax.Array:

@@ -119,6 +119,23 @@ def batch_sharding(mesh: Mesh, axes: tuple, rules=DEFAULT_RULES) -> NamedShardin
   return NamedSharding(mesh, activation_spec(axes, mesh, rules))
 
 
+def batch_shardings(task: Task, mesh: Mesh, batch: Mapping) -> dict[str, NamedSharding]:
+  """Shardings of a host ``batch``'s array entries: ``task.batch_axes``, else axis 0 over ``batch``."""
+  axes = dict(task.batch_axes or {})
+  return {k: batch_sharding(mesh, axes.get(k, ("batch",) + (None,) * (np.ndim(v) - 1)))
+          for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+
+
+def place_frozen(task: Task, mesh: Mesh):
+  """``(frozen_state, frozen_shardings)`` of ``task.frozen`` on the mesh by its logical axes (``None``s without
+  frozen models; a no-op for modules built sharded)."""
+  if task.frozen is None:
+    return None, None
+  frozen_state = nnx.state(task.frozen)
+  frozen_sh = state_shardings(frozen_state, mesh)
+  return jax.device_put(frozen_state, frozen_sh), frozen_sh
+
+
 def check_batch_divides(mesh: Mesh, global_batch: int) -> None:
   n = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
   require(global_batch % n == 0,
@@ -203,11 +220,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   task = task or get_task(config, mesh, workdir)
   num_steps = int(config.num_train_steps)
   tx, sched = make_optimizer(config.optimizer, num_steps)
-  frozen_state, frozen_sh = None, None
-  if task.frozen is not None:  # on the mesh by its logical axes (a no-op for modules built sharded)
-    frozen_state = nnx.state(task.frozen)
-    frozen_sh = state_shardings(frozen_state, mesh)
-    frozen_state = jax.device_put(frozen_state, frozen_sh)
+  frozen_state, frozen_sh = place_frozen(task, mesh)
 
   data = task.make_data()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
@@ -221,9 +234,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
     state = ckpt.restore(last, spec.abstract, data)
   step = int(jax.device_get(state["step"]))
   first = next(data)
-  axes = dict(task.batch_axes or {})
-  batch_sh = {k: batch_sharding(mesh, axes.get(k, ("batch",) + (None,) * (np.ndim(v) - 1)))
-              for k, v in first.items() if isinstance(v, np.ndarray) and v.dtype != object}
+  batch_sh = batch_shardings(task, mesh, first)
   train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
                                frozen_sh=frozen_sh, mesh=mesh)
   key = jax.random.PRNGKey(int(config.seed))

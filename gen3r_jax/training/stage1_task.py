@@ -71,21 +71,31 @@ def data_root(dc, workdir: str) -> str:
   return root
 
 
-def make_data(config, workdir: str):
+def data_pipeline(config, workdir: str, stage: int):
+  """The grain pipeline of ``config.data`` for ``stage`` 1 or 2 (this process's share of each global batch): scene
+  folders (``data.root``, else synthetic scenes under ``workdir``), TFDS records (``data.records``) or, for stage
+  2, pre-encoded records (``data.preencoded``)."""
   import jax
   from gen3r_jax.data.clips import ClipConfig
-  from gen3r_jax.data.pipeline import PipelineConfig, make_pipeline, sources_from_records, sources_from_root
+  from gen3r_jax.data.pipeline import (PipelineConfig, make_pipeline, sources_from_preencoded,
+                                       sources_from_records, sources_from_root)
   dc = config.data
   clip = ClipConfig(num_frames=int(dc.num_frames), height=int(dc.height), width=int(dc.width),
-                    strides=tuple(int(s) for s in dc.strides), order="images")
-  if dc.records:
-    sources = sources_from_records(dc.records, stage=1)
+                    strides=tuple(int(s) for s in dc.strides), order="images" if stage == 1 else "cameras")
+  if stage == 2 and dc.get("preencoded"):
+    sources = sources_from_preencoded(dc.preencoded)
+  elif dc.records:
+    sources = sources_from_records(dc.records, stage=stage)
   else:
-    sources = sources_from_root(data_root(dc, workdir), stage=1)
-  pc = PipelineConfig(stage=1, batch_size=int(dc.batch_size) // jax.process_count(), seed=int(config.seed),
+    sources = sources_from_root(data_root(dc, workdir), stage=stage)
+  pc = PipelineConfig(stage=stage, batch_size=int(dc.batch_size) // jax.process_count(), seed=int(config.seed),
                       clip=clip, read_threads=int(dc.read_threads), prefetch=int(dc.prefetch),
                       mp_workers=int(dc.mp_workers))
-  return iter(make_pipeline(sources, pc))
+  return make_pipeline(sources, pc)
+
+
+def make_data(config, workdir: str):
+  return iter(data_pipeline(config, workdir, stage=1))
 
 
 def make_task(config, mesh, workdir: str) -> Task:

@@ -67,7 +67,7 @@ import numpy as np
 from flax import nnx
 
 from gen3r_jax.errors import check_array, fmt_list, require
-from gen3r_jax.models.wan.vae import DiagonalGaussian
+from gen3r_jax.models.wan.vae import DiagonalGaussian, unit_to_vae_range
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.sampling.cameras import check_num_frames
 from gen3r_jax.sampling.schedulers.schedules import shift_sigmas
@@ -207,17 +207,13 @@ def condition_masks(mode, num_frames: int, latent_hw) -> jax.Array:
   return cond.frame_masks(selected_frames(mode, num_frames), latent_hw)
 
 
-def _vae_input(frames):
-  return jnp.clip(frames * 2.0 - 1.0, -1.0, 1.0)
-
-
 def posterior_params(frozen, frames, *, geometry: bool = True, return_tokens: bool = False):
   """``(wan, geo)`` posterior parameters ``[B, f, h, w, 2z]`` = ``[mean | logvar]`` of ``frames`` (no grad);
   ``geo`` is ``None`` without ``geometry`` (VGGT and the adapter are skipped). ``return_tokens`` appends the
   VGGT token stack ``[B, F, 40, 40, 5D]`` the adapter encoded (``None`` without ``geometry``)."""
   sg = jax.lax.stop_gradient
   frames = jnp.asarray(frames, jnp.float32)
-  wan = sg(frozen.wan_vae.encode_params(_vae_input(frames))).astype(jnp.float32)
+  wan = sg(frozen.wan_vae.encode_params(unit_to_vae_range(frames))).astype(jnp.float32)
   geo = tokens = None
   if geometry:
     tokens = sg(target_tokens(frozen.vggt, frames)[0])                          # [B, F, 40, 40, 5D]

@@ -290,24 +290,9 @@ class Tokenize:
 # ------------------------------------------------------------------------------------------------------ data
 def make_data(config, workdir: str, models: Stage2Models):
   """A checkpointable grain iterator of this process's share of each global batch."""
-  import jax
-  from gen3r_jax.data.clips import ClipConfig
-  from gen3r_jax.data.pipeline import (PipelineConfig, make_pipeline, sources_from_preencoded,
-                                       sources_from_records, sources_from_root)
-  from gen3r_jax.training.stage1_task import data_root
+  from gen3r_jax.training.stage1_task import data_pipeline
   dc, mc = config.data, config.model
-  clip = ClipConfig(num_frames=int(dc.num_frames), height=int(dc.height), width=int(dc.width),
-                    strides=tuple(int(s) for s in dc.strides), order="cameras")
-  if dc.preencoded:
-    sources = sources_from_preencoded(dc.preencoded)
-  elif dc.records:
-    sources = sources_from_records(dc.records, stage=2)
-  else:
-    sources = sources_from_root(data_root(dc, workdir), stage=2)
-  pc = PipelineConfig(stage=2, batch_size=int(dc.batch_size) // jax.process_count(), seed=int(config.seed),
-                      clip=clip, read_threads=int(dc.read_threads), prefetch=int(dc.prefetch),
-                      mp_workers=int(dc.mp_workers))
-  ds = make_pipeline(sources, pc).dataset
+  ds = data_pipeline(config, workdir, stage=2).dataset
   if not dc.preencoded:
     tok = (Tokenize("debug", models.text_encoder.vocab, models.dit.text_len) if mc.size == "tiny" else
            Tokenize("umt5", mc.tokenizer, models.dit.text_len))

@@ -158,6 +158,11 @@ def denormalize_z(z: jax.Array, mean, std) -> jax.Array:
   return (z.astype(jnp.float32) / inv + m).astype(z.dtype)
 
 
+def unit_to_vae_range(frames: jax.Array) -> jax.Array:
+  """Frames in [0, 1] -> the VAE's input range: ``clamp(2 x - 1, -1, 1)`` (the official preprocessing)."""
+  return jnp.clip(frames * 2.0 - 1.0, -1.0, 1.0)
+
+
 def check_frames(x, name: str) -> None:
   t = x.shape[1]
   require(t >= 1 and (t - 1) % ENCODE_CHUNK == 0,
