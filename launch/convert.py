@@ -10,14 +10,15 @@ One network:
 ``--model`` is a manifest name (``gen3r_jax/convert/registry.py``); ``--config`` an optional JSON file with the
 official config of that network (default: the released size). For a whole checkpoint, ``--overrides`` is a JSON
 file mapping component -> config for checkpoints whose sizes the official classes hard-code (not needed for the
-release). Conversion is strict: unknown, missing or misshaped keys stop it with a list of each (``--nostrict``
-converts anyway). ``conversion_report.json`` beside each checkpoint records every key's fate. No model is
-instantiated: weights go from the source straight to Orbax.
+release). Conversion is strict: unknown, missing or misshaped keys, integer tensors for float parameters and NaN /
+Inf values stop it, naming each key (``--nostrict`` converts key problems anyway, ``--allow_nonfinite`` NaN / Inf).
+``conversion_report.json`` beside each checkpoint records every key's fate. No model is instantiated: weights go
+from the source straight to Orbax. The output is written beside ``--out`` and swapped in only when complete, so a
+failed or killed run leaves a previous output as it was. Bad input: one ``error:`` line, exit status 2.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import app, flags
@@ -28,15 +29,11 @@ _SOURCE = flags.DEFINE_string("source", None, "checkpoint file or directory")
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _CONFIG = flags.DEFINE_string("config", None, "JSON file: the official config of the network (--model only)")
 _OVERRIDES = flags.DEFINE_string("overrides", None, "JSON file: component -> config dict (whole checkpoints)")
-_STRICT = flags.DEFINE_bool("strict", True, "refuse unknown / missing / misshaped keys")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output")
-
-
-def _load_json(path: str | None):
-  if not path:
-    return None
-  with open(path) as f:
-    return json.load(f)
+_STRICT = flags.DEFINE_bool("strict", True, "refuse unknown / missing / misshaped keys and integer tensors for "
+                            "float parameters")
+_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "convert weights holding NaN / Inf (refused by "
+                                     "default; the report counts them)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output (only once the new one is complete)")
 
 
 def main(argv):
@@ -47,18 +44,21 @@ def main(argv):
   if missing:
     print(f"error: {', '.join(missing)} required (see --helpfull)", file=sys.stderr)
     return 2
-  from gen3r_jax.convert.bundle import convert_any
+  from gen3r_jax.convert.bundle import convert_any, read_json_arg
   from gen3r_jax.convert.core import ConversionError
-  from gen3r_jax.errors import Gen3RInputError
   try:
-    convert_any(_SOURCE.value, _OUT.value, model=_MODEL.value, config=_load_json(_CONFIG.value),
-        overrides=_load_json(_OVERRIDES.value), strict=_STRICT.value, overwrite=_OVERWRITE.value)
+    convert_any(_SOURCE.value, _OUT.value, model=_MODEL.value,
+                config=read_json_arg(_CONFIG.value, "--config"),
+                overrides=read_json_arg(_OVERRIDES.value, "--overrides", nested=True),
+                strict=_STRICT.value, overwrite=_OVERWRITE.value, allow_nonfinite=_ALLOW_NONFINITE.value)
   except ConversionError as e:
-    print(str(e), file=sys.stderr)
-    return 1
-  except (Gen3RInputError, FileNotFoundError, FileExistsError, KeyError, ValueError, NotImplementedError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    print(f"error: {e}", file=sys.stderr)           # first line: the summary; then one line per problem
+    return 2
+  except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, NotImplementedError,
+          ImportError) as e:                        # Gen3RInputError is a ValueError
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    print(f"error: {str(msg).splitlines()[0] if str(msg) else type(e).__name__}", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -82,9 +82,10 @@ def test_cli_single_model_and_errors(tmp_path):
   assert os.path.exists(tmp_path / "vae" / "params") and "194 mapped" in ok.stdout
   # the same output again is refused without --overwrite
   again = _cli(*args, f"--out={tmp_path}/vae", f"--config={tmp_path}/cfg.json")
-  assert again.returncode == 1 and "overwrite" in again.stderr
-  # the full-size table refuses the tiny weights, naming keys, and still writes the report
+  assert again.returncode == 2 and "overwrite" in again.stderr
+  # the full-size table refuses the tiny weights, naming keys, and writes the report beside the (absent) output
   full = _cli(*args, f"--out={tmp_path}/vae_full")
-  assert full.returncode == 1
+  assert full.returncode == 2 and full.stderr.startswith("error: conversion of wan_vae")
   assert "misshaped: model." in full.stderr and "more misshaped keys" in full.stderr
-  assert os.path.exists(tmp_path / "vae_full" / "conversion_report.json")
+  assert os.path.exists(tmp_path / "vae_full.failed_conversion_report.json")
+  assert not os.path.exists(tmp_path / "vae_full")

@@ -11,6 +11,16 @@ Converted layout (written by :func:`convert_bundle` / ``launch/convert.py --sour
     <out>/<component>/{params/, config.json, conversion_report.json}   one Orbax checkpoint per network
     <out>/tokenizer/                        copied as is (SentencePiece ``spiece.model`` + configs)
     <out>/scheduler/scheduler_config.json   copied as is
+    <out>/gen3r_jax_complete.json           the completeness record, written last (see below)
+
+Conversion is atomic: the whole bundle is written into a sibling ``.<out>.partial-<pid>`` directory, verified (each
+component's Orbax metadata against the converted parameters, then the record) and only then swapped in for the
+previous output (:mod:`gen3r_jax.convert.atomic`). A failed or killed run leaves the previous output as it was; the
+report of a component that failed goes to ``<out>.<component>.failed_conversion_report.json``. The record lists
+each component's status (``ok``; ``forced``: converted with ``--nostrict`` or ``--allow_nonfinite`` despite the
+problems its report lists, loaded with a warning; ``random``: random demo weights) and the size of every file;
+:func:`load_bundle` (and :func:`check_bundle`) refuse a bundle without it, with a component of another status, or
+with a file missing or of another size.
 
 Configs: the official loaders read ``config.json`` for the text encoder, the DiT and the geometry adapter, but
 hard-code the Wan VAE width (96), the CLIP tower (ViT-H/14) and VGGT-1B. We do the same, except that the widths
@@ -21,19 +31,30 @@ and ``overrides`` (component -> config dict) replace the defaults for non-releas
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
 import time
+import warnings
 from typing import Any, Callable
 
-from gen3r_jax.convert.checkpoint import REPORT_FILE, save_params
+from gen3r_jax.convert.atomic import is_partial, refuse_partial, staged_dir
+from gen3r_jax.convert.checkpoint import CONFIG_FILE, PARAMS_DIR, REPORT_FILE, save_params, verify_params
 from gen3r_jax.convert.core import ConversionError, Report, convert, param_targets
 from gen3r_jax.convert.registry import get_spec
 from gen3r_jax.convert.sources import TensorSource, open_source
 from gen3r_jax.errors import Gen3RInputError
 
 INDEX_FILE = "gen3r_jax_index.json"
+RECORD_FILE = "gen3r_jax_complete.json"
+RECORD_FORMAT = "gen3r_jax bundle record v1"
+# statuses a loadable component may have in the record
+STATUSES = {"ok": "converted, every key accounted for",
+            "forced": "converted with --nostrict / --allow_nonfinite despite problems",
+            "random": "random weights (demo / tests)"}
+FAILED_REPORT_SUFFIX = "failed_conversion_report.json"
+_RECONVERT = "re-run `python launch/convert.py --source <Gen3R checkpoint> --out {d} --overwrite`"
 
 # component folder -> (manifest / registry name, model class path)
 COMPONENTS: dict[str, tuple[str, str]] = {
@@ -60,6 +81,48 @@ def _read_json(path: str) -> dict:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise Gen3RInputError(f"{path}: not valid JSON ({e}); re-download the checkpoint") from e
+
+
+def read_json_arg(path: str | None, flag: str, *, nested: bool = False) -> dict | None:
+  """A JSON object from a user-given file (``--config`` / ``--overrides``); ``nested``: values must be objects
+  too (component -> config). Errors name the file and the flag."""
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise Gen3RInputError(f"{flag} {path}: no such file")
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise Gen3RInputError(f"{flag} {path}: not valid JSON ({e}); fix the file") from e
+  if not isinstance(data, dict):
+    raise Gen3RInputError(f"{flag} {path}: expected a JSON object, got {type(data).__name__}")
+  if nested:
+    bad = [k for k, v in data.items() if not isinstance(v, dict)]
+    if bad:
+      raise Gen3RInputError(f"{flag} {path}: expected component -> config object, but {', '.join(bad)} "
+                            "map(s) to something else")
+  return data
+
+
+def failed_report_path(out: str, component: str | None = None) -> str:
+  """Where the report of a conversion that failed goes (beside ``out``: ``out`` itself is left untouched)."""
+  out = os.path.abspath(out)
+  return f"{out}.{component}.{FAILED_REPORT_SUFFIX}" if component else f"{out}.{FAILED_REPORT_SUFFIX}"
+
+
+def _remove_failed_reports(out: str) -> None:
+  for p in glob.glob(glob.escape(os.path.abspath(out)) + ".*" + FAILED_REPORT_SUFFIX):
+    os.remove(p)
+
+
+def _is_model_dir(d: str) -> bool:
+  return all(n in (PARAMS_DIR, CONFIG_FILE, REPORT_FILE) or is_partial(n) for n in os.listdir(d))
+
+
+def _is_bundle_dir(d: str) -> bool:
+  known = {*COMPONENTS, *COPIED, INDEX_FILE, RECORD_FILE}
+  return all(n in known or n.startswith("gen3r_") or is_partial(n) for n in os.listdir(d))
 
 
 def _shape(src: TensorSource, key: str) -> tuple[int, ...] | None:
@@ -104,22 +167,45 @@ def _spec(component: str, config):
   return get_spec(name, config)
 
 
-def convert_model(name_or_spec, source: str | TensorSource, out: str, *, config: dict | None = None,
-                  strict: bool = True, overwrite: bool = False, log: Callable = print) -> Report:
-  """Convert one network: ``source`` (file / directory / TensorSource) -> Orbax checkpoint in ``out``."""
+def _convert_into(spec, src: TensorSource, out: str, *, strict: bool, allow_nonfinite: bool, failed_report: str,
+                  log: Callable) -> Report:
+  """Convert into the fresh directory ``out`` (a staging directory) and verify what was written."""
   t0 = time.time()
+  log(f"[convert] {spec.name}: {src.description} ({len(src)} tensors)")
+  targets = param_targets(spec.abstract())
+  try:
+    params, report = convert(spec.table(spec.config), src, targets, strict=strict,
+                             allow_nonfinite=allow_nonfinite)
+  except ConversionError as e:
+    e.report.write(failed_report)
+    head, _, rest = str(e).partition("\n")
+    raise ConversionError(f"{head} (every key's fate: {failed_report})" + (f"\n{rest}" if rest else ""),
+                          e.report) from None
+  os.makedirs(out, exist_ok=True)
+  report.write(os.path.join(out, REPORT_FILE))
+  save_params(out, params, config=spec.config.to_dict())
+  verify_params(out, {p: t.shape for p, t in targets.items() if p in params})
+  log(f"[convert] {report.summary()} ({time.time() - t0:.1f} s)")
+  return report
+
+
+def _status(report: Report) -> str:
+  return "ok" if report.ok and not report.nonfinite else "forced"
+
+
+def convert_model(name_or_spec, source: str | TensorSource, out: str, *, config: dict | None = None,
+                  strict: bool = True, overwrite: bool = False, allow_nonfinite: bool = False,
+                  log: Callable = print) -> Report:
+  """Convert one network: ``source`` (file / directory / TensorSource) -> Orbax checkpoint in ``out``.
+
+  Atomic: written beside ``out`` and swapped in when complete (module docstring); on failure ``out`` is unchanged
+  and the report goes to :func:`failed_report_path`."""
   spec = get_spec(name_or_spec, config) if isinstance(name_or_spec, str) else name_or_spec
   src = open_source(source) if isinstance(source, str) else source
-  log(f"[convert] {spec.name}: {src.description} ({len(src)} tensors)")
-  os.makedirs(out, exist_ok=True)
-  try:
-    params, report = convert(spec.table(spec.config), src, param_targets(spec.abstract()), strict=strict)
-  except ConversionError as e:
-    e.report.write(os.path.join(out, REPORT_FILE))
-    raise
-  report.write(os.path.join(out, REPORT_FILE))
-  save_params(out, params, config=spec.config.to_dict(), overwrite=overwrite)
-  log(f"[convert] {report.summary()} ({time.time() - t0:.1f} s)")
+  with staged_dir(out, overwrite=overwrite, is_ours=_is_model_dir, what="checkpoint", log=log) as tmp:
+    report = _convert_into(spec, src, tmp, strict=strict, allow_nonfinite=allow_nonfinite,
+                           failed_report=failed_report_path(out), log=log)
+  _remove_failed_reports(out)
   return report
 
 
@@ -136,50 +222,136 @@ def check_bundle_source(source_dir: str) -> None:
                           "download the full checkpoint directory")
 
 
+def _copy_tree(src: str, dst: str) -> None:
+  """Copy file contents only: the copy stays writable (and deletable) even when the source is read-only."""
+  shutil.copytree(src, dst, copy_function=shutil.copyfile)
+  for dirpath, _, _ in os.walk(dst):
+    os.chmod(dirpath, 0o755)
+
+
+def _inventory(root: str, sub: str) -> dict[str, int]:
+  """``{relative path: size}`` of every file under ``root/sub`` (or of the file ``root/sub``)."""
+  top = os.path.join(root, sub)
+  if os.path.isfile(top):
+    return {sub: os.path.getsize(top)}
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(top):
+    dirnames.sort()
+    for fn in sorted(filenames):
+      full = os.path.join(dirpath, fn)
+      out[os.path.relpath(full, root).replace(os.sep, "/")] = os.path.getsize(full)
+  return out
+
+
+def write_record(directory: str, components: dict[str, dict]) -> dict:
+  """Write the completeness record of a bundle (last: after every other file). ``components`` maps each
+  component to ``{"status": one of STATUSES, ...}``; file sizes are read from ``directory``."""
+  bad = {c: i.get("status") for c, i in components.items() if i.get("status") not in STATUSES}
+  if bad:
+    raise ValueError(f"record: components {bad} have no loadable status ({', '.join(STATUSES)})")
+  record = {"format": RECORD_FORMAT, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "components": {},
+            "copied": {c: _inventory(directory, c) for c in COPIED}, "index": _inventory(directory, INDEX_FILE)}
+  for comp, info in components.items():
+    files = _inventory(directory, comp)
+    record["components"][comp] = {**info, "files": files, "bytes": sum(files.values())}
+  tmp = os.path.join(directory, f".{RECORD_FILE}.partial-{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(directory, RECORD_FILE))
+  return record
+
+
+def verify_record(directory: str) -> dict:
+  """Check a bundle against its completeness record (module docstring); returns the record."""
+  fix = _RECONVERT.format(d=directory)
+  path = os.path.join(directory, RECORD_FILE)
+  if not os.path.isfile(path):
+    raise Gen3RInputError(f"{directory}: no completeness record ({RECORD_FILE}): its conversion did not finish or "
+                          f"predates the record; {fix}")
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    comps = record["components"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise Gen3RInputError(f"{path}: unreadable completeness record ({e}); {fix}") from e
+  for comp in COMPONENTS:
+    info = comps.get(comp)
+    if info is None:
+      raise Gen3RInputError(f"{directory}: the completeness record has no {comp}; {fix}")
+    if info.get("status") not in STATUSES:
+      raise Gen3RInputError(f"{directory}: the conversion of {comp} did not succeed (status "
+                            f"{info.get('status')!r}); {fix}")
+  expected = {}
+  for info in (*comps.values(), {"files": record.get("index", {})},
+               *({"files": f} for f in record.get("copied", {}).values())):
+    expected.update(info.get("files", {}))
+  for rel, size in expected.items():
+    full = os.path.join(directory, *rel.split("/"))
+    if not os.path.isfile(full):
+      raise Gen3RInputError(f"{directory}: {rel} is missing (listed in {RECORD_FILE}); the bundle was changed "
+                            f"after conversion; {fix}")
+    if os.path.getsize(full) != size:
+      raise Gen3RInputError(f"{directory}: {rel} has {os.path.getsize(full)} bytes, the completeness record says "
+                            f"{size}; the bundle was changed after conversion; {fix}")
+  forced = [c for c in COMPONENTS if comps[c]["status"] == "forced"]
+  if forced:
+    warnings.warn(f"{directory}: {', '.join(forced)} converted with --nostrict / --allow_nonfinite despite problems "
+                  f"(see their "
+                  f"{REPORT_FILE})", stacklevel=3)
+  return record
+
+
 def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] | None = None,
-                   strict: bool = True, overwrite: bool = False, components=None,
+                   strict: bool = True, overwrite: bool = False, components=None, allow_nonfinite: bool = False,
                    log: Callable = print) -> dict[str, Report]:
-  """Convert an official Gen3R checkpoint directory (see module docstring). Returns the reports."""
+  """Convert an official Gen3R checkpoint directory (see module docstring). Returns the reports.
+
+  Atomic: ``out_dir`` changes only once the whole new bundle is written and verified."""
   check_bundle_source(source_dir)
   overrides = overrides or {}
   unknown = set(overrides) - set(COMPONENTS)
   if unknown:
     raise Gen3RInputError(f"overrides for unknown component(s) {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
-  if os.path.exists(os.path.join(out_dir, INDEX_FILE)) and not overwrite:
-    raise FileExistsError(f"{out_dir} already holds a converted checkpoint; pass overwrite=True (--overwrite)")
-  os.makedirs(out_dir, exist_ok=True)
   reports, index = {}, {"format": "gen3r_jax bundle v1", "source": os.path.abspath(source_dir), "components": {}}
-  for comp in components or COMPONENTS:
-    folder = os.path.join(source_dir, comp)
-    src = open_source(folder)
-    spec = _spec(comp, official_config(comp, folder, src, overrides.get(comp)))
-    reports[comp] = convert_model(spec, src, os.path.join(out_dir, comp), strict=strict, overwrite=overwrite,
-                                  log=log)
-    index["components"][comp] = {"model": spec.name, "class": COMPONENTS[comp][1],
-                                 "counts": reports[comp].counts()}
-  for comp in COPIED:
-    dst = os.path.join(out_dir, comp)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    shutil.copytree(os.path.join(source_dir, comp), dst)
-  with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-    json.dump(index, f, indent=1)
+  with staged_dir(out_dir, overwrite=overwrite, is_ours=_is_bundle_dir, what="checkpoint", log=log) as tmp:
+    for comp in components or COMPONENTS:
+      folder = os.path.join(source_dir, comp)
+      src = open_source(folder)
+      spec = _spec(comp, official_config(comp, folder, src, overrides.get(comp)))
+      reports[comp] = _convert_into(spec, src, os.path.join(tmp, comp), strict=strict,
+                                    allow_nonfinite=allow_nonfinite,
+                                    failed_report=failed_report_path(out_dir, comp), log=log)
+      index["components"][comp] = {"model": spec.name, "class": COMPONENTS[comp][1],
+                                   "counts": reports[comp].counts()}
+    for comp in COPIED:
+      _copy_tree(os.path.join(source_dir, comp), os.path.join(tmp, comp))
+    with open(os.path.join(tmp, INDEX_FILE), "w") as f:
+      json.dump(index, f, indent=1)
+    write_record(tmp, {c: {"status": _status(r), "model": index["components"][c]["model"],
+                           "report_ok": r.ok, "counts": r.counts()} for c, r in reports.items()})
+    if not components:
+      verify_record(tmp)
+  _remove_failed_reports(out_dir)
   log(f"[convert] wrote {out_dir}")
   return reports
 
 
 def convert_any(source: str, out: str, *, model: str | None = None, config: dict | None = None,
                 overrides: dict | None = None, strict: bool = True, overwrite: bool = False,
-                log: Callable = print):
+                allow_nonfinite: bool = False, log: Callable = print):
   """What ``launch/convert.py`` does: one network (``model`` given) or a whole Gen3R checkpoint directory."""
   if not os.path.exists(source):
     raise Gen3RInputError(f"{source}: no such file or directory")
   if model:
-    return convert_model(model, source, out, config=config, strict=strict, overwrite=overwrite, log=log)
+    return convert_model(model, source, out, config=config, strict=strict, overwrite=overwrite,
+                         allow_nonfinite=allow_nonfinite, log=log)
   if not os.path.isdir(source):
     raise Gen3RInputError(f"{source} is a file: pass --model <name> to convert one network, or the Gen3R "
                           "checkpoint directory to convert everything")
-  return convert_bundle(source, out, overrides=overrides, strict=strict, overwrite=overwrite, log=log)
+  return convert_bundle(source, out, overrides=overrides, strict=strict, overwrite=overwrite,
+                        allow_nonfinite=allow_nonfinite, log=log)
 
 
 @dataclasses.dataclass
@@ -200,6 +372,8 @@ _FIELDS = {"text_encoder": "text_encoder", "clip_image_encoder": "clip", "transf
 
 
 def check_bundle(directory: str) -> None:
+  """Everything :func:`load_bundle` checks before reading weights: the parts and the completeness record."""
+  refuse_partial(directory)
   if not os.path.isdir(directory):
     raise Gen3RInputError(f"checkpoint {directory!r} not found; convert one with `python launch/convert.py "
                           "--source <Gen3R checkpoint> --out <dir>`")
@@ -209,6 +383,7 @@ def check_bundle(directory: str) -> None:
   missing = [c for c in (*COMPONENTS, *COPIED) if not os.path.isdir(os.path.join(directory, c))]
   if missing:
     raise Gen3RInputError(f"{directory}: checkpoint is missing {', '.join(missing)}; re-run the conversion")
+  verify_record(directory)
 
 
 def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | None = None, mesh=None,
@@ -251,30 +426,35 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
 
 
 def save_random_bundle(out_dir: str, configs: dict[str, Any], *, tokenizer_dir: str, seed: int = 0,
-                       scheduler_config: dict | None = None, log: Callable = print) -> str:
+                       scheduler_config: dict | None = None, postprocess: Callable[[str], None] | None = None,
+                       log: Callable = print) -> str:
   """Write a bundle of random-weight models (for demos and tests): ``configs`` maps component -> config object.
 
   Weights are drawn on the host (:func:`gen3r_jax.models.init.random_params`), so no XLA init program has to compile.
+  Like a conversion, the bundle is staged beside ``out_dir`` and swapped in (replacing a previous bundle there)
+  with its completeness record; ``postprocess(staged_dir)`` may change the weights before the record is written.
   """
   from gen3r_jax.models.init import random_params
-  os.makedirs(out_dir, exist_ok=True)
   index = {"format": "gen3r_jax bundle v1", "source": "random", "components": {}}
-  for i, comp in enumerate(COMPONENTS):
-    cls = _model_class(COMPONENTS[comp][1])
-    model = random_params(cls, configs[comp], seed=seed + i)
-    model.save_checkpoint(os.path.join(out_dir, comp), overwrite=True)
-    index["components"][comp] = {"model": "random", "class": COMPONENTS[comp][1]}
-    log(f"[bundle] random {comp} written")
-  dst = os.path.join(out_dir, "tokenizer")
-  if os.path.exists(dst):
-    shutil.rmtree(dst)
-  shutil.copytree(tokenizer_dir, dst)
-  os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
-  with open(os.path.join(out_dir, "scheduler", "scheduler_config.json"), "w") as f:
-    json.dump(scheduler_config or {"_class_name": "FlowUniPCMultistepScheduler", "num_train_timesteps": 1000,
-                                   "shift": 1.0, "solver_order": 2, "solver_type": "bh2",
-                                   "prediction_type": "flow_prediction", "predict_x0": True,
-                                   "lower_order_final": True, "final_sigmas_type": "zero"}, f, indent=1)
-  with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-    json.dump(index, f, indent=1)
+  with staged_dir(out_dir, overwrite=True, is_ours=_is_bundle_dir, what="bundle", log=log) as tmp:
+    for i, comp in enumerate(COMPONENTS):
+      cls = _model_class(COMPONENTS[comp][1])
+      model = random_params(cls, configs[comp], seed=seed + i)
+      model.save_checkpoint(os.path.join(tmp, comp))
+      verify_params(os.path.join(tmp, comp), {p: t.shape for p, t in param_targets(model).items()})
+      index["components"][comp] = {"model": "random", "class": COMPONENTS[comp][1]}
+      log(f"[bundle] random {comp} written")
+    _copy_tree(tokenizer_dir, os.path.join(tmp, "tokenizer"))
+    os.makedirs(os.path.join(tmp, "scheduler"))
+    with open(os.path.join(tmp, "scheduler", "scheduler_config.json"), "w") as f:
+      json.dump(scheduler_config or {"_class_name": "FlowUniPCMultistepScheduler", "num_train_timesteps": 1000,
+                                     "shift": 1.0, "solver_order": 2, "solver_type": "bh2",
+                                     "prediction_type": "flow_prediction", "predict_x0": True,
+                                     "lower_order_final": True, "final_sigmas_type": "zero"}, f, indent=1)
+    with open(os.path.join(tmp, INDEX_FILE), "w") as f:
+      json.dump(index, f, indent=1)
+    if postprocess is not None:
+      postprocess(tmp)
+    write_record(tmp, {c: {"status": "random", "model": "random"} for c in COMPONENTS})
+    verify_record(tmp)
   return out_dir

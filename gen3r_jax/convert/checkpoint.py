@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Callable, Mapping
 
 import jax
@@ -17,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from gen3r_jax.convert.atomic import partial_path, refuse_partial, swap_in
 from gen3r_jax.convert.table import Path
 from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
@@ -45,21 +47,53 @@ def save_params(directory: str, params: Mapping[Path, np.ndarray] | nnx.State, *
               for p, v in nnx.to_flat_state(params)}
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, PARAMS_DIR)
-  if os.path.exists(target):
-    if not overwrite:
-      raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-    import shutil
-    shutil.rmtree(target)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(target, _nested(params))
-  ckptr.wait_until_finished()
+  if os.path.exists(target) and not overwrite:
+    raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+  # the new parameters are written beside the old ones and swapped in once complete (never delete first)
+  staging = partial_path(target)
+  if os.path.lexists(staging):
+    shutil.rmtree(staging)
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(staging, _nested(params))
+    ckptr.wait_until_finished()
+    swap_in(staging, target)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   if config is not None:
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    tmp = os.path.join(directory, f".{CONFIG_FILE}.partial-{os.getpid()}")
+    with open(tmp, "w") as f:
       json.dump(config, f, indent=1)
+    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
   return directory
 
 
+def verify_params(directory: str, expected: Mapping[Path, tuple[int, ...]]) -> None:
+  """Check that ``directory/params`` holds exactly the parameters ``expected`` (path -> shape), from the Orbax
+  metadata (no array is read). Raises ``OSError`` naming the first difference (a write that did not complete)."""
+  meta = ocp.StandardCheckpointer().metadata(os.path.join(os.fspath(directory), PARAMS_DIR))
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  found: dict[tuple, tuple] = {}
+
+  def walk(node, prefix):
+    if isinstance(node, Mapping):
+      for k, v in node.items():
+        walk(v, prefix + (str(k),))
+    else:
+      found[prefix] = tuple(getattr(node, "shape", ()))
+
+  walk(tree, ())
+  want = {tuple(str(p) for p in path): tuple(shape) for path, shape in expected.items()}
+  if found != want:
+    diff = sorted(set(found) ^ set(want)) or sorted(k for k in want if found.get(k) != want[k])
+    raise OSError(f"{directory}: the written parameters do not match the converted ones (first difference: "
+                  f"{'.'.join(diff[0]) if diff else '?'}); the write did not complete")
+
+
 def read_config(directory: str) -> dict:
+  refuse_partial(directory)
   path = os.path.join(os.fspath(directory), CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {directory} a gen3r_jax checkpoint written by "

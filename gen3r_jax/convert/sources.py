@@ -3,7 +3,10 @@
 * ``.safetensors`` (single file or a sharded set with ``*.safetensors.index.json``) is read directly, lazily and
   without torch (bf16 through ``ml_dtypes``).
 * ``.pth`` / ``.bin`` / ``.pt`` need the optional ``torch`` extra and are always opened with
-  ``torch.load(weights_only=True)``, which refuses pickled code.
+  ``torch.load(weights_only=True)``, which refuses pickled code (zip-format files memory-mapped, legacy
+  pre-1.6 files read whole).
+* A file that cannot be read (empty, truncated, not a checkpoint, refused pickle) raises
+  :class:`~gen3r_jax.errors.Gen3RInputError` naming the file.
 * :class:`ShapeSource` holds only shapes (from a manifest) for abstract checks.
 """
 
@@ -11,10 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
+import zipfile
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from gen3r_jax.errors import Gen3RInputError
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
@@ -27,7 +34,7 @@ def _np_dtype(code: str):
     import ml_dtypes
     return np.dtype(ml_dtypes.bfloat16)
   if code not in _ST_DTYPES:
-    raise ValueError(f"unsupported safetensors dtype {code}")
+    raise Gen3RInputError(f"unsupported safetensors dtype {code}")
   return np.dtype(_ST_DTYPES[code])
 
 
@@ -106,13 +113,10 @@ class SafetensorsSource(TensorSource):
       raise FileNotFoundError("no .safetensors files given")
     self._index: dict[str, tuple[str, dict, int]] = {}
     for p in self.paths:
-      with open(p, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-      header.pop("__metadata__", None)
+      n, header = _read_safetensors_header(p)
       for k, info in header.items():
         if k in self._index:
-          raise ValueError(f"tensor {k!r} appears in both {self._index[k][0]} and {p}")
+          raise Gen3RInputError(f"tensor {k!r} appears in both {self._index[k][0]} and {p}")
         self._index[k] = (p, info, 8 + n)
     self.description = ", ".join(self.paths)
     self._maps: dict[str, np.memmap] = {}
@@ -135,21 +139,85 @@ class SafetensorsSource(TensorSource):
     return np.frombuffer(buf, dtype=self.dtype(key)).reshape(self.shape(key))
 
 
+def _read_safetensors_header(path: str) -> tuple[int, dict]:
+  """The header of a ``.safetensors`` file, checked against the file's size (empty and truncated files are
+  refused, naming the file)."""
+  size = os.path.getsize(path)
+  fix = "re-download or re-export it"
+  if size < 8:
+    raise Gen3RInputError(f"{path}: {'empty' if size == 0 else 'truncated'} .safetensors file ({size} bytes); {fix}")
+  with open(path, "rb") as f:
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+      raise Gen3RInputError(f"{path}: truncated or not a .safetensors file (its header claims {n} bytes, the file "
+                            f"has {size}); {fix}")
+    raw = f.read(n)
+  try:
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+      raise ValueError("not a JSON object")
+  except (ValueError, UnicodeDecodeError) as e:
+    raise Gen3RInputError(f"{path}: corrupt .safetensors header ({e}); {fix}") from e
+  header.pop("__metadata__", None)
+  data = size - 8 - n
+  for k, info in header.items():
+    try:
+      dt = _np_dtype(info["dtype"])
+      shape = [int(d) for d in info["shape"]]
+      start, end = (int(o) for o in info["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise Gen3RInputError(f"{path}: corrupt .safetensors header entry for {k!r} ({e}); {fix}") from e
+    if end > data:
+      raise Gen3RInputError(f"{path}: truncated .safetensors file: tensor {k!r} ends at byte {8 + n + end}, the "
+                            f"file has {size}; {fix}")
+    if end - start != int(np.prod(shape, dtype=np.int64)) * dt.itemsize or start < 0:
+      raise Gen3RInputError(f"{path}: corrupt .safetensors file: tensor {k!r} of shape {shape} {info['dtype']} "
+                            f"has {end - start} bytes; {fix}")
+  return n, header
+
+
+def torch_load(path: str):
+  """``torch.load(path, weights_only=True)`` on CPU: memory-mapped for zip-format files, read whole for the
+  legacy (pre-1.6, non-zip) format, which ``mmap`` cannot take. Refusals and unreadable files raise
+  :class:`Gen3RInputError` naming the file."""
+  try:
+    import torch
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"reading {path} needs PyTorch: pip install 'gen3r-jax[torch]' (or convert the file to "
+        ".safetensors first, which needs no torch)") from e
+  if os.path.getsize(path) == 0:
+    raise Gen3RInputError(f"{path}: empty file (0 bytes); re-download it")
+  is_zip = zipfile.is_zipfile(path)
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+  except pickle.UnpicklingError as e:
+    text = str(e)
+    if "weights only load failed" in text.lower() and "unsupported operand" not in text.lower():
+      import re
+      g = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+      raise Gen3RInputError(
+          f"{path}: refused: the file holds code (pickled Python objects{f' such as {g[1]}' if g else ''}), not "
+          "only tensors, and torch.load(weights_only=True) does not run code; if you trust it, load it with torch "
+          "yourself and save its state_dict (torch.save(sd) or safetensors)") from e
+    raise Gen3RInputError(f"{path}: truncated or not a PyTorch checkpoint (unreadable pickle data); "
+                          "re-download it") from e
+  except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0] or type(e).__name__
+    if isinstance(e, KeyError):
+      first = f"{type(e).__name__} {e}"
+    raise Gen3RInputError(f"{path}: truncated or not a PyTorch checkpoint ({first}); re-download it") from e
+
+
 class TorchSource(TensorSource):
   """A ``.pth``/``.bin``/``.pt`` state dict, opened with ``torch.load(weights_only=True)``."""
 
   def __init__(self, path: str):
-    try:
-      import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-      raise ImportError(
-          f"reading {path} needs PyTorch: pip install 'gen3r-jax[torch]' (or convert the file to "
-          ".safetensors first, which needs no torch)") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    sd = torch_load(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
       sd = sd["state_dict"]
     if not isinstance(sd, dict):
-      raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+      raise Gen3RInputError(f"{path}: expected a state dict, got {type(sd).__name__}")
     self._sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
     self.description = os.fspath(path)
 

@@ -68,18 +68,18 @@ def tiny_configs(vocab: int = VOCAB) -> dict:
 
 def ensure_demo_bundle(cache_dir: str, *, seed: int = 0, log=print) -> str:
   """Write (once) a random tiny bundle under ``cache_dir/bundle`` and return its path."""
-  from gen3r_jax.convert.bundle import save_random_bundle
+  from gen3r_jax.convert.bundle import RECORD_FILE, save_random_bundle
   ckpt = os.path.join(cache_dir, "bundle")
   marker = os.path.join(ckpt, DONE)
-  if os.path.exists(marker):
+  if os.path.exists(marker) and os.path.exists(os.path.join(ckpt, RECORD_FILE)):   # else rewritten
     with open(marker) as f:
       if json.load(f).get("seed") == seed:
         return ckpt
   tok_dir = os.path.join(cache_dir, "tokenizer_src")
   train_tokenizer(tok_dir)
   log(f"[demo] writing a random tiny Gen3R bundle to {ckpt}")
-  save_random_bundle(ckpt, tiny_configs(), tokenizer_dir=tok_dir, seed=seed, log=log)
-  fix_camera_head(os.path.join(ckpt, "vggt"))
+  save_random_bundle(ckpt, tiny_configs(), tokenizer_dir=tok_dir, seed=seed, log=log,
+                     postprocess=lambda staged: fix_camera_head(os.path.join(staged, "vggt")))
   with open(marker, "w") as f:
     json.dump({"seed": seed}, f)
   return ckpt
