@@ -17,7 +17,10 @@ def get_config() -> ConfigDict:
   c.seed = 42
   c.num_train_steps = 100_000     # micro-steps (optimiser steps = num_train_steps / grad_accum_steps)
   c.log_every = 50
-  c.nan_check_every = 1           # host check of the NaN guard flag every k steps (and at every log)
+  c.nan_check_every = 1           # host check of the NaN guard flag every k steps (and at every log / checkpoint)
+  c.nan_policy = "stop"           # non-finite loss/grad norm: "stop" (exit 3, nothing saved) | "skip" (drop the update)
+  c.max_consecutive_skips = 10    # "skip": stop (as "stop") after more than this many non-finite steps in a row
+  c.skip_batches_at_steps = ()    # drop these steps' updates (e.g. =5 after a NaN stop at step 5; the stop says which)
   c.tensorboard = True
   c.host_device_count = 0         # > 0: that many fake CPU devices (debugging; set before jax starts)
   c.matmul_precision = "default"  # jax_default_matmul_precision ("highest" for float32 parity-like runs)
@@ -85,7 +88,7 @@ def get_config() -> ConfigDict:
   ))
 
   # toy task (trainer self-test)
-  c.toy = ConfigDict(dict(dim=16, hidden=32, num_examples=64, noise=0.01, poison_step=-1))
+  c.toy = ConfigDict(dict(dim=16, hidden=32, num_examples=64, noise=0.01, poison_step=-1, poison_count=1))
   return c
 
 

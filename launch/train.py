@@ -8,6 +8,7 @@
     # several processes (one per host; on one machine for testing):
     python launch/train.py --config configs/cpu_debug.py --workdir /tmp/w --coordinator_address=localhost:12345 \
         --num_processes=2 --process_id=0   # and --process_id=1 in a second shell
+    # slow or overloaded hosts: --heartbeat_timeout_s=600 (jax aborts a run whose process is silent 100 s)
     # TPU pods / SLURM: --distributed (jax.distributed.initialize() finds the cluster itself)
 
 Thin: parses flags, sets up devices / distributed / logging, calls :func:`gen3r_jax.training.loop.train` (or
@@ -32,6 +33,13 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NUM_PROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
 _PROC_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+_INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout_s", None, "multi-process: seconds for all processes to "
+                                     "connect (jax's default if unset)")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout_s", None, "multi-process: a process silent this many "
+                                          "seconds is declared dead and the run aborted (jax's default if unset; "
+                                          "raise it on slow or overloaded hosts)")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout_s", None, "multi-process: seconds a finished process "
+                                         "waits for the others at exit (jax's default if unset)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the per-device memory of the config's stage-2 entries on their "
                              "target hardware (nothing is allocated) and exit")
 
@@ -53,10 +61,13 @@ def setup_distributed() -> None:
   if multi or _DISTRIBUTED.value:
     if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from gen3r_jax.training import distributed
+    timeouts = dict(initialization_timeout_s=_INIT_TIMEOUT.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+                    shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value)
     if multi:
-      jax.distributed.initialize(_COORD.value, _NUM_PROC.value, _PROC_ID.value)
+      distributed.initialize(_COORD.value, _NUM_PROC.value, _PROC_ID.value, **timeouts)
     else:
-      jax.distributed.initialize()
+      distributed.initialize(**timeouts)
   logging.info("jax process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 

@@ -98,6 +98,9 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     (dict(optimizer__grad_accum_steps=0), r"grad_accum_steps must be >= 1"),
     (dict(checkpoint__keep=0), r"checkpoint.keep must be >= 1"),
     (dict(task="stage3"), r"task must be one of"),
+    (dict(nan_policy="ignore"), r"nan_policy must be one of \('stop', 'skip'\)"),
+    (dict(max_consecutive_skips=-1), r"max_consecutive_skips must be an integer >= 0"),
+    (dict(skip_batches_at_steps=(0, 3)), r"skip_batches_at_steps must list steps in \[1, num_train_steps=6\]"),
 ])
 def test_bad_config_is_a_clear_error_before_compiling(tmp_path, change, message):
   with pytest.raises(Gen3RInputError, match=message):

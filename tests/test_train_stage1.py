@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -118,12 +119,41 @@ def test_stage1_bad_data_config_is_a_clear_error(tmp_path, change, message):
     train(c, str(tmp_path))
 
 
-def _launch(args, env_extra=None, timeout=600):
+def _launch(args, env_extra=None, stdout=subprocess.PIPE):
   path = os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
   env = dict(os.environ, PYTHONPATH=path, **(env_extra or {}))
   env.pop("XLA_FLAGS", None)   # the launcher sets the fake device count from the config
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "train.py"), *args], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=stdout, stderr=subprocess.STDOUT, text=True)
+
+
+def _run_together(arg_lists, log_dir, timeout_s):
+  """Run one launcher per argument list at once (output to files: no pipe can fill up and block a process) and
+  wait for all; the first process that fails ends the others at once (they would wait for it until a jax timeout)
+  and ``timeout_s`` bounds the whole. Returns ``[(exit status, output)]`` (-9: ended here)."""
+  paths = [os.path.join(log_dir, f"process_{i}.log") for i in range(len(arg_lists))]
+  logs = [open(p, "w") for p in paths]
+  procs = [_launch(a, stdout=f) for a, f in zip(arg_lists, logs)]
+  deadline = time.monotonic() + timeout_s
+  try:
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if any(p.returncode not in (None, 0) for p in procs):
+        break
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(timeout=60)
+    for f in logs:
+      f.close()
+  outs = []
+  for path in paths:
+    with open(path) as f:
+      outs.append(f.read())
+  if time.monotonic() >= deadline:
+    outs = [o + f"\n[test: ended after {timeout_s} s]" for o in outs]
+  return [(p.returncode, o) for p, o in zip(procs, outs)]
 
 
 def test_launcher_bad_mesh_exits_2_with_message(tmp_path):
@@ -138,15 +168,19 @@ def test_two_processes_train_together_on_cpu(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  common = ["--config", os.path.join(ROOT, "configs", "cpu_debug.py"), "--workdir", str(tmp_path),
+  work = tmp_path / "work"
+  # alone it takes ~11 s; on a loaded 2-core box much longer: jax's coordination timeouts (heartbeat 100 s by
+  # default) are raised to the test's own bound, which also ends both processes as soon as one fails
+  common = ["--config", os.path.join(ROOT, "configs", "cpu_debug.py"), "--workdir", str(work),
             "--config.task=toy", "--config.host_device_count=4", "--config.num_train_steps=4",
             "--config.checkpoint.every=2", "--config.tensorboard=False",
-            f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-  procs = [_launch(common + [f"--process_id={i}"]) for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for i, (p, out) in enumerate(zip(procs, outs)):
+            f"--coordinator_address=localhost:{port}", "--num_processes=2", "--heartbeat_timeout_s=600",
+            "--initialization_timeout_s=600", "--shutdown_timeout_s=600"]
+  results = _run_together([common + [f"--process_id={i}"] for i in range(2)], str(tmp_path), timeout_s=600)
+  outs = [out for _, out in results]
+  for i, (code, out) in enumerate(results):
     lines = [l for l in out.splitlines() if not l.startswith(("I1", "W1"))]   # drop absl info/warning lines
-    assert p.returncode == 0, f"process {i} (exit {p.returncode}):\n" + "\n".join(lines[:40] + ["..."] + lines[-20:])
+    assert code == 0, f"process {i} (exit {code}):\n" + "\n".join(lines[:40] + ["..."] + lines[-20:])
     assert f"process {i} of 2" in out
   assert "done: step 4" in outs[0]
-  assert os.path.isdir(tmp_path / "checkpoints" / "4")
+  assert os.path.isdir(work / "checkpoints" / "4")

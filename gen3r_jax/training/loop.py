@@ -3,17 +3,27 @@
 ```
 config ─► mesh (data, fsdp, context, tensor) ─► task = TASKS[config.task](config, mesh)
       ─► optax tx + schedule ─► sharded train state (jitted init with out_shardings)
-      ─► restore the latest checkpoint (state + grain iterator) if any
+      ─► restore the newest checkpoint that restores (state + guard + grain iterator) if any
       ─► loop: next(batch) ─► global array ─► jitted, donated train step ─► NaN guard ─► metrics ─► checkpoint
 ```
 
 The train step differentiates ``task.loss_fn(module, frozen, batch, rng)`` w.r.t. the trainable parameters only
 (traced under the mesh, ``jax.set_mesh``, so models can constrain activations by logical axes, and with
 context-parallel attention, ``config.context_strategy``, when the mesh has ``context > 1``), applies the optimiser
-(clipping, AdamW, schedule, optional accumulation), updates the optional EMA and keeps
-the previous state when the loss or the gradient norm is not finite; the host then stops with
-:class:`TrainingDivergedError` without saving, so the newest checkpoint is the last good one. The per-step key is
+(clipping, AdamW, schedule, optional accumulation) and updates the optional EMA.
+
+NaN guard (inside the jitted step, no extra host sync): when the loss or the gradient norm is not finite the update
+is dropped (parameters, optimiser state and EMA unchanged; the step counter and the data advance) and counted in
+the state's ``guard`` (metric ``skipped_steps``). ``nan_policy="stop"`` (default) then marks the run to stop: the
+host sees the mark at its next check (every ``nan_check_every`` steps, at every log and before every checkpoint)
+and raises :class:`TrainingDivergedError` without saving, so the newest checkpoint is the last good one.
+``nan_policy="skip"`` goes on, and stops the same way only after more than ``max_consecutive_skips`` non-finite
+steps in a row. ``skip_batches_at_steps`` drops the updates of the listed steps whatever their values (the way to
+step past a bad batch after a stop: the stop message names the steps). The per-step key is
 ``fold_in(PRNGKey(seed), step)``, so a resumed run draws the same noise as the uninterrupted one.
+
+Resume restores the newest checkpoint that restores cleanly; newer damaged ones are moved aside, never deleted
+(:meth:`gen3r_jax.training.checkpointing.Checkpointer.restore_newest`).
 
 :func:`dry_run` prints the per-device memory of stage-2 configs on their target hardware without allocating
 anything (:mod:`gen3r_jax.training.memory`).
@@ -39,6 +49,8 @@ from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, 
 from gen3r_jax.training.checkpointing import Checkpointer
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import StateSpec, create_train_state, merge_params, train_state_spec
+
+NAN_POLICIES = ("stop", "skip")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -104,6 +116,17 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
   require(config.data.batch_size % pc == 0,
           f"data.batch_size {config.data.batch_size} (global) must be divisible by the {pc} processes.")
   require(config.profile.steps >= 0, f"profile.steps must be >= 0, got {config.profile.steps}.")
+  require(int(config.get("nan_check_every", 1)) >= 1,
+          f"nan_check_every must be >= 1, got {config.get('nan_check_every')}.")
+  policy = config.get("nan_policy", "stop")
+  require(policy in NAN_POLICIES, f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}.")
+  limit = config.get("max_consecutive_skips", 0)
+  require(isinstance(limit, int) and limit >= 0, f"max_consecutive_skips must be an integer >= 0, got {limit!r}.")
+  skips = config.get("skip_batches_at_steps", ())
+  skips = (skips,) if isinstance(skips, int) else tuple(skips or ())
+  require(all(isinstance(k, int) and 1 <= k <= config.num_train_steps for k in skips),
+          f"skip_batches_at_steps must list steps in [1, num_train_steps={config.num_train_steps}] "
+          f"(--config.skip_batches_at_steps=5 or =5,9), got {skips!r}.")
 
 
 @contextlib.contextmanager
@@ -151,11 +174,27 @@ def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping[str, NamedShar
   return out
 
 
+def skip_steps_of(config) -> tuple[int, ...]:
+  """``config.skip_batches_at_steps`` as a sorted tuple of steps (an int on the command line is one step)."""
+  skips = config.get("skip_batches_at_steps", ())
+  skips = (skips,) if isinstance(skips, int) else tuple(skips or ())
+  return tuple(sorted({int(k) for k in skips}))
+
+
 def make_train_step(spec: StateSpec, task: Task, tx: optax.GradientTransformation, *, ema_decay: float | None,
-                    batch_sh: Mapping[str, NamedSharding], frozen_sh, mesh: Mesh):
-  """The jitted step ``(state, frozen_state, batch, key) -> (state, metrics)`` with the state donated."""
+                    batch_sh: Mapping[str, NamedSharding], frozen_sh, mesh: Mesh, nan_policy: str = "stop",
+                    max_consecutive_skips: int = 0, skip_steps: tuple[int, ...] = ()):
+  """The jitted step ``(state, frozen_state, batch, key) -> (state, metrics)`` with the state donated.
+
+  A step whose loss or gradient norm is not finite, or whose number (1-based, after the step) is in
+  ``skip_steps``, leaves parameters, optimiser state and EMA as they were; the step counter advances. The guard
+  counts it and sets ``guard.stop_at`` (sticky) when the policy says stop: at once for ``"stop"``, after more than
+  ``max_consecutive_skips`` non-finite steps in a row for ``"skip"`` (steps in ``skip_steps`` never stop a run).
+  """
   fgd = nnx.graphdef(task.frozen) if task.frozen is not None else None
   rep = NamedSharding(mesh, P())
+  limit = 0 if nan_policy == "stop" else int(max_consecutive_skips)
+  forced_steps = np.asarray(sorted(skip_steps), np.int32)
 
   def step(state, frozen_state, batch, key):
     rng = jax.random.fold_in(key, state["step"])
@@ -172,9 +211,21 @@ def make_train_step(spec: StateSpec, task: Task, tx: optax.GradientTransformatio
     if "ema" in state:
       new["ema"] = optax.incremental_update(params, state["ema"], 1.0 - ema_decay)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-    # NaN guard: a non-finite step leaves the state as it was (the host stops on `finite == False`)
-    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    done = state["step"] + 1
+    forced = jnp.isin(done, forced_steps) if forced_steps.size else jnp.zeros((), bool)
+    apply = ok & ~forced
+    # NaN guard: a dropped update leaves params / opt_state / ema as they were; the step counter advances
+    new = jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, {k: state[k] for k in new})
+    new["step"] = done
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, finite=ok)
+    if "guard" in state:
+      g = state["guard"]
+      bad = ~ok & ~forced
+      consecutive = jnp.where(bad, g["consecutive"] + 1, jnp.where(forced, g["consecutive"], 0))
+      stop_at = jnp.where((g["stop_at"] < 0) & (consecutive > limit), done, g["stop_at"])
+      new["guard"] = {"skipped": g["skipped"] + (~apply).astype(jnp.int32), "consecutive": consecutive,
+                      "stop_at": stop_at}
+      metrics.update(skipped_steps=new["guard"]["skipped"], stop_at=stop_at)
     return new, metrics
 
   return jax.jit(step, in_shardings=(spec.shardings, frozen_sh, dict(batch_sh), rep),
@@ -225,18 +276,24 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   data = task.make_data()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
                       async_save=bool(config.checkpoint.async_save), with_data=hasattr(data, "get_state"))
-  last = ckpt.latest_step()
-  if last is None:
+  # resume: the newest checkpoint that restores, straight onto the shards (no random init or pretrained load first)
+  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  restored = ckpt.restore_newest(spec.abstract, data)
+  if restored is None:
     state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh,
                                      ema=bool(config.ema.enabled), init_params=task.init_params)
-  else:  # resume: restore straight onto the shards (no random init or pretrained load first)
-    spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
-    state = ckpt.restore(last, spec.abstract, data)
+  else:
+    state = restored[0]
   step = int(jax.device_get(state["step"]))
+  skipped_seen = int(jax.device_get(state["guard"]["skipped"]))
+  nan_policy = config.get("nan_policy", "stop")
+  max_skips = int(config.get("max_consecutive_skips", 0))
+  skip_steps = skip_steps_of(config)
   first = next(data)
   batch_sh = batch_shardings(task, mesh, first)
   train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
-                               frozen_sh=frozen_sh, mesh=mesh)
+                               frozen_sh=frozen_sh, mesh=mesh, nan_policy=nan_policy,
+                               max_consecutive_skips=max_skips, skip_steps=skip_steps)
   key = jax.random.PRNGKey(int(config.seed))
   # lazy: clu is a training-run dependency only (make_train_step is also used where clu is absent, bench/)
   from gen3r_jax.training.metrics import Progress, create_writer
@@ -245,29 +302,40 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   profile = _ProfileWindow(config.profile, workdir)
   history: list[dict] = []
   end = num_steps if stop_after is None else min(stop_after, num_steps)
+  nan_check_every = int(config.get("nan_check_every", 1))
   batch = first
+  last_check = step
   try:
     while step < end:
       profile.before(step)
       with step_context(mesh, config.get("context_strategy", "allgather")):
         state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
       step += 1
+      if step in skip_steps:
+        logging.warning("step %d: batch dropped, its update not applied (config.skip_batches_at_steps)", step)
       profile.after(step, metrics)
       log_now = step % config.log_every == 0 or step == end
-      if log_now or step % config.nan_check_every == 0:
-        if not bool(jax.device_get(metrics["finite"])):
-          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          raise TrainingDivergedError(
-              f"step {step}: non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}); the step was not "
-              f"applied and training stopped. The last good checkpoint is step {ckpt.latest_step()} in "
-              f"{ckpt.directory}; lower the learning rate or check the batch for NaN/Inf inputs.")
+      save_now = step % config.checkpoint.every == 0 or (step == num_steps and stop_after is None)
+      if log_now or save_now or step % nan_check_every == 0:
+        g = jax.device_get({k: metrics[k] for k in ("loss", "grad_norm", "skipped_steps", "stop_at")})
+        if int(g["stop_at"]) >= 0:
+          raise TrainingDivergedError(_diverged_message(int(g["stop_at"]), step, g, nan_policy, max_skips,
+                                                        skip_steps, ckpt))
+        forced = sum(1 for k in skip_steps if last_check < k <= step)
+        if int(g["skipped_steps"]) - skipped_seen > forced:
+          n = int(g["skipped_steps"]) - skipped_seen - forced
+          where = f"step {step}" if step - last_check == 1 else f"steps {last_check + 1}-{step}"
+          logging.warning("%s: %d update(s) skipped: non-finite loss or gradient norm (last: loss %s, gradient norm "
+                          "%s; nan_policy=skip); %d skipped in total", where, n, float(g["loss"]),
+                          float(g["grad_norm"]), int(g["skipped_steps"]))
+        skipped_seen, last_check = int(g["skipped_steps"]), step
       if log_now:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+        m = {k: float(v) for k, v in jax.device_get(metrics).items() if k not in ("finite", "stop_at")}
         m["learning_rate"] = float(sched(max(step - 1, 0) // config.optimizer.grad_accum_steps))
         m.update(progress.report(step))
         writer.write_scalars(step, m)
         history.append(dict(m, step=step))
-      if step % config.checkpoint.every == 0 or (step == num_steps and stop_after is None):
+      if save_now:
         ckpt.save(step, state, data if ckpt.with_data else None, config)
       if step < end:
         batch = next(data)
@@ -279,15 +347,40 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   return TrainResult(state, history, last)
 
 
+def _diverged_message(stop_at: int, step: int, g: Mapping, nan_policy: str, max_skips: int,
+                      skip_steps: tuple[int, ...], ckpt: Checkpointer) -> str:
+  """The one-paragraph stop message: what happened, the last good checkpoint, how to go on past the batch."""
+  if nan_policy == "stop":
+    values = f" ({float(g['loss'])}) or gradient norm ({float(g['grad_norm'])})" if stop_at == step else \
+        f" or gradient norm (seen at the check of step {step})"
+    head = f"step {stop_at}: non-finite loss{values}; the update was not applied and training stopped."
+    bad = [stop_at]
+  else:
+    bad = list(range(stop_at - max_skips, stop_at + 1))
+    head = (f"steps {bad[0]}-{stop_at}: {len(bad)} non-finite steps in a row, more than max_consecutive_skips="
+            f"{max_skips} (nan_policy=skip); training stopped.")
+  last = ckpt.latest_step()
+  good = (f"The last good checkpoint is step {last} in {ckpt.directory}" if last is not None else
+          f"No checkpoint has been written yet in {ckpt.directory} (a restart begins at step 0)")
+  steps = ",".join(str(k) for k in sorted(set(skip_steps) | set(bad)))
+  return (f"{head} {good}; nothing was saved after it. Lower the learning rate or check the batch for NaN/Inf "
+          f"inputs. To go on past this batch, restart with --config.skip_batches_at_steps={steps} (the run replays "
+          f"to step {bad[0] - 1} exactly, drops the update of step(s) {', '.join(map(str, bad))} and continues "
+          f"with the following batches), or with --config.nan_policy=skip.")
+
+
 def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | None = None) -> tuple[dict, int]:
   """``(params, step)`` of a checkpoint (newest by default) for evaluation or export."""
   tx, _ = make_optimizer(config.optimizer, int(config.num_train_steps))
   spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep), with_data=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise Gen3RInputError(f"no checkpoint under {ckpt.directory}")
-  state = ckpt.restore(step, spec.abstract)
+  if step is None:  # the newest that restores; damaged newer ones are reported and left in place
+    restored = ckpt.restore_newest(spec.abstract, set_aside_damaged=False)
+    if restored is None:
+      raise Gen3RInputError(f"no checkpoint under {ckpt.directory}")
+    state, step = restored
+  else:
+    state = ckpt.restore(step, spec.abstract)
   ckpt.close()
   return state["params"], step
 

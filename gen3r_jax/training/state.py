@@ -5,8 +5,11 @@ The trainable module is built abstractly (``nnx.eval_shape``); its parameter sha
 ``out_shardings`` writes every parameter straight onto its shard. Optimiser state (``tx.init``) and the optional
 EMA copy are placed the same way (moments follow their parameter's sharding; counters are replicated).
 
-The state is a plain pytree ``{"step", "params", "opt_state"[, "ema"]}`` with ``params`` a nested pure dict
-(``nnx.to_pure_dict``), so Orbax saves it as is and :func:`merge_params` turns it back into the module.
+The state is a plain pytree ``{"step", "params", "opt_state", "guard"[, "ema"]}`` with ``params`` a nested pure
+dict (``nnx.to_pure_dict``), so Orbax saves it as is and :func:`merge_params` turns it back into the module.
+``guard`` holds the NaN guard's replicated int32 counters (:func:`new_guard`): updates skipped so far, the current
+run of consecutive non-finite steps, and the step at which the run must stop (-1: none). The checkpoint keeps the
+first two as JSON beside the state (:mod:`gen3r_jax.training.checkpointing`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,16 @@ def merge_params(spec: StateSpec, params: dict) -> nnx.Module:
   return nnx.merge(spec.graphdef, state)
 
 
+GUARD_KEYS = ("skipped", "consecutive", "stop_at")
+
+
+def new_guard(skipped: int = 0, consecutive: int = 0) -> dict:
+  """The NaN guard's counters: ``skipped`` updates dropped so far, ``consecutive`` non-finite steps in a row,
+  ``stop_at`` the step at which the host must stop (-1 = none)."""
+  return {"skipped": jnp.asarray(skipped, jnp.int32), "consecutive": jnp.asarray(consecutive, jnp.int32),
+          "stop_at": jnp.asarray(-1, jnp.int32)}
+
+
 def _init_fn(build, tx, seed: int, ema: bool):
   """``init(params=None) -> state``: the random init of ``build`` (or ``params``) in float32 + optimiser state."""
   def init(params=None):
@@ -59,7 +72,7 @@ def _init_fn(build, tx, seed: int, ema: bool):
       params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
     params = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                           params)
-    st = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    st = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "guard": new_guard()}
     if ema:
       st["ema"] = jax.tree.map(jnp.copy, params)
     return st
@@ -77,7 +90,7 @@ def train_state_spec(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradient
   abs_opt = jax.eval_shape(tx.init, _pure(abs_params))
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
                                  transform_non_params=lambda _: rep)
-  shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh}
+  shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh, "guard": {k: rep for k in GUARD_KEYS}}
   if ema:
     shardings["ema"] = param_sh
   shapes = jax.eval_shape(_init_fn(build, tx, seed, ema))

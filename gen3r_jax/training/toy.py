@@ -2,7 +2,8 @@
 
 It goes through every trainer path the real stages use: logical-axis parameters (sharded over ``fsdp``), a frozen
 module (the target function), a grain iterator over synthetic arrays (checkpointable), per-step randomness
-(input noise from the step key) and the NaN guard (``data.poison_step`` puts a NaN into one batch).
+(input noise from the step key) and the NaN guard (``toy.poison_step`` puts NaN into that batch and the
+``toy.poison_count - 1`` batches after it).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ class MLP(nnx.Module):
 
 
 class Poison:
-  """Replace the inputs of the ``at``-th element with NaN (tests the NaN guard)."""
+  """Replace the inputs of elements ``at, ..., at + count - 1`` with NaN (tests the NaN guard)."""
 
-  def __init__(self, at: int):
-    self.at = at
+  def __init__(self, at: int, count: int = 1):
+    self.at, self.count = at, count
 
   def __call__(self, i, x):
-    if self.at >= 0 and i == self.at:
+    if self.at >= 0 and self.at <= i < self.at + self.count:
       x = dict(x, x=np.full_like(x["x"], np.nan))
     return x
 
@@ -46,7 +47,7 @@ def make_data(config, seed: int):
   ds = grain.MapDataset.source([{"x": x} for x in xs]).shuffle(seed=seed).repeat()
   per_process = config.data.batch_size // jax.process_count()
   ds = ds.batch(config.data.batch_size)
-  ds = ds.map_with_index(Poison(int(d.poison_step)))
+  ds = ds.map_with_index(Poison(int(d.poison_step), int(d.get("poison_count", 1))))
   ds = ds.map(lambda b: {"x": b["x"][jax.process_index() * per_process:(jax.process_index() + 1) * per_process]})
   return iter(ds.to_iter_dataset())
 
