@@ -5,6 +5,8 @@
         --config.out=outputs/palace
     python launch/sample.py --config configs/sample.py ... --config.task=2view --config.images=a.png,b.png
     python launch/sample.py --config configs/sample.py ... --config.trajectory=my_cameras.json
+    python launch/sample.py --config configs/sample.py ... --config.task=allview --config.images=garden.mp4
+    python launch/sample.py --config configs/sample.py ... --config.task=allview --config.images=frames/
 
 Small GPUs (24 GiB): ``--config.placement=sequential --config.param_dtype=bfloat16`` (peak = the largest stage,
 the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/sampling.md).
@@ -13,7 +15,9 @@ the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/
 ``trajectory`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
 free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
 rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
-(docs/sampling.md).
+(docs/sampling.md). ``images`` for ``allview`` may also be one video file or one folder of .png/.jpg frames (sorted
+by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt`` may be the path of a text file
+(its first line is the prompt, as ``infer.py --prompts``).
 """
 
 from ml_collections import ConfigDict
@@ -23,11 +27,12 @@ def get_config() -> ConfigDict:
   c = ConfigDict()
   c.checkpoint = ""              # converted bundle directory
   c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
-  c.images = ""                  # comma-separated image paths (1, 2 or num_frames of them)
-  c.prompt = ""
+  c.images = ""                  # comma-separated image paths (1, 2 or num_frames); allview: or a video / a folder
+  c.prompt = ""                  # the prompt, or the path of a text file whose first line is the prompt
   c.negative_prompt = "bad detailed"
   c.trajectory = "zoom_out"      # built-in trajectory name or cameras JSON path
-  c.out = ""                     # output directory
+  c.out = ""                     # output directory (created and probed for writing before any compute)
+  c.overwrite = True             # replace a previous run's outputs in `out` (with a warning); False: refuse
   c.seed = 0
   c.num_frames = 49              # 1 + 4k
   c.steps = 50

@@ -7,7 +7,9 @@
 ``--checkpoint`` is a VGGT converted with ``launch/convert.py --model vggt_1b``. Writes ``depth.npz`` /
 ``depth.mp4``, ``points.ply`` / ``points.npz``, ``cameras.json``, ``preview.png``, ``rgb.mp4`` and
 ``vggt_predictions.npz`` (see :mod:`gen3r_jax.sampling.reconstruct`, where all the logic lives). Bad input
-(no images, unreadable image, missing checkpoint, bad size) prints a one-line error and exits with status 2.
+(no images, unreadable image, missing checkpoint, bad size, an output directory that cannot be created or
+written) prints a one-line error and exits with status 2 before the model is loaded; the outputs are written
+atomically, as a set, and a previous run's outputs in ``--out`` are replaced with a one-line warning.
 """
 
 from __future__ import annotations

@@ -4,10 +4,16 @@
         --config.images=first.png --config.prompt="A palace on Crete" --config.trajectory=zoom_out \\
         --config.out=outputs/palace [--config.seed=0 --config.num_frames=49 --config.steps=50 \\
         --config.guidance=5 --config.shift=5 --config.scheduler=unipc --config.dtype=bfloat16]
+    python launch/sample.py --config configs/sample.py --config.checkpoint=ckpt/gen3r --config.task=allview \\
+        --config.images=examples/all-view/garden.mp4 --config.prompt=examples/all-view/prompts.txt \\
+        --config.out=outputs/garden          # a video or a folder of frames; the first num_frames are used
     python launch/sample.py --config configs/demo_tiny.py --config.out=/tmp/gen3r_demo   # CPU demo, no download
 
 All logic lives in :mod:`gen3r_jax.sampling.run` (checks, loading, generation, export). Bad input prints a
-one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled.
+one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled; the
+output directory is created and probed for writing first. Inputs used in a way you may not expect (a prompt cut
+at 512 tokens, a small or very elongated image, frames left out of a long video, a previous run's outputs about
+to be replaced) print one ``warning: ...`` line each on stderr.
 """
 
 from __future__ import annotations

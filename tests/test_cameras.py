@@ -86,6 +86,45 @@ def test_malformed_cameras_json(tmp_path, mutate, message):
     cam.load_cameras_json(_write(tmp_path, data), 5)
 
 
+def _scaled(d, i=3, s=1.01):
+  d["extrinsics"][i] = (np.asarray(d["extrinsics"][i]) @ np.diag([s, s, s, 1.0])).tolist()
+
+
+def _sheared(d, i=3):
+  d["extrinsics"][i] = (np.asarray(d["extrinsics"][i]) @ np.array(
+      [[1, 0.01, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])).tolist()
+
+
+def _mirrored(d, i=3):
+  d["extrinsics"][i] = (np.asarray(d["extrinsics"][i]) @ np.diag([-1.0, 1, 1, 1])).tolist()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_scaled, r"'extrinsics' frame 3 is not a rotation \+ translation: its 3x3 block is scaled .*det R = 1.0303"),
+    (_sheared, r"'extrinsics' frame 3 is not a rotation .* block is sheared .*max \|R\^T R - I\| = 0.01"),
+    (_mirrored, r"'extrinsics' frame 3 .* is a mirror \(det < 0\)"),
+    (lambda d: [_scaled(d, i, 0.9) for i in (1, 2, 4)], r"frame 1 .* scaled .*, and so are 2 more frames"),
+])
+def test_cameras_json_rotations_must_be_orthonormal(tmp_path, mutate, message):
+  data = _valid()
+  mutate(data)
+  with pytest.raises(Gen3RInputError, match=message) as e:
+    cam.load_cameras_json(_write(tmp_path, data), 5)
+  assert "\n" not in str(e.value)
+
+
+def test_cameras_json_rotation_tolerance(tmp_path):
+  data = _valid(9)
+  noisy = np.asarray(data["extrinsics"])
+  noisy[:, :3, :3] += 1e-5 * np.random.default_rng(1).standard_normal((9, 3, 3))   # float32 / JSON rounding: fine
+  data["extrinsics"] = noisy.tolist()
+  _scaled(data, 7)                                                                  # frame 7 is not used (F = 5)
+  c2ws, _ = cam.load_cameras_json(_write(tmp_path, data), 5)
+  assert c2ws.shape == (5, 4, 4)
+  with pytest.raises(Gen3RInputError, match="frame 7 is not a rotation"):
+    cam.load_cameras_json(_write(tmp_path, data), 9)
+
+
 def test_malformed_cameras_file(tmp_path):
   with pytest.raises(Gen3RInputError, match="not valid JSON: .* line 1"):
     cam.load_cameras_json(_write(tmp_path, None, raw='{"extrinsics": [1, 2'), 5)

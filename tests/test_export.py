@@ -225,3 +225,30 @@ def test_depth_colours():
   assert np.abs(diff).max() <= 8
   same = vis.colorize_depth(np.full((1, 2, 2), 3.0))
   np.testing.assert_array_equal(same[0, 0, 0], np.round(vis.turbo(0.5) * 255).astype(np.uint8))
+
+
+def test_export_is_atomic_and_replaces_a_previous_run_as_a_whole(tmp_path, monkeypatch):
+  out = tmp_path / "sample"
+  first = ex.export_all(str(out), **_sample(), prompt="first", extra_npz={"latents.npz": {"latents": np.zeros(3)}})
+  before = {n: open(p, "rb").read() for n, p in first.items()}
+  assert set(before) == {"rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json",
+                         "preview.png", "prompt.txt", "latents.npz"}
+
+  def broken(*a, **k):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(ex, "write_preview", broken)      # fails after five files of the new run are written
+  s = _sample()
+  with pytest.raises(RuntimeError, match="disk full"):
+    ex.export_all(str(out), **{**s, "depth": s["depth"] + 1.0})
+  assert sorted(os.listdir(out)) == sorted(before)        # no staging folder, no partial file
+  assert {n: open(out / n, "rb").read() for n in before} == before   # the previous run, byte for byte
+  monkeypatch.undo()
+  second = ex.export_all(str(out), **{**s, "depth": s["depth"] + 1.0})   # no prompt, no latents this time
+  assert sorted(os.listdir(out)) == sorted(second) and "prompt.txt" not in second
+  np.testing.assert_array_equal(np.load(second["depth.npz"])["depth"], s["depth"] + 1.0)
+  # one writer alone: a failure leaves neither the target nor a temporary file
+  with pytest.raises(RuntimeError, match="disk full"):
+    with ex.atomic_path(str(tmp_path / "x.npz")) as tmp:
+      np.savez(tmp, a=np.zeros(2))
+      broken()
+  assert not [n for n in os.listdir(tmp_path) if n.startswith((".x", "x"))]

@@ -115,3 +115,28 @@ def test_cli_exit_code_and_single_line(tmp_path):
   assert r.returncode == 2
   lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
   assert lines == ["error: image 'missing.png' not found; check the path in --config.images."]
+
+
+def _error_lines(r):
+  return [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+
+
+def test_cli_allview_video_too_short_and_unwritable_out(tmp_path, cache):
+  from gen3r_jax.sampling.export import write_video
+  video = write_video(str(tmp_path / "garden.mp4"), np.zeros((3, 32, 32, 3), np.uint8), fps=8)
+  r = _run("--config", os.path.join(ROOT, "configs", "sample.py"), f"--config.out={tmp_path / 'o'}",
+           "--config.prompt=x", f"--config.checkpoint={tmp_path}", "--config.task=allview", "--config.num_frames=5",
+           f"--config.images={video}")
+  assert r.returncode == 2 and _error_lines(r) == [
+      f"error: video {video!r} has 3 frames but task allview needs num_frames=5 (one conditioning frame per "
+      "generated frame, num_frames = 1 + 4k); pass at least 5 frames or set --config.num_frames=1 (the largest "
+      "1 + 4k it fits)."], r.stderr
+  assert not (tmp_path / "o").exists()
+  # a valid run (the demo bundle) whose output path lies under a file: refused before anything is loaded
+  (tmp_path / "a_file").write_text("x")
+  r = _run("--config", os.path.join(ROOT, "configs", "demo_tiny.py"), f"--config.out={tmp_path / 'a_file' / 'o'}",
+           f"--config.demo.cache_dir={cache}")
+  assert r.returncode == 2 and _error_lines(r) == [
+      f"error: cannot create output directory {str(tmp_path / 'a_file' / 'o')!r}: {str(tmp_path / 'a_file')!r} is "
+      "a file, not a directory; choose another output path."], r.stderr
+  assert "[sample] loaded" not in r.stdout

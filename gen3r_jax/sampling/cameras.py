@@ -31,6 +31,9 @@ Camera JSON file (the format ``infer.py --cameras path.json`` reads and the form
   the resize + centre crop of ``infer.py``).
 * At least ``num_frames`` cameras; as in ``infer.py`` the first ``num_frames`` are used. Values are read in
   float64 (as ``np.array`` of the JSON lists), poses are made relative to the first camera.
+* The 3x3 block of each used pose must be a rotation (``max |R^T R - I|`` and ``|det R - 1|`` at most
+  ``ROTATION_TOL`` = 1e-3): a scaled, sheared or mirrored matrix is refused, naming the frame
+  (:func:`check_rotations`; ``infer.py`` accepts it silently).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import numpy as np
 from gen3r_jax.errors import Gen3RInputError, fmt_list, require
 
 BUILTIN_TRAJECTORIES = ("zoom_in", "zoom_out", "arc_left", "arc_right", "translate_up", "translate_down", "free")
+ROTATION_TOL = 1e-3   # max |R^T R - I| and |det R - 1| of a camera file's rotations (check_rotations)
 
 
 def check_num_frames(num_frames) -> int:
@@ -165,11 +169,32 @@ def _to_4x4(m: np.ndarray, key: str) -> np.ndarray:
   bad = np.where(np.any(np.abs(m[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])) > 1e-6, axis=1))[0]
   require(bad.size == 0, f"cameras JSON: {key!r} matrix {bad[:1].tolist()} has bottom row "
                          f"{m[bad[0], 3].tolist() if bad.size else ''}; it must be [0, 0, 0, 1].")
-  det = np.linalg.det(m[:, :3, :3])
-  sing = np.where(np.abs(det) < 1e-8)[0]
-  require(sing.size == 0, f"cameras JSON: {key!r} matrix {sing[:1].tolist()} is singular (its 3x3 rotation "
-                          "block has zero determinant).")
   return m
+
+
+def check_rotations(m: np.ndarray, key: str, tol: float = ROTATION_TOL) -> None:
+  """Each pose ``[F, 4, 4]`` must be a rotation + translation: ``max |R^T R - I|`` and ``|det R - 1|`` <= ``tol``.
+
+  A scaled, sheared or mirrored 3x3 block is not a camera pose: ``preprocess_poses`` and the Plücker rays would use
+  it as given and condition the model on a camera that cannot exist. The official example cameras (float32 values
+  written as JSON) are orthonormal to 4e-7.
+  """
+  r = m[:, :3, :3]
+  det = np.linalg.det(r)
+  sing = np.where(np.abs(det) < 1e-8)[0]
+  require(sing.size == 0, f"cameras JSON: {key!r} frame {sing[0] if sing.size else ''} is singular (its 3x3 "
+                          "rotation block has zero determinant).")
+  err = np.abs(np.einsum("fji,fjk->fik", r, r) - np.eye(3)).max(axis=(1, 2))
+  bad = np.where((err > tol) | (np.abs(det - 1.0) > tol))[0]
+  if bad.size:
+    i = int(bad[0])
+    what = ("a mirror (det < 0)" if det[i] < 0 else "scaled" if np.abs(np.abs(det[i]) - 1.0) > tol
+            else "sheared or not orthogonal")
+    raise Gen3RInputError(
+        f"cameras JSON: {key!r} frame {i} is not a rotation + translation: its 3x3 block is {what} "
+        f"(max |R^T R - I| = {err[i]:.3g}, det R = {det[i]:.6g}; tolerance {tol:g})"
+        + (f", and so are {bad.size - 1} more frames" if bad.size > 1 else "")
+        + "; give orthonormal rotations with det +1 (scale belongs in the translation or the intrinsics).")
 
 
 def parse_cameras(data: Any, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +216,7 @@ def parse_cameras(data: Any, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
           "per frame.")
   require(poses.shape[0] >= f, f"cameras JSON: {poses.shape[0]} cameras, but num_frames={f} needs at least {f}.")
   poses, ks = poses[:f], ks[:f]
+  check_rotations(poses, key)
   bad = np.where((ks[:, 0, 0] <= 0) | (ks[:, 1, 1] <= 0))[0]
   require(bad.size == 0, f"cameras JSON: 'intrinsics' {bad[:1].tolist()} has a non-positive focal length "
                          "(fx = K[0][0] and fy = K[1][1] must be > 0, in pixels).")

@@ -24,13 +24,27 @@ need even H and W (yuv420p halves the chroma planes): :func:`write_video` errors
 ``pad_odd=True`` (edge padding); :func:`export_all` always errors, since a padded rgb.mp4 would no longer match
 ``depth.npz``. Every check runs before the first file is written. Bad arrays raise ``Gen3RInputError``; a
 missing ffmpeg raises ``RuntimeError`` saying how to install one.
+
+Nothing half-written looks whole. Every writer writes a hidden temporary file beside its target
+(``.<name>.partial-<id>.<ext>``), flushes it to disk and renames it over the target only when complete, so a
+killed or failed write leaves the previous file (or none), never a truncated one. :func:`export_all` writes the
+whole set into a hidden staging folder in ``out_dir`` (``.gen3r-partial-<id>/``) and moves the files into place
+only when all of them are written; a failure before that leaves the previous outputs untouched (a kill leaves
+the staging folder, which :func:`prepare_output_dir` reports). Output files of a previous run that the new one
+does not write (:data:`OUTPUT_NAMES`, e.g. a ``prompt.txt``) are then removed, so the folder holds one run.
+:func:`prepare_output_dir` creates the folder and proves it writable before any compute (the sampler and
+``launch/reconstruct.py`` call it after their input checks, before loading a model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
+import uuid
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +54,112 @@ from gen3r_jax.sampling import visualize as vis
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 CONVENTION = ("c2w: camera-to-world 4x4; extrinsics: world-to-camera 4x4 (inverse of c2w); OpenCV camera axes "
               "(x right, y down, z forward); K: 3x3 pinhole intrinsics in pixels of width x height frames")
+# every file a sample or reconstruction output directory may hold (export_all, run.py, reconstruct.py)
+OUTPUT_NAMES = ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png",
+                "prompt.txt", "latents.npz", "vggt_predictions.npz")
+STAGING_PREFIX = ".gen3r-partial-"
+
+
+# ------------------------------------------------------------------------------------------ safe writing
+def _fsync(path: str) -> None:
+  with open(path, "rb") as f:
+    os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yield a temporary path beside ``path`` (same folder and extension); on success it is flushed to disk and
+  renamed over ``path`` (one atomic step), on failure removed. Readers never see a partly written ``path``."""
+  folder, name = os.path.split(os.path.abspath(path))
+  root, ext = os.path.splitext(name)
+  tmp = os.path.join(folder, f".{root}.partial-{uuid.uuid4().hex[:12]}{ext}")
+  try:
+    yield tmp
+    _fsync(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save_npz(path: str, **arrays) -> str:
+  """``np.savez`` written atomically (:func:`atomic_path`). Returns ``path``."""
+  require(path.endswith(".npz"), f"{path}: an .npz file name is expected.")
+  with atomic_path(path) as tmp:
+    np.savez(tmp, **arrays)
+  return path
+
+
+def _write_bytes(path: str, data: bytes) -> str:
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+  return path
+
+
+def output_bytes(num_frames: int, height: int, width: int, max_points: int | None = None) -> int:
+  """A generous estimate of an output directory's size: depth 4, points + masks 13, PLY 15 bytes per pixel
+  (at most ``max_points`` vertices), two videos and the preview ~3 bytes per pixel, plus 16 MiB."""
+  px = int(num_frames) * int(height) * int(width)
+  ply = 15 * (px if not max_points else min(px, int(max_points)))
+  return 20 * px + ply + 16 * 2**20
+
+
+def prepare_output_dir(out_dir: str, *, expected_bytes: int | None = None, overwrite: bool = True,
+                       warn: Callable[[str], None] | None = None) -> str:
+  """Create ``out_dir`` and prove it writable before any compute; returns it.
+
+  Errors (:class:`Gen3RInputError`, one line): no path; the path or one of its parents is a file; the folder
+  cannot be created or a probe file cannot be written and removed in it (permissions, read-only or full file
+  system); with ``overwrite=False``, outputs of a previous run already there. Warnings (``warn``): outputs of a
+  previous run that this run will replace when it finishes; less free space than ``expected_bytes``; a staging
+  folder left by an interrupted export.
+  """
+  require(isinstance(out_dir, str) and out_dir.strip() != "", "no output directory given: pass one (sampling: "
+                                                              "--config.out=<dir>, reconstruction: --out <dir>).")
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise Gen3RInputError(f"output directory {out_dir!r} is an existing file, not a directory; choose another "
+                          "output path.")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise Gen3RInputError(f"cannot create output directory {out_dir!r}: {parent!r} is a file, not a directory; "
+                          "choose another output path.")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise Gen3RInputError(f"cannot create output directory {out_dir!r} ({e.strerror or e}); choose another output "
+                          "path.") from None
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".gen3r-write-probe-", dir=out_dir)
+    try:
+      with os.fdopen(fd, "wb") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      os.remove(probe)
+  except OSError as e:
+    raise Gen3RInputError(f"output directory {out_dir!r} is not writable ({e.strerror or e}); fix its permissions "
+                          "or choose another output path.") from None
+  previous = [n for n in OUTPUT_NAMES if os.path.lexists(os.path.join(out_dir, n))]
+  if previous:
+    require(overwrite, f"output directory {out_dir!r} already holds outputs of a previous run ({', '.join(previous)})"
+                       "; choose another output path or allow replacing them (--config.overwrite=true).")
+    if warn is not None:
+      warn(f"output directory {out_dir!r} already holds outputs of a previous run ({', '.join(previous)}); they "
+           "are replaced when this run has written all of its files (choose another output path to keep them).")
+  stale = sorted(n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX))
+  if stale and warn is not None:
+    warn(f"output directory {out_dir!r} holds {', '.join(stale)}, left by an interrupted export; delete it "
+         "(the outputs next to it are those of the last complete run).")
+  if expected_bytes:
+    free = shutil.disk_usage(out_dir).free
+    if free < expected_bytes and warn is not None:
+      warn(f"only {free / 2**20:.0f} MiB free for output directory {out_dir!r}, and the outputs need up to about "
+           f"{expected_bytes / 2**20:.0f} MiB; free some space or choose another output path.")
+  return out_dir
 
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -162,21 +282,22 @@ def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: b
     h, w = x.shape[1:3]
   exe = ffmpeg_exe()
   import imageio_ffmpeg
-  gen = imageio_ffmpeg.write_frames(
-      path, (int(w), int(h)), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-      quality=None, macro_block_size=2, ffmpeg_log_level="error",
-      output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"])
-  try:
-    gen.send(None)
-    for frame in x:
-      gen.send(np.ascontiguousarray(frame))
-    gen.close()
-  except (OSError, RuntimeError) as e:
+  with atomic_path(path) as tmp:
+    gen = imageio_ffmpeg.write_frames(
+        tmp, (int(w), int(h)), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+        quality=None, macro_block_size=2, ffmpeg_log_level="error",
+        output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"])
     try:
-      gen.close()  # stops the ffmpeg process
-    except Exception:  # noqa: BLE001 - already failing; report the first error
-      pass
-    raise RuntimeError(f"ffmpeg ({exe}) failed to write {path} with libx264: {e}") from None
+      gen.send(None)
+      for frame in x:
+        gen.send(np.ascontiguousarray(frame))
+      gen.close()
+    except (OSError, RuntimeError) as e:
+      try:
+        gen.close()  # stops the ffmpeg process
+      except Exception:  # noqa: BLE001 - already failing; report the first error
+        pass
+      raise RuntimeError(f"ffmpeg ({exe}) failed to write {path} with libx264: {e}") from None
   return path
 
 
@@ -189,7 +310,7 @@ def write_depth(path: str, depth, *, video_path: str | None = None, masks=None, 
   if video_path is not None:
     require(d.shape[1] % 2 == 0 and d.shape[2] % 2 == 0, _odd_message(video_path, *d.shape[1:]))
     x = vis.colorize_depth(d, m)
-  np.savez(path, depth=d)
+  save_npz(path, depth=d)
   if video_path is None:
     return [path]
   return [path, write_video(video_path, x, fps=fps)]
@@ -199,7 +320,7 @@ def write_points(path: str, points, masks=None) -> str:
   """``points.npz``: ``points`` float32 ``[F, H, W, 3]`` and ``masks`` bool ``[F, H, W]`` (all True if None)."""
   p = np.asarray(points)
   check_array(p, "points", ndim=4, layout="[F, H, W, 3]", floating=True, dims={3: 3})
-  np.savez(path, points=p.astype(np.float32), masks=_masks(masks, p.shape[:3]))
+  save_npz(path, points=p.astype(np.float32), masks=_masks(masks, p.shape[:3]))
   return path
 
 
@@ -233,9 +354,7 @@ def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | N
             f"element vertex {p.shape[0]}\n"
             "property float x\nproperty float y\nproperty float z\n"
             "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-  with open(path, "wb") as f:
-    f.write(header.encode("ascii"))
-    f.write(v.tobytes())
+  _write_bytes(path, header.encode("ascii") + v.tobytes())
   return int(p.shape[0])
 
 
@@ -285,9 +404,7 @@ def write_cameras(path: str, c2w, K, *, width: int, height: int, source_indices=
     data["prompt"] = str(prompt)
   if meta is not None:
     data["meta"] = meta
-  text = _to_json(data)
-  with open(path, "w") as f:
-    f.write(text)
+  _write_bytes(path, _to_json(data).encode("utf-8"))
   return path
 
 
@@ -326,18 +443,21 @@ def write_preview(path: str, rgb, depth, *, masks=None, points=None, num_frames:
     ok = m & np.isfinite(p).all(-1)
     bounds = vis.top_view_bounds(p[idx][ok[idx]])
     rows.append([vis.top_view(p[i][ok[i]], x[i][ok[i]], (th, tw), bounds) for i in idx])
-  Image.fromarray(vis.contact_sheet(rows, gap=gap)).save(path, format="PNG")
+  with atomic_path(path) as tmp:
+    Image.fromarray(vis.contact_sheet(rows, gap=gap)).save(tmp, format="PNG")
   return path
 
 
 # ------------------------------------------------------------------------------------------------ all
 def export_all(out_dir: str, *, rgb, depth, points, masks, c2w, K, fps: float = 16, max_points: int | None = None,
                seed: int = 0, prompt: str | None = None, meta: dict | None = None, source_indices=None,
-               preview_frames: int = 6) -> dict[str, str]:
+               preview_frames: int = 6, extra_npz: dict[str, dict] | None = None) -> dict[str, str]:
   """Write every file of the sample output directory (module docstring); returns ``{file name: path}``.
 
   ``rgb [F, H, W, 3]``, ``depth [F, H, W]``, ``points [F, H, W, 3]``, ``masks [F, H, W]`` bool (None: all
-  valid), ``c2w [F, 4, 4]``, ``K [F, 3, 3]``. Everything is checked (and ffmpeg found) before writing.
+  valid), ``c2w [F, 4, 4]``, ``K [F, 3, 3]``; ``extra_npz``: more ``{file name: {key: array}}`` written with
+  the set (e.g. ``latents.npz``). Everything is checked (and ffmpeg found) before writing; the files are written
+  into a staging folder and moved into ``out_dir`` together once all are complete (module docstring).
   """
   x = _video(rgb, "rgb")
   d = _depth(depth)
@@ -355,19 +475,36 @@ def export_all(out_dir: str, *, rgb, depth, points, masks, c2w, K, fps: float = 
   _check_fps(fps)
   _check_max_points(max_points)
   _to_json({"prompt": prompt, "meta": meta})
+  extra_npz = dict(extra_npz or {})
+  for name, arrays in extra_npz.items():
+    require(isinstance(name, str) and name.endswith(".npz") and os.path.basename(name) == name
+            and isinstance(arrays, dict), f"extra_npz: {name!r} must be a plain .npz file name mapped to a dict "
+                                          "of arrays.")
   ffmpeg_exe()
   os.makedirs(out_dir, exist_ok=True)
-  out = {name: os.path.join(out_dir, name) for name in
-         ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png")}
-  write_video(out["rgb.mp4"], x, fps=fps)
-  write_depth(out["depth.npz"], d, video_path=out["depth.mp4"], masks=m, fps=fps)
-  write_points(out["points.npz"], p, m)
-  write_ply(out["points.ply"], p, x, masks=m, max_points=max_points, seed=seed)
-  write_cameras(out["cameras.json"], c, k, width=w, height=h, source_indices=source_indices, prompt=prompt,
-                meta=meta)
-  write_preview(out["preview.png"], x, d, masks=m, points=p, num_frames=preview_frames)
-  if prompt is not None:
-    out["prompt.txt"] = os.path.join(out_dir, "prompt.txt")
-    with open(out["prompt.txt"], "w", encoding="utf-8") as fh:
-      fh.write(str(prompt) + "\n")
+  stage = os.path.join(out_dir, f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  os.makedirs(stage)
+  try:
+    st = {name: os.path.join(stage, name) for name in
+          ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png")}
+    write_video(st["rgb.mp4"], x, fps=fps)
+    write_depth(st["depth.npz"], d, video_path=st["depth.mp4"], masks=m, fps=fps)
+    write_points(st["points.npz"], p, m)
+    write_ply(st["points.ply"], p, x, masks=m, max_points=max_points, seed=seed)
+    write_cameras(st["cameras.json"], c, k, width=w, height=h, source_indices=source_indices, prompt=prompt,
+                  meta=meta)
+    write_preview(st["preview.png"], x, d, masks=m, points=p, num_frames=preview_frames)
+    if prompt is not None:
+      st["prompt.txt"] = _write_bytes(os.path.join(stage, "prompt.txt"), (str(prompt) + "\n").encode("utf-8"))
+    for name, arrays in extra_npz.items():
+      st[name] = save_npz(os.path.join(stage, name), **arrays)
+    out = {}
+    for name, tmp in st.items():   # every file complete: move the set into place
+      out[name] = os.path.join(out_dir, name)
+      os.replace(tmp, out[name])
+    for name in OUTPUT_NAMES:      # a previous run's files that this run does not write
+      if name not in out and os.path.lexists(os.path.join(out_dir, name)):
+        os.remove(os.path.join(out_dir, name))
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
   return out

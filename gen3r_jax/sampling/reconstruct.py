@@ -8,15 +8,18 @@
 Preprocessing follows VGGT's ``load_and_preprocess_images`` as vendored in Gen3R (``mode="crop"``: the shorter
 side is resized to ``size`` with PIL bicubic, the longer one to ``round(long * size / short / 14) * 14``, then
 centre-cropped to ``size x size``; ``mode="pad"``: the longer side becomes ``size`` and the image is padded with
-white to a square). RGBA is blended onto white. Both modes give square ``size x size`` frames, so images of
-different sizes are handled (no padding to a common size is ever needed). The reference hard-codes 518; here
-``size`` is any positive multiple of 14 (518 for VGGT-1B, 560 as in Gen3R).
+white to a square). RGBA is blended onto white; 16-bit greyscale images are scaled by 65535 (as
+:func:`gen3r_jax.sampling.inputs.image_array`), not clipped to white. Both modes give square ``size x size``
+frames, so images of different sizes are handled (no padding to a common size is ever needed). The reference
+hard-codes 518; here ``size`` is any positive multiple of 14 (518 for VGGT-1B, 560 as in Gen3R).
 
 Output directory (the sample format of :mod:`gen3r_jax.sampling.export`, with the input images as ``rgb``):
 ``rgb.mp4``, ``depth.npz`` / ``depth.mp4``, ``points.npz`` / ``points.ply`` (depth unprojected with the per-frame
 percentile mask of ``infer.py``, coloured by the images), ``cameras.json``, ``preview.png``, plus
 ``vggt_predictions.npz`` (``pose_enc``, ``extrinsics``, ``intrinsics``, ``depth_conf``, ``world_points``,
-``world_points_conf`` of VGGT's heads).
+``world_points_conf`` of VGGT's heads). The output directory is created and probed for writing after the images
+are read and before the model is loaded (:func:`gen3r_jax.sampling.export.prepare_output_dir`); the files are
+written atomically, as a set (:func:`gen3r_jax.sampling.export.export_all`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ def _open_rgb(path: str):
   except (UnidentifiedImageError, OSError, ValueError) as e:
     raise Gen3RInputError(f"cannot read image {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                           ) from None
+  if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):   # convert("RGB") would clip these to white
+    from gen3r_jax.sampling.inputs import image_array, to_unit
+    try:
+      arr, _ = image_array(img)
+    except Gen3RInputError as e:
+      raise Gen3RInputError(f"image {path!r}: {e}") from None
+    return Image.fromarray(np.round(to_unit(arr) * 255.0).astype(np.uint8))
   if img.mode == "RGBA":
     img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
   return img.convert("RGB")
@@ -144,13 +154,17 @@ def check_checkpoint(checkpoint: str) -> None:
 
 def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int = 518, mode: str = "crop",
                 frames_chunk_size: int | None = None, dtype: str = "float32", min_max_depth_mask: bool = True,
-                max_points: int | None = None, fps: float = 8, log=print) -> dict[str, str]:
+                max_points: int | None = None, fps: float = 8, log=print, warn=None) -> dict[str, str]:
   """Reconstruct one scene and write the output directory (module docstring); returns ``{file name: path}``.
 
   ``checkpoint`` is a converted VGGT folder (``VGGT.save_checkpoint`` / ``launch/convert.py``) or a VGGT model.
-  Every input is checked (images found and readable, checkpoint present, options) before the model runs.
+  Every input is checked (images found and readable, checkpoint present, options, the output directory created
+  and writable) before the model runs. ``warn`` (default: ``warning: ...`` on stderr) gets one-line warnings, e.g.
+  that ``out`` holds a previous run's outputs, replaced at the end.
   """
   from gen3r_jax.sampling import export
+  from gen3r_jax.sampling.inputs import print_warning
+  warn = print_warning if warn is None else warn
 
   size = check_size(size)
   require(mode in MODES, f"mode must be one of {MODES}, got {mode!r}.")
@@ -164,6 +178,7 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   t0 = time.time()
   x = load_and_preprocess_images(paths, size, mode)                                 # [S, size, size, 3]
   log(f"[reconstruct] {len(paths)} image(s) -> {x.shape[1]}x{x.shape[2]} ({mode})")
+  export.prepare_output_dir(out, expected_bytes=export.output_bytes(len(paths), size, size, max_points), warn=warn)
   if isinstance(checkpoint, str):
     from gen3r_jax.models.vggt import VGGT
     model = VGGT.from_checkpoint(checkpoint, dtype=dtype)
@@ -178,9 +193,9 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
           "min_max_depth_mask": bool(min_max_depth_mask)}
   files = export.export_all(out, rgb=x, depth=pred["depth"], points=pred["pcds"], masks=pred["masks"],
                             c2w=pred["c2w"], K=pred["intrinsics"], fps=fps, max_points=max_points, meta=meta,
-                            source_indices=np.arange(len(paths)))
-  files["vggt_predictions.npz"] = os.path.join(out, "vggt_predictions.npz")
-  np.savez(files["vggt_predictions.npz"], **{k: pred[k].astype(np.float32) for k in (
-      "pose_enc", "extrinsics", "intrinsics", "depth_conf", "world_points", "world_points_conf")})
+                            source_indices=np.arange(len(paths)),
+                            extra_npz={"vggt_predictions.npz": {k: pred[k].astype(np.float32) for k in (
+                                "pose_enc", "extrinsics", "intrinsics", "depth_conf", "world_points",
+                                "world_points_conf")}})
   log(f"[reconstruct] wrote {', '.join(sorted(files))} to {out}")
   return files

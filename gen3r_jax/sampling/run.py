@@ -1,8 +1,17 @@
 """``launch/sample.py``'s library side: check a sampling config, load the bundle once, generate, export.
 
 Every user error is a one-line :class:`Gen3RInputError` raised before any model is loaded or compiled:
-missing / unreadable image, image count not matching the task, ``num_frames`` not ``1 + 4k``, a resolution the
-models cannot take, an unknown trajectory, a malformed cameras JSON, a checkpoint directory with a missing part.
+missing / unreadable image or video, image or frame count not matching the task, ``num_frames`` not ``1 + 4k``,
+a resolution the models cannot take, an unknown trajectory, a malformed cameras JSON (or one whose rotations are
+not orthonormal), a checkpoint directory with a missing part, an output directory that cannot be created or
+written (it is created and probed before anything is computed). Inputs used in a way their author may not expect
+get a one-line ``warning: ...`` (``warn``): a prompt longer than the text encoder's 512 tokens, images far smaller
+than the model's input or of extreme aspect ratio, frames left out of a long video, outputs of a previous run
+about to be replaced (see :mod:`gen3r_jax.sampling.inputs` and :func:`gen3r_jax.sampling.export.prepare_output_dir`).
+
+As ``infer.py``: ``prompt`` may be the path of a text file (its first line is the prompt), and for ``allview``
+``images`` may be a video or a folder of frames; ``allview`` ignores the trajectory (its camera map is zero), so
+it runs as ``free`` (no VGGT camera estimate).
 """
 
 from __future__ import annotations
@@ -10,9 +19,7 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
-
-from gen3r_jax.errors import require
+from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.pipeline import SampleOptions, check_options
 
@@ -24,7 +31,8 @@ def image_paths(spec: str) -> list[str]:
 
 
 def options_from_config(cfg) -> SampleOptions:
-  return SampleOptions(task=cfg.task, cameras=cfg.trajectory, num_frames=cfg.num_frames, num_steps=cfg.steps,
+  cameras = "free" if cfg.task == "allview" else cfg.trajectory   # infer.py: allview's camera map is zero
+  return SampleOptions(task=cfg.task, cameras=cameras, num_frames=cfg.num_frames, num_steps=cfg.steps,
                        guidance_scale=float(cfg.guidance), shift=cfg.shift, negative_prompt=cfg.negative_prompt,
                        seed=int(cfg.seed), scheduler=cfg.scheduler or None, posterior=cfg.posterior,
                        min_max_depth_mask=bool(cfg.min_max_depth_mask), size=cfg.resolution)
@@ -59,10 +67,50 @@ def parse_mesh(spec: str) -> dict[str, int] | None:
   return out
 
 
-def check_config(cfg, checkpoint: str, paths: list[str]) -> SampleOptions:
-  """All checks that need no model (module docstring)."""
+def read_prompt(prompt: str, log=print, warn=inputs.print_warning) -> str:
+  """The prompt, or, when ``prompt`` is the path of a text file, its first line (``infer.py --prompts``)."""
+  require(isinstance(prompt, str) and prompt.strip() != "", 'no prompt: pass --config.prompt="..." (or the path '
+                                                            'of a text file whose first line is the prompt).')
+  if not os.path.isfile(prompt):
+    return prompt
+  try:
+    with open(prompt, encoding="utf-8") as f:
+      lines = [ln.rstrip("\r\n") for ln in f]
+  except (OSError, UnicodeDecodeError) as e:
+    raise Gen3RInputError(f"cannot read prompt file {prompt!r} ({e}); pass a UTF-8 text file or the prompt itself."
+                          ) from None
+  text = lines[0] if lines else ""
+  require(text.strip() != "", f"prompt file {prompt!r}: its first line is empty; put the prompt on the first line.")
+  log(f"[sample] prompt: first line of {prompt}")
+  if any(ln.strip() for ln in lines[1:]):
+    warn(f"prompt file {prompt!r} has {len(lines)} lines; only the first is the prompt, as infer.py reads it.")
+  return text
+
+
+def check_prompt_length(checkpoint: str, texts: dict[str, str], max_length: int = 512,
+                        warn=inputs.print_warning) -> dict[str, int]:
+  """Tokenize each prompt with the checkpoint's tokenizer (when it has one) and warn for any longer than
+  ``max_length`` tokens (eos included), which the text encoder cuts as ``infer.py`` does. Returns the counts."""
+  from gen3r_jax.models.wan.tokenizer import SPIECE_FILE, UMT5Tokenizer
+  tok_dir = os.path.join(checkpoint, "tokenizer")
+  if not os.path.isfile(os.path.join(tok_dir, SPIECE_FILE)):
+    return {}      # load_bundle names what is missing
+  tok = UMT5Tokenizer.from_pretrained(tok_dir)
+  counts = {}
+  for name, text in texts.items():
+    ids = tok.encode(text)
+    counts[name] = n = len(ids) + (0 if ids[-1:] == [tok.eos_id] else 1)
+    if n > max_length:
+      warn(f"{name} is {n} tokens long (eos included) but the text encoder takes {max_length}: the last "
+           f"{n - max_length} tokens are cut, as infer.py does; shorten it to keep all of it.")
+  return counts
+
+
+def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
+  """All checks that need no model (module docstring): ``(options, views as read, prompt)``."""
   from gen3r_jax.convert.bundle import check_bundle
   from gen3r_jax.sampling.denoise import check_parallel
+  from gen3r_jax.sampling.export import output_bytes, prepare_output_dir
   from gen3r_jax.sampling.placement import check_placement
   require(bool(cfg.out), "no output directory: pass --config.out=<dir>.")
   require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "", 'no prompt: pass --config.prompt="...".')
@@ -74,18 +122,37 @@ def check_config(cfg, checkpoint: str, paths: list[str]) -> SampleOptions:
   parse_mesh(cfg.mesh)
   check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
-  require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png].")
+  require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png] (allview: also a video file or "
+                          "a folder of frames).")
   opts = options_from_config(cfg)
   inputs.check_task(opts.task)
-  for p in paths:
-    inputs.read_image(p)
-  check_options(opts, len(paths))
+  inputs.check_num_frames(opts.num_frames)
+  inputs.check_size(opts.size)
+  if opts.task == "allview" and cfg.trajectory != "free":
+    log(f"[sample] task allview: the trajectory ({cfg.trajectory}) is not used; the camera map is zero, as in "
+        "infer.py")
+  views = inputs.read_views(paths, opts.task, opts.num_frames, size=opts.size, warn=warn)
+  check_options(opts, len(views))
   check_bundle(checkpoint)
-  return opts
+  prompt = read_prompt(cfg.prompt, log=log, warn=warn)
+  texts = {"prompt": prompt}
+  if opts.guidance_scale > 1.0:
+    texts["negative_prompt"] = opts.negative_prompt
+  check_prompt_length(checkpoint, texts, opts.max_sequence_length, warn=warn)
+  expected = output_bytes(opts.num_frames, opts.size, opts.size, int(cfg.max_points) or None)
+  prepare_output_dir(cfg.out, expected_bytes=expected, overwrite=bool(cfg.get("overwrite", True)), warn=warn)
+  return opts, views, prompt
 
 
-def sample_from_config(cfg, log=print) -> dict[str, str]:
-  """Run ``launch/sample.py`` for a config; returns ``{output file name: path}``."""
+def check_config(cfg, checkpoint: str, paths: list[str], *, log=lambda s: None,
+                 warn=inputs.print_warning) -> SampleOptions:
+  """All checks that need no model (module docstring); creates and probes the output directory last."""
+  return _check(cfg, checkpoint, paths, log=log, warn=warn)[0]
+
+
+def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, str]:
+  """Run ``launch/sample.py`` for a config; returns ``{output file name: path}``. ``warn`` gets the one-line
+  warnings (default: ``warning: ...`` on stderr)."""
   import jax
 
   from gen3r_jax.convert.bundle import load_bundle
@@ -94,8 +161,10 @@ def sample_from_config(cfg, log=print) -> dict[str, str]:
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
-  opts = check_config(cfg, checkpoint, paths)
-  images = inputs.load_control_images(paths, opts.size)
+  opts, views, prompt = _check(cfg, checkpoint, paths, log=log, warn=warn)
+  images = inputs.preprocess_views(views, opts.size)
+  if views.source != "images":
+    log(f"[sample] {len(views)} conditioning frames from {views.source} {paths[0]}")
   shape = parse_mesh(cfg.mesh)
   mesh = None
   if shape:
@@ -107,22 +176,22 @@ def sample_from_config(cfg, log=print) -> dict[str, str]:
                        placement=placement, log=log)
   log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
       f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
-  out = generate(bundle, images, cfg.prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
+  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
                  context_parallel=cfg.context_parallel, log=log)
   k = out["intrinsics"]
   meta = {"task": opts.task, "trajectory": opts.cameras if isinstance(opts.cameras, str) else "json",
           "seed": opts.seed, "num_frames": opts.num_frames, "steps": opts.num_steps,
           "guidance": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
           "posterior": opts.posterior, "dtype": cfg.dtype, "images": paths, "checkpoint": checkpoint,
+          "views": views.source, "num_views": len(views),
           "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},
           "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
   files = export_all(cfg.out, rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"], masks=out["masks"],
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
-                     prompt=cfg.prompt, meta=meta)
-  np.savez(os.path.join(cfg.out, "latents.npz"), latents=out["latents"])
-  files["latents.npz"] = os.path.join(cfg.out, "latents.npz")
+                     prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
   return files
 
 
-__all__ = ("sample_from_config", "check_config", "options_from_config", "resolve_demo", "image_paths", "parse_mesh")
+__all__ = ("sample_from_config", "check_config", "options_from_config", "resolve_demo", "image_paths", "parse_mesh",
+           "read_prompt", "check_prompt_length")
