@@ -3,6 +3,7 @@
     python launch/eval.py --pred out/sample_000 --gt data/re10k/scene_000
     python launch/eval.py --pred out/s --gt data/co3d/s --metrics=pointcloud,camera --gt_stride=2
     python launch/eval.py --pred out/s --gt data/s --lpips_weights=lpips_alex.pth --exclude_frames=0,48
+    python launch/eval.py --pred out/s --gt data/s --ssim=skimage --camera_convention=vggt_early
 
 Prints a table and writes the full result (per-frame values included) as JSON, by default to
 ``<pred>/eval_metrics.json``. Formats, protocols and every default are described in ``docs/evaluation.md``.
@@ -33,6 +34,16 @@ _VOXEL = flags.DEFINE_float("voxel_size", 0.005, "voxel edge before FPS, in grou
 _NUM_POINTS = flags.DEFINE_integer("num_points", 20000, "FPS points per cloud")
 _DEPTH_PNG_SCALE = flags.DEFINE_float("depth_png_scale", 1000.0, "16-bit depth PNG value per GT unit")
 _NN_CHUNK = flags.DEFINE_integer("nn_chunk", 512, "query rows per nearest-neighbour block")
+_SSIM = flags.DEFINE_enum("ssim", "torchmetrics", ["torchmetrics", "skimage"],
+                          "SSIM convention: torchmetrics (map over the reflect-padded image, averaged everywhere) "
+                          "or skimage (valid region only)")
+_CAMERA_CONVENTION = flags.DEFINE_enum("camera_convention", "vggt", ["vggt", "vggt_early"],
+                                       "relative poses: vggt = E_i inv(E_j) (current VGGT evaluation code); "
+                                       "vggt_early = inv(E_i) E_j after making each trajectory relative to its "
+                                       "first camera (an early copy)")
+_PC_NONFINITE = flags.DEFINE_enum("pc_nonfinite", "exclude", ["exclude", "miss", "error"],
+                                  "predicted pixels with NaN/inf points (always counted and warned): exclude "
+                                  "them from both clouds, score them as misses (their GT points stay), or stop")
 
 
 def main(argv) -> int:
@@ -51,7 +62,9 @@ def main(argv) -> int:
         metrics=tuple(_METRICS.value), lpips_weights=_LPIPS_WEIGHTS.value,
         exclude_frames=tuple(int(i) for i in _EXCLUDE.value), gt_start=_GT_START.value,
         gt_stride=_GT_STRIDE.value, pc_protocols=protocols, pc_mask=_PC_MASK.value, voxel_size=_VOXEL.value,
-        num_points=_NUM_POINTS.value, depth_png_scale=_DEPTH_PNG_SCALE.value, nn_chunk=_NN_CHUNK.value)
+        num_points=_NUM_POINTS.value, depth_png_scale=_DEPTH_PNG_SCALE.value, nn_chunk=_NN_CHUNK.value,
+        ssim_convention=_SSIM.value, camera_convention=_CAMERA_CONVENTION.value,
+        pc_nonfinite=_PC_NONFINITE.value)
     result = evaluate(_PRED.value, _GT.value, opts)
   except (Gen3RInputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

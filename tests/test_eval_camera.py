@@ -88,3 +88,68 @@ def test_camera_bad_inputs():
     camera.camera_metrics(w2c[:, :3, :3], w2c)
   with pytest.raises(Gen3RInputError, match="non-empty"):
     camera.auc(np.zeros(0), np.zeros(0))
+
+
+def _noisy(gt, seed):
+  rng = np.random.default_rng(seed)
+  pred = gt.copy()
+  pred[:, :3, :3] = Rotation.from_rotvec(0.2 * rng.normal(size=(len(gt), 3))).as_matrix() @ pred[:, :3, :3]
+  pred[:, :3, 3] += 0.3 * rng.normal(size=(len(gt), 3))
+  return pred
+
+
+def _reference_errors(w2c_pred, w2c_gt, convention):
+  """Independent NumPy/SciPy implementation of each convention's per-pair errors (np.linalg.inv, SciPy angles).
+
+  "vggt": relative = E_i inv(E_j) on the poses as given (facebookresearch/vggt evaluation/test_co3d.py,
+  se3_to_relative_pose_error). "vggt_early": E_k <- E_k inv(E_0), then relative = inv(E_i) E_j.
+  """
+  def rel(e):
+    n = len(e)
+    if convention == "vggt_early":
+      e = np.stack([e[k] @ np.linalg.inv(e[0]) for k in range(n)])
+      return [np.linalg.inv(e[i]) @ e[j] for i in range(n) for j in range(i + 1, n)]
+    return [e[i] @ np.linalg.inv(e[j]) for i in range(n) for j in range(i + 1, n)]
+  e_r, e_t = [], []
+  for a, b in zip(rel(w2c_gt), rel(w2c_pred)):
+    e_r.append(np.degrees(Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).magnitude()))
+    ta, tb = a[:3, 3] / np.linalg.norm(a[:3, 3]), b[:3, 3] / np.linalg.norm(b[:3, 3])
+    e = np.degrees(np.arccos(np.clip(abs(ta @ tb), -1, 1)))
+    e_t.append(min(e, abs(180 - e)))
+  return np.array(e_r), np.array(e_t)
+
+
+@pytest.mark.parametrize("convention", ["vggt", "vggt_early"])
+def test_both_conventions_match_an_independent_implementation(convention):
+  gt = _trajectory(7, seed=4)
+  pred = _noisy(gt, 5)
+  e_r, e_t = camera.relative_pose_errors(pred, gt, convention)
+  ref_r, ref_t = _reference_errors(pred, gt, convention)
+  np.testing.assert_allclose(e_r, ref_r, atol=1e-5)
+  np.testing.assert_allclose(e_t, ref_t, atol=1e-5)
+  m = camera.camera_metrics(pred, gt, convention=convention)
+  assert m["convention"] == convention and m["relative_pose"] == camera.CONVENTIONS[convention]
+  assert m["auc@30"] == pytest.approx(camera.auc(ref_r, ref_t, 30), abs=1e-9)
+
+
+def test_default_convention_is_current_vggt_and_differs_from_the_early_one():
+  gt = _trajectory(8, seed=6)
+  pred = _noisy(gt, 7)
+  assert camera.DEFAULT_CONVENTION == "vggt"
+  default = camera.camera_metrics(pred, gt)
+  assert default["convention"] == "vggt"
+  assert default == camera.camera_metrics(pred, gt, convention="vggt")
+  now, early = camera.relative_pose_errors(pred, gt), camera.relative_pose_errors(pred, gt, "vggt_early")
+  assert np.abs(now[0] - early[0]).max() > 5 and np.abs(now[1] - early[1]).max() > 5
+  # Both stay invariant to the prediction's world frame and scale.
+  rw, tw, s = Rotation.random(random_state=8).as_matrix(), np.array([0.3, 2.0, -1.0]), 4.0
+  c2w = camera.inverse_se3(pred)
+  c2w[:, :3, :3] = rw @ c2w[:, :3, :3]
+  c2w[:, :3, 3] = s * c2w[:, :3, 3] @ rw.T + tw
+  for conv in camera.CONVENTIONS:
+    moved = camera.relative_pose_errors(camera.inverse_se3(c2w), gt, conv)
+    ref = camera.relative_pose_errors(pred, gt, conv)
+    np.testing.assert_allclose(moved[0], ref[0], atol=1e-5)
+    np.testing.assert_allclose(moved[1], ref[1], atol=1e-5)
+  with pytest.raises(Gen3RInputError, match="camera convention must be one of vggt, vggt_early"):
+    camera.camera_metrics(pred, gt, convention="opencv")

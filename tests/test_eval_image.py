@@ -1,4 +1,5 @@
-"""PSNR / SSIM against closed forms and an independent NumPy SSIM (direct windowed sums, no separability)."""
+"""PSNR / SSIM against closed forms, an independent NumPy SSIM (direct windowed sums, no separability), and the
+two reference libraries whose conventions ``ssim`` offers (torchmetrics, scikit-image)."""
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_ssim_matches_numpy_reference():
   rng = np.random.default_rng(1)
   x = _smooth_frames(rng, 3, 26, 31)
   y = np.clip(x + 0.08 * rng.normal(size=x.shape), 0, 1).astype(np.float32)
-  ours = np.asarray(image.ssim(x, y))
+  ours = np.asarray(image.ssim(x, y, convention="skimage"))  # the valid-region mean of the numpy reference
   ref = _ssim_numpy(x, y)
   assert ours.shape == (3,)
   np.testing.assert_allclose(ours, ref, atol=2e-5)
@@ -81,3 +82,37 @@ def test_image_bad_inputs():
     image.ssim(a[0], a[0])
   with pytest.raises(Gen3RInputError, match="smaller than"):
     image.ssim(a[:, :8, :8], a[:, :8, :8])
+  with pytest.raises(Gen3RInputError, match="ssim convention must be one of torchmetrics, skimage"):
+    image.ssim(a, a, convention="matlab")
+
+
+def _ssim_pair(seed, f, h, w):
+  rng = np.random.default_rng(seed)
+  x = _smooth_frames(rng, f, h, w)
+  y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1).astype(np.float32)
+  return x, y
+
+
+def test_ssim_skimage_convention_matches_scikit_image():
+  from skimage.metrics import structural_similarity
+  for h, w in ((16, 20), (40, 33)):
+    x, y = _ssim_pair(2, 2, h, w)
+    ref = [structural_similarity(x[f], y[f], gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=1.0, channel_axis=-1) for f in range(len(x))]
+    np.testing.assert_allclose(np.asarray(image.ssim(x, y, convention="skimage")), ref, atol=1e-6)
+
+
+def test_ssim_torchmetrics_convention_matches_torchmetrics_and_is_the_default():
+  import torch
+  from torchmetrics.functional.image import structural_similarity_index_measure
+  for h, w in ((16, 20), (40, 33)):
+    x, y = _ssim_pair(3, 2, h, w)
+    ref = structural_similarity_index_measure(torch.from_numpy(x).permute(0, 3, 1, 2),
+                                              torch.from_numpy(y).permute(0, 3, 1, 2), data_range=1.0,
+                                              reduction="none").numpy()
+    ours = np.asarray(image.ssim(x, y, convention="torchmetrics"))
+    np.testing.assert_allclose(ours, ref, atol=3e-6)  # float32 moments, both sides
+    np.testing.assert_array_equal(np.asarray(image.ssim(x, y)), ours)
+  # The conventions differ by the border band (what the option is for): clearly more than their tolerance here.
+  skimage_mean = np.asarray(image.ssim(x, y, convention="skimage"))
+  assert np.abs(skimage_mean - ours).max() > 1e-3

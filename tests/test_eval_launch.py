@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -140,3 +141,55 @@ def test_camera_conventions_of_the_pipeline(tmp_path):
   c2w = _gt_cameras(3)
   w2c = camera.inverse_se3(c2w)
   np.testing.assert_allclose(w2c @ c2w, np.tile(np.eye(4), (3, 1, 1)), atol=1e-12)
+
+
+def test_nonfinite_prediction_pixels_are_reported_and_scored_by_policy(tmp_path):
+  """NaN depth in the prediction: counted, warned, and excluded (default), scored as misses, or refused."""
+  gt = make_scene(str(tmp_path / "scene"), n=3)
+  pred = make_prediction(str(tmp_path / "sample"), [0, 1, 2])
+  with np.load(os.path.join(pred, "depth.npz")) as z:
+    depth = z["depth"].copy()
+  depth[:, :, : W // 3] = np.nan  # the left third of every frame: a region no other frame covers
+  np.savez(os.path.join(pred, "depth.npz"), depth=depth)
+  base = dict(metrics=("pointcloud",), pc_protocols=("corrected",), num_points=800, voxel_size=0.02)
+  res = {}
+  for policy in ("exclude", "miss"):
+    with pytest.warns(evaluate.NonFinitePredictionWarning, match=r"1536 of the 4608 .*\(33\.3%\)"):
+      res[policy] = evaluate.evaluate(pred, gt, evaluate.EvalOptions(pc_nonfinite=policy, **base))["pointcloud"]
+    nf = res[policy]["nonfinite"]
+    assert nf == {"policy": policy, "pixels": 3 * H * (W // 3), "of": 3 * H * W, "fraction": pytest.approx(1 / 3)}
+    assert policy in res[policy]["notes"][0]
+  ex, miss = res["exclude"]["corrected"], res["miss"]["corrected"]
+  assert ex["chamfer"] < 1e-3  # what is left is perfect
+  # The uncovered third is a miss: completeness grows by orders of magnitude (accuracy only by the sparser FPS
+  # sampling of the larger ground-truth cloud).
+  assert miss["completeness"] > 1e4 * ex["completeness"] and miss["completeness"] > 2 * miss["accuracy"]
+  assert res["exclude"]["valid_pixels"] == res["miss"]["valid_pixels"] == 3 * H * (W - W // 3)
+  with pytest.raises(Gen3RInputError, match=r"hold NaN or infinite points \(--pc_nonfinite=error\)"):
+    evaluate.evaluate(pred, gt, evaluate.EvalOptions(pc_nonfinite="error", **base))
+  # --pc_mask=none (every pixel) takes both policies too, and a clean prediction reports zero.
+  for policy in ("exclude", "miss"):
+    with pytest.warns(evaluate.NonFinitePredictionWarning):
+      r = evaluate.evaluate(pred, gt, evaluate.EvalOptions(pc_nonfinite=policy, pc_mask="none", **base))
+    assert r["pointcloud"]["nonfinite"]["pixels"] == 3 * H * (W // 3)
+  clean = make_prediction(str(tmp_path / "clean"), [0, 1, 2])
+  r = evaluate.evaluate(clean, gt, evaluate.EvalOptions(**base))["pointcloud"]
+  assert r["nonfinite"]["pixels"] == 0 and "notes" not in r
+
+
+def test_eval_cli_reports_conventions(tmp_path, capsys):
+  gt = make_scene(str(tmp_path / "scene"), n=3, depth=False)
+  pred = make_prediction(str(tmp_path / "sample"), [0, 1, 2])
+  out = str(tmp_path / "m.json")
+  assert _run_main([f"--pred={pred}", f"--gt={gt}", "--metrics=image,camera", f"--output_json={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert re.search(r"image/ssim_convention\s+torchmetrics", printed)
+  assert re.search(r"camera/convention\s+vggt: E_i inv\(E_j\)", printed)
+  res = json.load(open(out))
+  assert res["image"]["ssim_convention"] == "torchmetrics" and res["camera"]["convention"] == "vggt"
+  assert _run_main([f"--pred={pred}", f"--gt={gt}", "--metrics=image,camera", f"--output_json={out}",
+                    "--ssim=skimage", "--camera_convention=vggt_early"]) == 0
+  assert "vggt_early" in capsys.readouterr().out
+  res2 = json.load(open(out))
+  assert res2["image"]["ssim_convention"] == "skimage" and res2["camera"]["convention"] == "vggt_early"
+  assert res2["image"]["ssim"] != res["image"]["ssim"]

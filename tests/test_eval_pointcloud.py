@@ -185,3 +185,24 @@ def test_alignment_subset_official_bug_versus_corrected():
   cor = pc._alignment_mask(pts, pts, "corrected")
   assert sorted(np.flatnonzero(off)) == [49, 50, 51]  # a[0], a[1] (voxel 0's members) and the last of voxel 1
   assert sorted(np.flatnonzero(cor)) == [0, 50]  # first member of each voxel
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_missing_predicted_pixels_score_as_misses(with_mask):
+  """``pred_missing``: those pixels leave the predicted cloud and the alignment but keep their ground-truth points,
+  so completeness is the mean over all ground-truth points of the distance to the nearest *present* predicted
+  point (brute force here); their predicted values (NaN) are never read."""
+  rng = np.random.default_rng(12)
+  g = _surface(rng)
+  p = _sim3(g, 2.0, Rotation.from_euler("z", 30, degrees=True).as_matrix(), np.array([1.0, 0.0, 0.5]))
+  missing = np.zeros(g.shape[:3], bool)
+  missing[:, :, :8] = True  # a band of the surface has no prediction
+  p[missing] = np.nan
+  mask = np.ones(g.shape[:3], bool) if with_mask else None
+  res = pc.chamfer_metrics(p, g, mask, protocol="corrected", downsample=False, pred_missing=missing)
+  present = g[~missing].reshape(-1, 3).astype(np.float64)
+  d = np.sqrt(((g.reshape(-1, 1, 3) - present[None]) ** 2).sum(-1)).min(1)
+  assert res.accuracy == pytest.approx(0.0, abs=1e-5)
+  assert res.completeness == pytest.approx(d.mean(), rel=1e-4, abs=1e-6)
+  assert res.completeness > 0.05 and res.num_pred == present.shape[0] and res.num_gt == g[..., 0].size
+  assert res.scale == pytest.approx(0.5, rel=1e-4)  # aligned on the present pixels only

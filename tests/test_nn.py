@@ -8,7 +8,7 @@ from flax import nnx
 
 from gen3r_jax.nn import attention as attn
 from gen3r_jax.nn.causal_conv import CausalConv3d
-from gen3r_jax.nn.norms import ChannelRMSNorm, LayerNorm, RMSNorm, channel_rms_norm
+from gen3r_jax.nn.norms import ChannelRMSNorm, LayerNorm, RMSNorm, channel_rms_norm, layer_norm
 from gen3r_jax.nn.resample import nearest_exact, nearest_exact_indices, resize, resize_matrix
 
 
@@ -106,7 +106,8 @@ def test_resize_matrices_closed_form():
   for mode in ("bilinear", "bicubic"):
     for aa in (False, True):
       m = resize_matrix(7, 5, mode, antialias=aa)
-      np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)
+      assert m.dtype == np.float32  # PyTorch's float32 weights (module docstring)
+      np.testing.assert_allclose(m.sum(1), 1.0, atol=3e-7)
       np.testing.assert_allclose(resize_matrix(6, 6, mode, antialias=aa), np.eye(6), atol=1e-12)
   # bilinear x2 upsample, align_corners=False: out[1] = 0.75 x0 + 0.25 x1
   m = resize_matrix(4, 8, "bilinear", antialias=False)
@@ -147,3 +148,59 @@ def test_module_jit_reads_modules_and_takes_compiler_options():
         a, x, b, scale=2.0, bias=bias)
   with pytest.raises(ValueError, match="hashable|static"):
     fast(a, x, b, scale=jnp.ones(()), bias=bias)         # a static keyword must be hashable
+
+
+def test_layer_norm_constant_and_offset_rows_match_torch():
+  """A row of one repeated large value normalises to 0 (torch's Welford statistics), not to +-1 as a mean with a
+  rounding error would give; rows with a large common offset keep float64 accuracy."""
+  import torch
+  rows = np.stack([np.full(1000, v, np.float32) for v in (1e5, 1e6, 12345.678, -7e6, 3.0)])
+  ours = np.asarray(layer_norm(jnp.asarray(rows), None, None, 1e-5))
+  ref = torch.nn.functional.layer_norm(torch.from_numpy(rows), (1000,), eps=1e-5).numpy()
+  np.testing.assert_array_equal(ref, 0.0)
+  np.testing.assert_array_equal(ours, 0.0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(4, 768)).astype(np.float32)
+  w, b = rng.normal(size=768).astype(np.float32), rng.normal(size=768).astype(np.float32)
+  ref = torch.nn.functional.layer_norm(torch.from_numpy(x), (768,), torch.from_numpy(w), torch.from_numpy(b),
+                                       eps=1e-6).numpy()
+  np.testing.assert_allclose(np.asarray(layer_norm(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), 1e-6)), ref,
+                             atol=2e-6)
+  xo = (x + 1e4).astype(np.float32)  # offset rows: against float64 (torch's own float32 error here is ~1e-3)
+  x64 = xo.astype(np.float64)
+  ref64 = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(np.asarray(layer_norm(jnp.asarray(xo), None, None, 1e-5)), ref64, atol=2e-6)
+
+
+@pytest.mark.parametrize("mode,antialias,src_hw,out_hw", [
+    ("bilinear", False, (560, 24), (1400, 60)),    # upscale 560 -> 1400: float32 source coordinates matter
+    ("bicubic", False, (560, 24), (1400, 60)),
+    ("bilinear", True, (1400, 30), (560, 12)),     # downscale with antialias (PIL-style support)
+    ("bicubic", True, (1400, 37), (560, 40)),
+])
+def test_resize_matches_torch_interpolate(mode, antialias, src_hw, out_hw):
+  import torch
+  x = np.random.default_rng(1).uniform(size=(1, *src_hw, 2)).astype(np.float32)
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=out_hw, mode=mode,
+                                        antialias=antialias, align_corners=False).permute(0, 2, 3, 1).numpy()
+  ours = np.asarray(resize(jnp.asarray(x), out_hw, mode, antialias=antialias))
+  np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
+  # The 1-D weights themselves are PyTorch's float32 weights (a one-hot input reads them out).
+  for n_in, n_out in zip(src_hw, out_hw):
+    eye = torch.eye(n_in, dtype=torch.float32)[None, None]
+    w = torch.nn.functional.interpolate(eye, size=(n_out, n_in), mode=mode, antialias=antialias,
+                                        align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(resize_matrix(n_in, n_out, mode, antialias=antialias), w, atol=2.5e-7, rtol=0)
+
+
+def test_resize_scale_factor_divides_in_double_like_torch():
+  import torch
+  x = np.random.default_rng(2).uniform(size=(1, 30, 21, 1)).astype(np.float32)
+  for mode in ("bilinear", "bicubic"):
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), scale_factor=(7 / 3, 1.3),
+                                          mode=mode, align_corners=False).permute(0, 2, 3, 1).numpy()
+    ours = np.asarray(resize(jnp.asarray(x), ref.shape[1:3], mode, scale_factor=(7 / 3, 1.3)))
+    np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), scale_factor=(7 / 3, 1.3),
+                                        mode="nearest-exact").permute(0, 2, 3, 1).numpy()
+  np.testing.assert_array_equal(np.asarray(nearest_exact(jnp.asarray(x), ref.shape[1:3], (7 / 3, 1.3))), ref)

@@ -1,9 +1,19 @@
 """Camera metrics as VGGT (evaluation/test_co3d.py) and the Gen3R paper compute them.
 
-Poses are 4x4 world-to-camera matrices (OpenCV axes). Both trajectories are first expressed relative to their
-first camera (``E_k <- E_k E_0^-1``; VGGT does this for the ground truth, its predictions already start at the
-identity). For every unordered pair ``i < j`` the relative pose is ``inv(E_i) E_j`` (VGGT's
-``closed_form_inverse_se3(se3[i1]).bmm(se3[i2])``), for ground truth and prediction alike, and:
+Poses are 4x4 world-to-camera matrices ``E`` (OpenCV axes). For every unordered pair ``i < j`` (VGGT's
+``build_pair_index``, ``torch.combinations`` order) a relative pose is formed for ground truth and prediction
+alike. How, is a named convention (:data:`CONVENTIONS`), because VGGT's script changed:
+
+* ``"vggt"`` (default): ``E_i E_j^-1``, on the poses as given. This is the current
+  ``facebookresearch/vggt`` ``evaluation/test_co3d.py`` (``se3_to_relative_pose_error``:
+  ``gt_se3[i1].bmm(closed_form_inverse_se3(gt_se3[i2]))``).
+* ``"vggt_early"``: each trajectory is first made relative to its first camera (``E_k <- E_k E_0^-1``), then
+  ``E_i^-1 E_j`` (``closed_form_inverse_se3(se3[i1]).bmm(se3[i2])``), as an early copy of that script (still
+  found in forks) did. Per-pair errors and AUC differ from ``"vggt"`` (on noisy random 8-camera trajectories by
+  up to ~90 degrees for one pair and ~0.2 in AUC@30); both are invariant to the prediction's world frame and
+  scale, and both give AUC 1 for a prediction that equals the ground truth up to a similarity.
+
+Then, per pair:
 
 * rotation error: geodesic angle between the two relative rotations through unit quaternions,
   ``arccos(1 - 2 max(1 - (q_pred . q_gt)^2, 1e-15))`` in degrees;
@@ -24,6 +34,17 @@ import numpy as np
 from gen3r_jax.errors import require
 
 AUC_THRESHOLDS = (5, 10, 15, 30)
+# convention name -> the relative pose it forms (printed in the evaluation output)
+CONVENTIONS: dict[str, str] = {
+    "vggt": "E_i inv(E_j) (facebookresearch/vggt evaluation/test_co3d.py, current)",
+    "vggt_early": "inv(E_i') E_j' with E_k' = E_k inv(E_0) (early copy of VGGT's test_co3d.py)",
+}
+DEFAULT_CONVENTION = "vggt"
+
+
+def check_convention(convention: str) -> None:
+  require(convention in CONVENTIONS,
+          f"camera convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}.")
 
 
 def _check_poses(x, name: str) -> np.ndarray:
@@ -96,19 +117,27 @@ def pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
   return i, j
 
 
-def relative_pose_errors(w2c_pred, w2c_gt) -> tuple[np.ndarray, np.ndarray]:
+def relative_poses(w2c: np.ndarray, convention: str = DEFAULT_CONVENTION) -> np.ndarray:
+  """Relative poses ``[P, 4, 4]`` of all pairs ``i < j`` of world-to-camera matrices ``[F, 4, 4]``."""
+  check_convention(convention)
+  i, j = pair_index(w2c.shape[0])
+  if convention == "vggt":
+    return w2c[i] @ inverse_se3(w2c[j])
+  rel = w2c @ inverse_se3(w2c[:1])
+  return inverse_se3(rel[i]) @ rel[j]
+
+
+def relative_pose_errors(w2c_pred, w2c_gt, convention: str = DEFAULT_CONVENTION) -> tuple[np.ndarray, np.ndarray]:
   """Rotation and translation errors in degrees ``([P], [P])`` over all ``P = F(F-1)/2`` frame pairs."""
+  check_convention(convention)
   pred = _check_poses(w2c_pred, "predicted cameras")
   gt = _check_poses(w2c_gt, "ground-truth cameras")
   require(pred.shape[0] == gt.shape[0],
           f"camera metrics: {pred.shape[0]} predicted and {gt.shape[0]} ground-truth cameras; the frame counts "
           "must match.")
   require(pred.shape[0] >= 2, "camera metrics: need at least 2 frames to form a relative pose.")
-  pred = pred @ inverse_se3(pred[:1])
-  gt = gt @ inverse_se3(gt[:1])
-  i, j = pair_index(pred.shape[0])
-  rel_gt = inverse_se3(gt[i]) @ gt[j]
-  rel_pred = inverse_se3(pred[i]) @ pred[j]
+  rel_gt = relative_poses(gt, convention)
+  rel_pred = relative_poses(pred, convention)
   e_r = rotation_errors(rel_gt[:, :3, :3], rel_pred[:, :3, :3])
   e_t = translation_errors(rel_gt[:, :3, 3], rel_pred[:, :3, 3])
   return e_r, e_t
@@ -127,11 +156,13 @@ def auc(r_err, t_err, max_threshold: int = 30) -> float:
   return float(np.mean(np.cumsum(hist.astype(np.float64) / e.size)))
 
 
-def camera_metrics(w2c_pred, w2c_gt, thresholds=AUC_THRESHOLDS) -> dict[str, float]:
-  """AUC@tau for each threshold, RRA/RTA@30 (fractions below 30 degrees) and the mean errors."""
-  e_r, e_t = relative_pose_errors(w2c_pred, w2c_gt)
-  out = {f"auc@{int(t)}": auc(e_r, e_t, int(t)) for t in thresholds}
+def camera_metrics(w2c_pred, w2c_gt, thresholds=AUC_THRESHOLDS,
+                   convention: str = DEFAULT_CONVENTION) -> dict[str, float | int | str]:
+  """AUC@tau for each threshold, RRA/RTA@30 (fractions below 30 degrees), the mean errors and the relative-pose
+  convention used (``"convention"``, ``"relative_pose"``)."""
+  e_r, e_t = relative_pose_errors(w2c_pred, w2c_gt, convention)
+  out: dict[str, float | int | str] = {f"auc@{int(t)}": auc(e_r, e_t, int(t)) for t in thresholds}
   out.update({"rra@30": float(np.mean(e_r < 30)), "rta@30": float(np.mean(e_t < 30)),
               "rot_err_mean_deg": float(np.mean(e_r)), "trans_err_mean_deg": float(np.mean(e_t)),
-              "num_pairs": int(e_r.size)})
+              "num_pairs": int(e_r.size), "convention": convention, "relative_pose": CONVENTIONS[convention]})
   return out

@@ -4,15 +4,18 @@
 
   {"pred": ..., "gt": ..., "frames": {"num": F, "gt_indices": [...], "size": [H, W]},
    "image": {"psnr", "ssim", "lpips"?, "frames_scored", "per_frame": {...}, "notes"?},
-   "pointcloud": {"official": {...}, "corrected": {...}, "mask": "valid" | "none"},
-   "camera": {"auc@5", ..., "auc@30", "rra@30", "rta@30", ...}}
+   "pointcloud": {"official": {...}, "corrected": {...}, "mask": "valid" | "none",
+                  "nonfinite": {"policy", "pixels", "of", "fraction"}, "notes"?},
+   "camera": {"auc@5", ..., "auc@30", "rra@30", "rta@30", ..., "convention", "relative_pose"}}
 
-Choices the paper leaves open are options here, recorded in the output (``docs/evaluation.md``).
+Choices the paper leaves open are options here, recorded in the output (``docs/evaluation.md``). What the
+evaluation leaves out is said in a section's ``notes`` (printed in the table too, and warned), never silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,12 @@ from gen3r_jax.eval import pointcloud as pc
 from gen3r_jax.eval import scene as sc
 
 METRICS = ("image", "pointcloud", "camera")
+# What to do with predicted pixels whose point is NaN or infinite (``docs/evaluation.md``, "Non-finite points").
+NONFINITE_POLICIES = ("exclude", "miss", "error")
+
+
+class NonFinitePredictionWarning(UserWarning):
+  """The prediction has NaN or infinite points among the pixels the point-cloud metrics would score."""
 
 
 @dataclasses.dataclass
@@ -40,6 +49,9 @@ class EvalOptions:
   num_points: int = pc.EVAL_POINTS
   depth_png_scale: float = 1000.0
   nn_chunk: int = 512
+  ssim_convention: str = img_metrics.DEFAULT_SSIM_CONVENTION  # "torchmetrics" | "skimage"
+  camera_convention: str = cam_metrics.DEFAULT_CONVENTION  # "vggt" | "vggt_early"
+  pc_nonfinite: str = "exclude"  # "exclude" | "miss" | "error": predicted NaN/inf pixels (always reported)
 
   def validate(self) -> None:
     bad = [m for m in self.metrics if m not in METRICS]
@@ -50,6 +62,13 @@ class EvalOptions:
     require(self.pc_mask in ("valid", "none"), f"--pc_mask must be 'valid' or 'none', got {self.pc_mask!r}.")
     require(self.voxel_size > 0, f"--voxel_size must be positive, got {self.voxel_size}.")
     require(self.num_points > 0, f"--num_points must be positive, got {self.num_points}.")
+    require(self.ssim_convention in img_metrics.SSIM_CONVENTIONS,
+            f"--ssim: choose from {', '.join(img_metrics.SSIM_CONVENTIONS)}; got {self.ssim_convention!r}.")
+    require(self.camera_convention in cam_metrics.CONVENTIONS,
+            f"--camera_convention: choose from {', '.join(cam_metrics.CONVENTIONS)}; got "
+            f"{self.camera_convention!r}.")
+    require(self.pc_nonfinite in NONFINITE_POLICIES,
+            f"--pc_nonfinite: choose from {', '.join(NONFINITE_POLICIES)}; got {self.pc_nonfinite!r}.")
 
 
 def _image_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dict[str, Any]:
@@ -60,8 +79,9 @@ def _image_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dic
   keep = [i for i in range(pred.num_frames) if i not in set(opts.exclude_frames)]
   require(keep, "--exclude_frames removes every frame; nothing left to score.")
   x, y = pred.rgb[keep], gt.images[keep]
-  out: dict[str, Any] = {"frames_scored": keep}
-  per = {"psnr": np.asarray(img_metrics.psnr(x, y)), "ssim": np.asarray(img_metrics.ssim(x, y))}
+  out: dict[str, Any] = {"frames_scored": keep, "ssim_convention": opts.ssim_convention}
+  per = {"psnr": np.asarray(img_metrics.psnr(x, y)),
+         "ssim": np.asarray(img_metrics.ssim(x, y, convention=opts.ssim_convention))}
   if opts.lpips_weights:
     from gen3r_jax.eval import lpips
     per["lpips"] = lpips.lpips_distance(lpips.load_lpips(opts.lpips_weights), x, y)
@@ -75,27 +95,57 @@ def _image_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dic
 
 def _pointcloud_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dict[str, Any]:
   g_pts, g_valid = gt.world_points()
-  p_pts, p_valid = pred.world_points()
+  p_pts, p_claimed = pred.point_map()
   require(p_pts.shape == g_pts.shape,
           f"point maps differ in shape: prediction {p_pts.shape}, ground truth {g_pts.shape}.")
-  mask = (g_valid & p_valid) if opts.pc_mask == "valid" else None
-  if mask is not None:
+  p_finite = np.isfinite(p_pts).all(-1)
+  # The pixels that would be scored if every predicted point were finite, and the non-finite ones among them.
+  scope = (g_valid & p_claimed) if opts.pc_mask == "valid" else np.ones(p_finite.shape, bool)
+  nonfinite = scope & ~p_finite
+  n_bad, n_scope = int(nonfinite.sum()), int(scope.sum())
+  report = {"policy": opts.pc_nonfinite, "pixels": n_bad, "of": n_scope,
+            "fraction": n_bad / n_scope if n_scope else 0.0}
+  notes: list[str] = []
+  if n_bad:
+    msg = (f"{n_bad} of the {n_scope} prediction pixels in scope ({100.0 * report['fraction']:.3g}%) hold NaN "
+           "or infinite points")
+    require(opts.pc_nonfinite != "error", f"{pred.path}: {msg} (--pc_nonfinite=error); pass "
+            "--pc_nonfinite=exclude or miss to score the rest.")
+    msg += (": left out of both clouds (--pc_nonfinite=exclude)" if opts.pc_nonfinite == "exclude" else
+            ": scored as misses, their ground-truth points kept (--pc_nonfinite=miss)")
+    warnings.warn(msg, NonFinitePredictionWarning, stacklevel=3)
+    notes.append(msg)
+
+  p_in, g_in, miss = p_pts, g_pts, None
+  if opts.pc_mask == "valid":
+    mask = g_valid & p_claimed & (p_finite | (opts.pc_nonfinite == "miss"))
+    miss = nonfinite if opts.pc_nonfinite == "miss" and n_bad else None
     require(mask.any(), "no pixel has both valid ground-truth depth and a valid prediction: the point "
             "clouds are empty.")
-  out: dict[str, Any] = {"mask": opts.pc_mask, "voxel_size": opts.voxel_size, "num_points": opts.num_points}
+  else:
+    mask = None
+    if n_bad and opts.pc_nonfinite == "exclude":  # score every *finite* pixel (Path A on those)
+      p_in, g_in = p_pts[p_finite], g_pts[p_finite]
+    elif n_bad:
+      miss = nonfinite
+  out: dict[str, Any] = {"mask": opts.pc_mask, "voxel_size": opts.voxel_size, "num_points": opts.num_points,
+                         "nonfinite": report}
   if mask is not None:
-    out["valid_pixels"] = int(mask.sum())
+    out["valid_pixels"] = int((mask & ~nonfinite).sum())
+  if notes:
+    out["notes"] = notes
   for name in opts.pc_protocols:
-    res = pc.chamfer_metrics(p_pts, g_pts, mask, protocol=name, voxel_size=opts.voxel_size,
-                             num_points=opts.num_points, chunk=opts.nn_chunk)
+    res = pc.chamfer_metrics(p_in, g_in, mask, protocol=name, voxel_size=opts.voxel_size,
+                             num_points=opts.num_points, chunk=opts.nn_chunk, pred_missing=miss)
     out[name] = {**res.metrics(), "num_pred": res.num_pred, "num_gt": res.num_gt}
   return out
 
 
-def _camera_metrics(pred: eio.Prediction, gt: sc.Scene) -> dict[str, Any]:
+def _camera_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dict[str, Any]:
   require(pred.c2w is not None, f"{pred.path}: cameras.json is missing; the camera metrics need it "
           "(or drop 'camera' from --metrics).")
-  return cam_metrics.camera_metrics(cam_metrics.inverse_se3(pred.c2w), cam_metrics.inverse_se3(gt.c2w))
+  return cam_metrics.camera_metrics(cam_metrics.inverse_se3(pred.c2w), cam_metrics.inverse_se3(gt.c2w),
+                                    convention=opts.camera_convention)
 
 
 def evaluate(pred_dir: str, gt_dir: str, opts: EvalOptions | None = None) -> dict[str, Any]:
@@ -118,18 +168,20 @@ def evaluate(pred_dir: str, gt_dir: str, opts: EvalOptions | None = None) -> dic
   if "pointcloud" in opts.metrics:
     result["pointcloud"] = _pointcloud_metrics(pred, gt, opts)
   if "camera" in opts.metrics:
-    result["camera"] = _camera_metrics(pred, gt)
+    result["camera"] = _camera_metrics(pred, gt, opts)
   return result
 
 
 def format_table(result: dict[str, Any]) -> str:
-  """Human-readable summary of :func:`evaluate`'s result."""
+  """Human-readable summary of :func:`evaluate`'s result (the conventions used included)."""
   rows: list[tuple[str, str]] = []
   if "image" in result:
     r = result["image"]
     for k in ("psnr", "ssim", "lpips"):
       if k in r:
         rows.append((f"image/{k}", f"{r[k]:.6g}"))
+    if "ssim_convention" in r:
+      rows.append(("image/ssim_convention", r["ssim_convention"]))
     rows += [("image/note", n) for n in r.get("notes", [])]
   if "pointcloud" in result:
     r = result["pointcloud"]
@@ -137,10 +189,17 @@ def format_table(result: dict[str, Any]) -> str:
       for k in ("accuracy", "completeness", "chamfer", "relative_percent"):
         if proto in r:
           rows.append((f"pointcloud/{proto}/{k}", f"{r[proto][k]:.6g}"))
+    if "nonfinite" in r:
+      nf = r["nonfinite"]
+      rows.append(("pointcloud/nonfinite_pred", f"{nf['pixels']} of {nf['of']} pixels ({100.0 * nf['fraction']:.3g}%), "
+                   f"policy {nf['policy']}"))
+    rows += [("pointcloud/note", n) for n in r.get("notes", [])]
   if "camera" in result:
     r = result["camera"]
     for k in ("auc@30", "auc@15", "auc@10", "auc@5", "rra@30", "rta@30"):
       rows.append((f"camera/{k}", f"{r[k]:.4f}"))
+    if "convention" in r:
+      rows.append(("camera/convention", f"{r['convention']}: {r['relative_pose']}"))
   width = max([len(k) for k, _ in rows] + [6])
   lines = [f"{'metric':<{width}}  value", "-" * (width + 8)]
   lines += [f"{k:<{width}}  {v}" for k, v in rows]

@@ -4,10 +4,20 @@ Inputs are channels-last frames ``[F, H, W, C]`` in ``[0, data_range]`` (``data_
 paper's videos are scored in ``[0, 1]``). Both functions return one value per frame ``[F]``; the evaluation
 driver reports the mean over frames.
 
-SSIM follows the common reference implementations (Wang et al. 2004; torchmetrics / scikit-image with
-``gaussian_weights=True``): an 11-tap Gaussian window with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, biased local
-(co)variances ``E[xy] - E[x]E[y]``, valid-region averaging (torchmetrics' reflect padding is cropped away again,
-which leaves exactly the valid region), mean over channels and pixels.
+SSIM (Wang et al. 2004): an 11-tap Gaussian window with sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, biased local
+(co)variances ``E[xy] - E[x]E[y]``, mean over channels and pixels. The two reference libraries differ in which
+pixels of the SSIM map they average, so the convention is a named setting (``SSIM_CONVENTIONS``):
+
+* ``"torchmetrics"`` (default): torchmetrics' ``structural_similarity_index_measure`` (1.4.3, the version Gen3R
+  pins, and later): both images are reflect-padded by ``(window - 1) // 2``, the map is computed at every pixel
+  of the original size (the window reads reflected pixels near the border) and averaged over the whole map; the
+  local variances are clamped at 0. Matches ``torchmetrics`` to a few 1e-6 (float32 moments on both sides).
+* ``"skimage"``: scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=...)`` (channel axis last): the map is averaged over the valid region
+  only (``(window - 1) // 2`` pixels cropped on every side). Matches scikit-image to ~3e-7.
+
+The two differ by up to ~5e-3 on small images (the border band is a larger share of the pixels), less at
+560 x 560.
 
 PSNR is ``10 log10(data_range^2 / MSE)`` per frame. (torchmetrics' ``PeakSignalNoiseRatio`` with ``dim=None``
 would pool the MSE over the whole batch instead; we average per-frame PSNR, the usual choice for video.)
@@ -27,6 +37,8 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+SSIM_CONVENTIONS = ("torchmetrics", "skimage")
+DEFAULT_SSIM_CONVENTION = "torchmetrics"
 
 
 def check_frames(pred, gt, name: str = "frames", min_size: int = 1) -> None:
@@ -63,11 +75,15 @@ def _blur_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
                                       precision=prec)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "sigma", "data_range"))
-def _ssim(pred, gt, *, window: int, sigma: float, data_range: float):
+@functools.partial(jax.jit, static_argnames=("window", "sigma", "data_range", "convention"))
+def _ssim(pred, gt, *, window: int, sigma: float, data_range: float, convention: str):
   taps = jnp.asarray(gaussian_window(window, sigma))
   x = pred.astype(jnp.float32)
   y = gt.astype(jnp.float32)
+  if convention == "torchmetrics":  # reflect padding (no edge repeat, as torch's "reflect"): a same-size map
+    p = (window - 1) // 2
+    pad = ((0, 0), (p, p), (p, p), (0, 0))
+    x, y = jnp.pad(x, pad, mode="reflect"), jnp.pad(y, pad, mode="reflect")
   c1 = (SSIM_K1 * data_range) ** 2
   c2 = (SSIM_K2 * data_range) ** 2
   # One filter pass over the five moment maps, stacked on the batch axis.  [5F, H', W', C]
@@ -75,17 +91,30 @@ def _ssim(pred, gt, *, window: int, sigma: float, data_range: float):
   mx, my, mxx, myy, mxy = jnp.split(stats, 5, axis=0)
   vx = mxx - mx * mx
   vy = myy - my * my
+  if convention == "torchmetrics":
+    vx, vy = jnp.maximum(vx, 0.0), jnp.maximum(vy, 0.0)
   cxy = mxy - mx * my
   num = (2.0 * mx * my + c1) * (2.0 * cxy + c2)
   den = (mx * mx + my * my + c1) * (vx + vy + c2)
   return jnp.mean(num / den, axis=(1, 2, 3))  # [F]
 
 
-def ssim(pred, gt, *, data_range: float = 1.0, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> jax.Array:
-  """Per-frame SSIM of ``pred`` against ``gt``, both ``[F, H, W, C]`` in ``[0, data_range]``. Returns ``[F]``."""
+def check_ssim_convention(convention: str) -> None:
+  require(convention in SSIM_CONVENTIONS,
+          f"ssim convention must be one of {', '.join(SSIM_CONVENTIONS)}, got {convention!r}.")
+
+
+def ssim(pred, gt, *, data_range: float = 1.0, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
+         convention: str = DEFAULT_SSIM_CONVENTION) -> jax.Array:
+  """Per-frame SSIM of ``pred`` against ``gt``, both ``[F, H, W, C]`` in ``[0, data_range]``. Returns ``[F]``.
+
+  ``convention``: ``"torchmetrics"`` (map over the reflect-padded image, averaged everywhere) or ``"skimage"``
+  (valid region only); see the module docstring.
+  """
+  check_ssim_convention(convention)
   check_frames(pred, gt, "ssim", min_size=window)
   return _ssim(jnp.asarray(pred), jnp.asarray(gt), window=int(window), sigma=float(sigma),
-               data_range=float(data_range))
+               data_range=float(data_range), convention=convention)
 
 
 @functools.partial(jax.jit, static_argnames=("data_range",))

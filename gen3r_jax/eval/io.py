@@ -65,15 +65,24 @@ class Prediction:
         return int(x.shape[1]), int(x.shape[2])
     return None
 
-  def world_points(self) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted point map ``[F, H, W, 3]`` and validity ``[F, H, W]``: ``points.npz`` or unprojected depth."""
+  def point_map(self) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted point map ``[F, H, W, 3]`` and the pixels the prediction claims ``[F, H, W]``: ``points.npz``
+    with its ``masks`` (all pixels without them), or ``depth.npz`` unprojected with ``cameras.json`` where the
+    depth is not ``<= 0``. Claimed pixels may still hold NaN or infinite points (see :meth:`world_points`)."""
     if self.points is not None:
       m = self.masks if self.masks is not None else np.ones(self.points.shape[:3], bool)
-      return self.points, m & np.isfinite(self.points).all(-1)
+      return self.points, m
     require(self.depth is not None and self.c2w is not None,
             f"{self.path}: the prediction has neither points.npz nor depth.npz + cameras.json; the point-cloud "
             "metrics need one of them (or drop 'pointcloud' from --metrics).")
-    return unproject(self.depth, self.K, self.c2w), np.isfinite(self.depth) & (self.depth > 0)
+    with np.errstate(invalid="ignore"):
+      return unproject(self.depth, self.K, self.c2w), ~(self.depth <= 0)
+
+  def world_points(self) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted point map ``[F, H, W, 3]`` and validity ``[F, H, W]``: the claimed pixels of :meth:`point_map`
+    whose point is finite."""
+    pts, claimed = self.point_map()
+    return pts, claimed & np.isfinite(pts).all(-1)
 
 
 def read_video(path: str) -> np.ndarray:

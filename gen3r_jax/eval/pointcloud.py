@@ -159,7 +159,7 @@ class ChamferResult:
 
 def chamfer_metrics(pred, gt, mask=None, *, protocol: str = "official", voxel_size: float = 0.005,
                     downsample: bool = True, num_points: int = EVAL_POINTS, squared: bool = False,
-                    chunk: int = 512) -> ChamferResult:
+                    chunk: int = 512, pred_missing=None) -> ChamferResult:
   """Align ``pred`` to ``gt`` and score it.
 
   Args:
@@ -172,6 +172,10 @@ def chamfer_metrics(pred, gt, mask=None, *, protocol: str = "official", voxel_si
     num_points: FPS target per cloud (20k in the paper).
     squared: average squared distances instead of distances.
     chunk: query rows per nearest-neighbour block (memory ``chunk x num_points`` floats).
+    pred_missing: optional bool ``[F, H, W]``: pixels where the prediction has no point (e.g. NaN), scored as
+      misses. They stay in the ground-truth cloud (within ``mask``) and are left out of the predicted cloud and of
+      the alignment, so completeness counts each such ground-truth point at its distance to the nearest
+      predicted point. Their predicted values are never read.
   """
   require(protocol in PROTOCOLS, f"chamfer_metrics: protocol must be one of {PROTOCOLS}, got {protocol!r}.")
   p = np.asarray(pred, np.float32)
@@ -186,16 +190,28 @@ def chamfer_metrics(pred, gt, mask=None, *, protocol: str = "official", voxel_si
     require(mask.any(), "chamfer_metrics: the mask selects no points (empty point cloud after masking).")
   p_flat, g_flat = p.reshape(-1, 3), g.reshape(-1, 3)
   m_flat = None if mask is None else mask.reshape(-1)
-  used = slice(None) if m_flat is None else m_flat
-  for name, x in (("pred", p_flat[used]), ("gt", g_flat[used])):
+  miss = np.zeros(p_flat.shape[0], bool)
+  if pred_missing is not None:
+    miss = np.asarray(pred_missing, bool)
+    require(miss.shape == p.shape[:-1], f"chamfer_metrics: pred_missing {miss.shape} must be {p.shape[:-1]}.")
+    miss = miss.reshape(-1)
+  used = np.ones(p_flat.shape[0], bool) if m_flat is None else m_flat
+  has_pred = used & ~miss  # pixels whose predicted point is scored and used for the alignment
+  require(has_pred.any(), "chamfer_metrics: no predicted point left to score (every pixel is missing).")
+  for name, x in (("pred", p_flat[has_pred]), ("gt", g_flat[used])):
     bad = int((~np.isfinite(x).all(axis=1)).sum())
     if bad:
       raise Gen3RInputError(f"chamfer_metrics: {bad} {name} point(s) are NaN or infinite; mask them out.")
 
-  align_mask = _alignment_mask(p_flat, g_flat, protocol) if m_flat is None else m_flat
-  r, t, s = similarity_align(p_flat, g_flat, align_mask, scale="spread" if protocol == "official" else "umeyama")
+  if m_flat is None:  # Path A: the alignment subset is drawn from the pixels that have a predicted point
+    align_mask = np.zeros_like(has_pred)
+    align_mask[has_pred] = _alignment_mask(p_flat[has_pred], g_flat[has_pred], protocol)
+  else:
+    align_mask = has_pred
+  r, t, s = similarity_align(np.where(has_pred[:, None], p_flat, 0.0), g_flat, align_mask,
+                             scale="spread" if protocol == "official" else "umeyama")
   p_al = apply_sim3(p_flat, r, t, s)
-  p_pts, g_pts = (p_al, g_flat) if m_flat is None else (p_al[m_flat], g_flat[m_flat])
+  p_pts, g_pts = p_al[has_pred], g_flat[used]
   if downsample:
     pad = protocol == "official"
     p_pts = _subsample(p_pts, voxel_size, num_points, pad)

@@ -3,7 +3,12 @@
 * :class:`ChannelRMSNorm`: Wan VAE's ``RMS_norm`` = ``F.normalize(x, dim=channels) * sqrt(C) * gamma``
   (``x / max(||x||_2, 1e-12)``), over the last (channel) axis.
 * :class:`RMSNorm`: ``x * rsqrt(mean(x^2) + eps) * weight`` (Wan DiT, umT5).
-* :class:`LayerNorm`: standard layer norm with optional scale/bias (VGGT, CLIP, DiT).
+* :class:`LayerNorm`: standard layer norm with optional scale/bias (VGGT, CLIP, DiT). The statistics are taken
+  on values shifted by the row's first element (``x - x[..., :1]``; the result is shift-invariant), then centred
+  for the variance. Without the shift, ``mean(x)`` of a row of one repeated large value is off by a rounding
+  error ``d`` (e.g. 1e6 over 1000 elements: d = 0.06), and ``(x - mean) / sqrt(d^2 + eps)`` returns +-1 where
+  PyTorch (Welford) returns 0; with it, such a row gives exactly 0, and rows with a large common offset keep
+  their precision.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ def rms_norm(x: jax.Array, weight: jax.Array | None, eps: float) -> jax.Array:
 
 def layer_norm(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, eps: float) -> jax.Array:
   xf = x.astype(jnp.float32)
-  mean = jnp.mean(xf, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-  y = (xf - mean) * jax.lax.rsqrt(var + eps)
+  xs = xf - xf[..., :1]  # shifted data: exact zeros for a constant row, no cancellation for a large offset
+  xc = xs - jnp.mean(xs, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xc), axis=-1, keepdims=True)
+  y = xc * jax.lax.rsqrt(var + eps)
   if scale is not None:
     y = y * scale.astype(jnp.float32)
   if bias is not None:

@@ -7,10 +7,18 @@ and the settings of ``config.run`` (task, cameras, frames, steps, guidance, shif
 golden run). Every recorded stage is compared with the group tolerance of ``tolerance.float32_tensors``;
 float16-stored tensors use the float16 tolerance, point masks may flip on a few pixels (percentile thresholds).
 A 2view / allview variant of the fixture (same layout, other ``run.task`` and control images) runs unchanged.
+
+Cameras from a cameras file (``run.cameras`` is then not a built-in trajectory name, as ``infer.py --cameras
+path.json``): the fixture stores them in ``inputs.safetensors`` as ``c2ws_raw`` ``[F, 4, 4]`` (the inverse of the
+file's world-to-camera ``extrinsics`` at the frames used) and ``Ks`` ``[1, F, 3, 3]``, and records no VGGT
+estimate. The case writes them back out as a cameras JSON file in the official format (``extrinsics`` =
+``inv(c2ws_raw)``, ``intrinsics``) and passes its path, the way a user's file reaches the sampler.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
 from typing import Iterator
@@ -18,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from gen3r_jax.convert.bundle import COMPONENTS, convert_bundle, load_bundle
+from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES
 from gen3r_jax.sampling.pipeline import SampleOptions, generate
 from gen3r_jax.testing.parity import Check
 
@@ -50,6 +59,26 @@ def options(fx) -> SampleOptions:
                        max_sequence_length=int(run.get("max_sequence_length", 512)), size=int(run["height"]))
 
 
+def uses_cameras_file(fx) -> bool:
+  """True for the cameras-file variant: ``run.cameras`` is not a built-in trajectory name."""
+  cams = fx.config["run"]["cameras"]
+  return not (isinstance(cams, str) and cams in BUILTIN_TRAJECTORIES)
+
+
+def write_cameras_file(fx, path: str) -> str:
+  """The variant's stored cameras as a cameras JSON file in the official format (``infer.py --cameras``):
+  ``extrinsics`` world-to-camera ``[F, 4, 4]`` (the inverse of ``c2ws_raw``) and ``intrinsics`` ``[F, 3, 3]``."""
+  for name in ("c2ws_raw", "Ks"):
+    if not fx.has(name):
+      raise KeyError(f"{fx.name}: run.cameras {fx.config['run']['cameras']!r} is not a built-in trajectory, so "
+                     f"the fixture must store the cameras ({name!r} is missing; see README-pipeline.md, Variants)")
+  c2ws = np.asarray(fx.tensor("c2ws_raw"), np.float64).reshape(-1, 4, 4)
+  ks = np.asarray(fx.tensor("Ks"), np.float64).reshape(-1, 3, 3)
+  with open(path, "w") as f:
+    json.dump({"extrinsics": np.linalg.inv(c2ws).tolist(), "intrinsics": ks.tolist()}, f)
+  return path
+
+
 def pt_latents(a) -> np.ndarray:
   """``[B, f, h, w, C]`` -> PyTorch ``[B, C, f, h, w]``."""
   return np.moveaxis(np.asarray(a), -1, 1)
@@ -61,10 +90,13 @@ def run_pipeline(fx, dtype: str = "float32", workdir: str | None = None) -> dict
     ckpt = os.path.join(tmp, "bundle")
     convert_bundle(os.path.join(fx.path, "checkpoint"), ckpt, overrides=overrides(fx), log=lambda *a: None)
     bundle = load_bundle(ckpt, dtype=dtype)
-  images = np.moveaxis(fx.tensor("control_images")[0].astype(np.float32), 1, -1)      # [V, H, W, 3]
-  latents = np.moveaxis(fx.tensor("latents_init").astype(np.float32), 1, -1)          # [1, f, h, 2w, 16]
-  return generate(bundle, images, fx.config["run"]["prompt"], options(fx), latents=latents, record=True,
-                  progress=False)
+    opts = options(fx)
+    if uses_cameras_file(fx):
+      opts = dataclasses.replace(opts, cameras=write_cameras_file(fx, os.path.join(tmp, "cameras.json")))
+    images = np.moveaxis(fx.tensor("control_images")[0].astype(np.float32), 1, -1)    # [V, H, W, 3]
+    latents = np.moveaxis(fx.tensor("latents_init").astype(np.float32), 1, -1)        # [1, f, h, 2w, 16]
+    return generate(bundle, images, fx.config["run"]["prompt"], opts, latents=latents, record=True,
+                    progress=False)
 
 
 def run(fx, dtype: str) -> Iterator[Check]:
@@ -125,4 +157,4 @@ def run(fx, dtype: str) -> Iterator[Check]:
   yield from (c for c in checks if c is not None)
 
 
-__all__ = ("run", "run_pipeline", "overrides", "options", "GROUPS")
+__all__ = ("run", "run_pipeline", "overrides", "options", "uses_cameras_file", "write_cameras_file", "GROUPS")

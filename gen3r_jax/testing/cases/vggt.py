@@ -73,9 +73,27 @@ def run(fx: Fixture, dtype: str = "float32") -> Iterator[Check]:
   ext, intr = pose_encoding_to_extri_intri(jnp.asarray(fx.tensor("pose_enc")), (hh, ww))
   yield Check("extrinsic", np.asarray(ext))
   yield Check("intrinsic", np.asarray(intr))
+  yield from unprojection_checks(fx)
+
+
+def unprojection_checks(fx: Fixture) -> Iterator[Check]:
+  """``unproject_depth_map_to_point_map`` on the stored depth and cameras, once per batch element.
+
+  The reference runs it per batch element (numpy, one ``[S, H, W, 1]`` depth at a time). The stored outputs hold
+  ``B'`` of them (``B' = 1``, element 0 only, as the pipeline does, in the fixture as shipped; a batch variant may
+  store every element): we compute all ``B`` and compare the first ``B'``, so a fixture with more stored elements
+  than batch elements fails on shape rather than passing on a subset.
+  """
   depth, e, k = fx.tensor("depth"), fx.tensor("extrinsic"), fx.tensor("intrinsic")
-  pts, masks = unproject_depth_map_to_point_map(depth[0], e[0], k[0], min_max_depth_mask=False)
-  _, masks_mm = unproject_depth_map_to_point_map(depth[0], e[0], k[0], min_max_depth_mask=True)
-  yield Check("unprojected_points", pts[None])
-  yield Check("point_masks", masks[None].astype(np.uint8), kind="mask")
-  yield Check("point_masks_min_max", masks_mm[None].astype(np.uint8), kind="mask")
+  pts, masks, masks_mm = [], [], []
+  for b in range(depth.shape[0]):
+    p, m = unproject_depth_map_to_point_map(depth[b], e[b], k[b], min_max_depth_mask=False)
+    _, mm = unproject_depth_map_to_point_map(depth[b], e[b], k[b], min_max_depth_mask=True)
+    pts.append(p)
+    masks.append(m)
+    masks_mm.append(mm)
+  for name, ours, kind in (("unprojected_points", np.stack(pts), "allclose"),
+                           ("point_masks", np.stack(masks).astype(np.uint8), "mask"),
+                           ("point_masks_min_max", np.stack(masks_mm).astype(np.uint8), "mask")):
+    stored = fx.tensor(name).shape[0]
+    yield Check(name, ours[:stored] if stored <= ours.shape[0] else ours, kind=kind)
