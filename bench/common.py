@@ -36,7 +36,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-H100_BF16_DENSE_TFLOPS = 989.4   # H100 SXM5 dense bf16 tensor-core peak (NVIDIA datasheet), for MFU
+# Dense bf16 tensor-core peaks by device kind (NVIDIA datasheets; the H200 SXM has the H100 SXM's arithmetic),
+# matched as substrings of ``device_kind``, first match wins. MFU/HFU use the card the benchmark runs on.
+BF16_DENSE_TFLOPS: tuple[tuple[str, float, str], ...] = (
+    ("H200", 989.4, "H200 SXM dense bf16 (datasheet; the H100 SXM's rate)"),
+    ("H100 PCIe", 756.0, "H100 PCIe dense bf16 (datasheet)"),
+    ("H100", 989.4, "H100 SXM dense bf16 (datasheet)"),
+    ("A100", 312.0, "A100 dense bf16 (datasheet)"),
+)
+
+
+def peak_bf16_tflops(device=None) -> tuple[float | None, str | None]:
+  """``(dense bf16 TFLOP/s, source)`` of ``device`` (default: the first local one); ``(None, None)`` when unknown."""
+  dev = device or jax.local_devices()[0]
+  kind = str(getattr(dev, "device_kind", ""))
+  for key, tflops, source in BF16_DENSE_TFLOPS:
+    if key.lower() in kind.lower():
+      return tflops, source
+  return None, None
 _GAINS = ("gamma", "scale", "weight")
 
 

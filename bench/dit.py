@@ -27,7 +27,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from bench.common import count_flops, param_count, peak_memory_bytes, row_base, time_jitted
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
 from gen3r_jax.models.wan.transformer import WanDiT, abstract_model, create
-from gen3r_jax.nn.attention import resolve_implementation
+from gen3r_jax.nn.attention import chosen_implementations
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh, spec_for
 
@@ -129,7 +129,7 @@ def run(batch: int = 2, frames: int = 13, h: int = 70, w: int = 140, dtype: str 
               "context": [batch, cfg.text_len, cfg.text_dim], "clip_fea": [batch, cfg.clip_tokens, cfg.clip_dim],
               "y_camera": [batch, frames, 8 * h, 8 * w, cfg.in_dim_control_adapter] if camera else None},
       tokens=(frames // pt) * (h // ph) * (w // pw), params=n_params,
-      attention=resolve_implementation(attention, jnp.dtype(dtype)), init_s=init_s, **t,
+      attention=attention, attention_chosen=chosen_implementations(), init_s=init_s, **t,
       iters=t["repeats"], tflops_per_s=t["tflops"], peak_bytes=peak,
       flops_counted="matmuls+convs, hand formula forward_flops (attention 4 L^2 D per layer)")
 

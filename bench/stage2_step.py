@@ -16,8 +16,8 @@ encoded (no frozen models). The step donates the state and is timed over ``repea
 
 MFU: ``model_flops`` = 3 x the analytic forward (:func:`bench.dit.forward_flops`: forward + 2 x for the
 backward); ``hardware_flops`` adds the forward recomputed by ``remat="full"`` (4 x), or the first FFN matmul of
-every block with ``remat="attention"`` (which keeps the attention outputs and projections). ``mfu`` = model FLOPs / step time / (devices x peak) with the H100 SXM dense bf16 peak
-(989.4 TFLOP/s, ``peak_tflops_per_device``); ``hfu`` likewise with the hardware FLOPs. Flash attention's own
+every block with ``remat="attention"`` (which keeps the attention outputs and projections). ``mfu`` = model FLOPs / step time / (devices x peak) with the card's dense bf16 peak
+(``bench.common.BF16_DENSE_TFLOPS``: 989.4 TFLOP/s for H100/H200 SXM, ``peak_tflops_per_device``); ``hfu`` likewise with the hardware FLOPs. Flash attention's own
 backward recompute of ``QK^T`` is not in either count.
 """
 
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
-from bench.common import H100_BF16_DENSE_TFLOPS, param_count, row_base, time_jitted
+from bench.common import param_count, peak_bf16_tflops, row_base, time_jitted
 from bench.dit import SIZES, forward_flops
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
 from gen3r_jax.models.wan.transformer import WanDiT
@@ -84,9 +84,13 @@ def _batch(cfg: WanDiTConfig, b: int, f: int, h: int, w: int, sharding) -> dict:
 
 def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = "bfloat16", *,
         frames: int = 49, image: int = 560, batch_per_device: int = 1, repeats: int = 5, warmup: int = 1,
-        attention: str = "auto", peak_tflops: float = H100_BF16_DENSE_TFLOPS, quick: bool = False) -> dict:
-  """Time ``repeats`` consecutive train steps (state donated) on ``devices`` GPUs (fsdp)."""
+        attention: str = "auto", peak_tflops: float | None = None, quick: bool = False) -> dict:
+  """Time ``repeats`` consecutive train steps (state donated) on ``devices`` GPUs (fsdp).
+
+  ``peak_tflops``: per-device peak for MFU (default: the card's, :func:`bench.common.peak_bf16_tflops`).
+  """
   del quick
+  remat = "none" if remat is None else str(remat)   # `--kw remat=none` parses to None
   devs = jax.devices()[:devices]
   if len(devs) < devices:
     raise ValueError(f"devices={devices} but only {len(devs)} are visible")
@@ -119,7 +123,10 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   pt, ph, pw = cfg.patch_size
   tokens = b * (f // pt) * (h // ph) * (2 * h // pw)
   on_gpu = jax.devices()[0].platform == "gpu"
-  peak = peak_tflops if on_gpu else None
+  card_peak, card_source = peak_bf16_tflops()
+  peak = (peak_tflops or card_peak) if on_gpu else None
+  source = ("given (peak_tflops)" if peak_tflops else card_source) if peak else None
+  from gen3r_jax.nn.attention import chosen_implementations
   return row_base(
       "stage2_train_step", dtype=dtype, ref_key="stage2_step", size=size, param_dtype="float32",
       master_params="float32", remat=remat, devices=devices, mesh=dict(mesh.shape), batch=b,
@@ -129,7 +136,8 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
               "y_camera": [b, f, 8 * h, 16 * h, cfg.in_dim_control_adapter]},
       params=param_count(state["params"]), init_s=init_s, **t, tokens=tokens, tokens_per_s=tokens / step_s,
       model_tflop=model_flops / 1e12, hardware_tflop=hw_flops / 1e12, hardware_tflops=hw_flops / step_s / 1e12,
-      peak_tflops_per_device=peak, peak_source="H100 SXM dense bf16 (datasheet)" if peak else None,
+      peak_tflops_per_device=peak, peak_source=source, attention=attention,
+      attention_chosen=sorted(set(chosen_implementations().values())) or [attention],
       mfu=model_flops / step_s / 1e12 / (devices * peak) if peak else None,
       hfu=hw_flops / step_s / 1e12 / (devices * peak) if peak else None,
       flops_counted="model = 3 x forward_flops (hand formula); hardware adds the remat recompute (full: 4 x; attention: + the FFN's first matmul)")

@@ -18,6 +18,7 @@ from flax import nnx
 from bench.common import abstract_like, count_flops, random_split, param_count, row_base, time_jitted
 from gen3r_jax.models.vggt.config import VGGTConfig
 from gen3r_jax.models.vggt.model import VGGT, abstract_model
+from gen3r_jax.nn.attention import chosen_implementations
 
 SIZES = {"full": VGGTConfig.vggt_1b, "1b": VGGTConfig.vggt_1b, "tiny": VGGTConfig.tiny}
 TINY = dict(frames=2, image=28, repeats=2)   # bench.run --size tiny (CPU smoke)
@@ -44,5 +45,6 @@ def run(frames: int = 49, image: int = 560, batch: int = 1, dtype: str = "bfloat
   return row_base("vggt_forward", dtype=dtype, ref_key="vggt_forward", size=size, param_dtype=cfg.param_dtype,
                   shapes={"images": [batch, frames, image, image, 3]}, batch=batch, frames=frames, image=image,
                   tokens_per_frame=cfg.patch_start_idx + (image // p) ** 2, frames_chunk_size=frames_chunk_size,
-                  params=param_count(state), attention=attention, init_s=init_s, **t,
+                  params=param_count(state), attention=attention, attention_chosen=chosen_implementations(),
+                  init_s=init_s, **t,
                   flops_counted="matmuls+convs of aggregator + camera/depth/point heads (traced, XLA attention)")

@@ -31,14 +31,18 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import cpu_debug  # noqa: E402
 from tests.helpers import one_train_step, set_nested  # noqa: E402
 import gpu_h100  # noqa: E402
+import gpu_h200  # noqa: E402
 import tpu_v5  # noqa: E402
 
 
 def stage2_config(steps=1, size=128, **kw):
   """``cpu_debug.py:stage2`` for tests; ``size`` is the frame size the pre-encoded latents stand for (the fast
-  tests use 128: 16 x 32 joint latents, 128 DiT tokens; online frames must be 560)."""
+  tests use 128: 16 x 32 joint latents, 128 DiT tokens). Online frames are ``model.token_grid x 14``: a size that
+  is a multiple of 56 sets the grid (560: the release's 40)."""
   c = cpu_debug.get_config("stage2")
   c.data.height = c.data.width = size
+  if size % 56 == 0:
+    c.model.token_grid = size // 14
   c.tensorboard = False
   c.num_train_steps = steps
   c.checkpoint.every = 1000
@@ -254,7 +258,7 @@ def _launch_dry_run(config_arg, tmp_path):
   return p.stdout
 
 
-@pytest.mark.parametrize("module", [tpu_v5, gpu_h100])
+@pytest.mark.parametrize("module", [tpu_v5, gpu_h100, gpu_h200])
 def test_dry_run_table_for_every_stage2_entry(module, tmp_path):
   name = os.path.basename(module.__file__)
   out = _launch_dry_run(os.path.join(ROOT, "configs", name), tmp_path)

@@ -167,7 +167,8 @@ def test_remat_policies_agree_in_value_and_grad():
   for remat in ("full", "attention"):
     v, g = jax.jit(jax.value_and_grad(loss(remat), argnums=1))(state, x)
     np.testing.assert_allclose(v, ref_v, rtol=1e-5)
-    np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-6)
+    # float32 rounding of the recomputed forward (XLA fuses it differently): relative to the gradient's scale
+    np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-4 * float(np.abs(ref_g).max()))
   # "attention" keeps exactly the tagged [B, L, D]-sized values of every block (not the FFN hidden)
   block = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
   one = checkpointed(lambda x: jnp.sum(block(x, e0, rope, txt, img) ** 2), "attention")

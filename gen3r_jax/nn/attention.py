@@ -6,11 +6,23 @@
 Implementations:
   * ``"xla"``: reference einsum path; logits and softmax in float32, works on every backend and dtype.
   * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (flash attention on NVIDIA GPUs;
-    needs bf16/fp16 inputs and head dim <= 128 for the fused kernel).
+    needs bf16/fp16 inputs and head dim <= 128 for the fused kernel); takes a bias or mask.
+  * ``"fa3"``: FlashAttention-3's forward (Hopper, sm90) through the optional package ``flash-attn3-jax``
+    (``pip install 'gen3r-jax[fa3]'``, an XLA FFI custom call); bf16/fp16, no bias or mask, any sequence length
+    as it is. Differentiated, it runs cuDNN's forward and backward instead (the package's own backward is wrong
+    at many shapes: :func:`fa3_attention`), so it speeds up sampling and leaves training as with ``cudnn``.
   * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.parallel.splash`); no bias
     or mask. Off TPU it is an error unless Pallas interpret mode is on
     (``gen3r_jax.parallel.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
-  * ``"auto"``: ``cudnn`` on GPU when the dtype allows it, else ``xla``.
+  * ``"auto"``: per call shape, the fastest *available* implementation of :data:`GPU_PREFERENCE` on a GPU with
+    bf16/fp16 inputs (measured on H200, ``bench/RESULTS.md`` "Attention kernels": FA3 for head dim 128 — the
+    DiT —, cuDNN for head dim 64 — VGGT, CLIP — and wherever a bias or mask is given), else ``xla``. A kernel
+    whose package is missing is simply not chosen; ``auto`` never fails because of it. Each new choice is
+    logged once (logger ``gen3r_jax.nn.attention``, INFO) and recorded in :func:`chosen_implementations`.
+
+Models take the implementation from their config (``attention="auto"|"xla"|"cudnn"|"fa3"|...``), so the choice
+is overridable per model. An explicitly named kernel that cannot run (package absent, not a GPU) is an error
+naming the fix.
 
 Context parallelism: inside ``gen3r_jax.parallel.context.use_context_parallel(mesh, strategy)`` (mesh with
 ``context > 1``) :func:`attention` routes unmasked calls through ``context_attention`` (``shard_map`` over the
@@ -20,21 +32,120 @@ hook (what runs on each shard).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import math
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "splash")
+GPU_KERNELS = ("cudnn", "fa3")          # fused GPU kernels (bf16/fp16 only)
+MASKABLE = ("xla", "cudnn")             # the implementations that take a bias or mask
+
+# ``auto`` on a GPU: candidates in order of measured speed per head dim (H200, jax 0.11.2, 2026-12-04,
+# bench/RESULTS.md "Attention kernels"); the first one available and able to run the call wins.
+GPU_PREFERENCE: dict[int, tuple[str, ...]] = {
+    128: ("fa3", "cudnn"),   # DiT: FA3 629 vs cuDNN 559 TFLOP/s forward on the ragged 31,850-token length
+    64: ("cudnn", "fa3"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
+}
+GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3")   # other head dims
+
+FA3_PACKAGE = "flash_attn3_jax"
+_log = logging.getLogger(__name__)
+_CHOSEN: dict[tuple, str] = {}
 
 
-def resolve_implementation(implementation: str, dtype) -> str:
+@functools.cache
+def _has_package(module: str) -> bool:
+  return importlib.util.find_spec(module) is not None
+
+
+def _gpu_capability() -> tuple[int, int] | None:
+  """Compute capability of the first GPU device, ``None`` off GPU."""
+  if jax.default_backend() != "gpu":
+    return None
+  cc = getattr(jax.devices()[0], "compute_capability", None)
+  try:
+    major, minor = (int(x) for x in str(cc).split(".")[:2])
+  except (TypeError, ValueError):
+    return (0, 0)
+  return major, minor
+
+
+def kernel_available(name: str) -> bool:
+  """Can ``name`` run here: the backend, the chip (FA3 is Hopper-only) and the optional package."""
+  if name == "xla":
+    return True
+  if name == "splash":
+    return jax.default_backend() == "tpu"
+  cap = _gpu_capability()
+  if cap is None:
+    return False
+  if name == "cudnn":
+    return True
+  if name == "fa3":
+    return cap[0] == 9 and _has_package(FA3_PACKAGE)
+  return False
+
+
+def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
+  if masked and name not in MASKABLE:
+    return False
+  if name == "fa3" and head_dim is not None and (head_dim > 256 or head_dim % 8):
+    return False
+  if name == "cudnn" and head_dim is not None and head_dim > 128:
+    return False
+  return True
+
+
+def resolve_implementation(implementation: str, dtype, head_dim: int | None = None, *, masked: bool = False,
+                           available=kernel_available) -> str:
+  """The implementation :func:`local_attention` runs for ``implementation`` (``"auto"`` resolved).
+
+  Args:
+    dtype: the q/k/v dtype (fused GPU kernels need bf16/fp16).
+    head_dim: picks the row of :data:`GPU_PREFERENCE` (``None``: :data:`GPU_DEFAULT`).
+    masked: a bias or mask is given (only ``xla`` and ``cudnn`` take one).
+    available: ``name -> bool`` (default :func:`kernel_available`; tests pass their own).
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-  if implementation == "auto":
-    on_gpu = jax.default_backend() == "gpu"
-    return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
-  return implementation
+  if implementation != "auto":
+    return implementation
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or not available("cudnn"):
+    return "xla"
+  for name in GPU_PREFERENCE.get(head_dim, GPU_DEFAULT) if head_dim is not None else GPU_DEFAULT:
+    if available(name) and _supports(name, head_dim=head_dim, masked=masked):
+      return name
+  return "xla"
+
+
+def chosen_implementations() -> dict[str, str]:
+  """What ``auto`` picked so far in this process: ``"q [B,Lq,H,D] k [B,Lk,H,D] dtype" -> implementation``."""
+  return {" ".join(str(list(p)) if isinstance(p, tuple) else p for p in key if p): impl
+          for key, impl in _CHOSEN.items()}
+
+
+def _record(implementation: str, q, k, masked: bool, impl: str) -> None:
+  if implementation != "auto":
+    return
+  key = ("q", tuple(q.shape), "k", tuple(k.shape), str(jnp.dtype(q.dtype)), "masked" if masked else "")
+  if key not in _CHOSEN:
+    _CHOSEN[key] = impl
+    _log.info("attention auto: %s for q %s k %s %s%s", impl, tuple(q.shape), tuple(k.shape),
+              jnp.dtype(q.dtype).name, " (masked)" if masked else "")
+
+
+def _require_runnable(impl: str) -> None:
+  if impl in GPU_KERNELS and not kernel_available(impl):
+    from gen3r_jax.errors import Gen3RInputError
+    if impl == "fa3" and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
+      raise Gen3RInputError("attention='fa3' needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
+                            "(or set attention='auto', which falls back to cuDNN).")
+    raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl == 'fa3' else ''}"
+                          f" (backend here: {jax.default_backend()}); use attention='auto' or 'xla'.")
 
 
 def xla_attention(q, k, v, *, scale: float, bias=None, mask=None):
@@ -72,6 +183,53 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
   return out[:, :lq]
 
 
+def forward_with_training_kernel(infer, train):
+  """``infer(q, k, v)`` when the result is not differentiated, ``train`` (values and gradients) when it is.
+
+  A ``jax.custom_vjp`` whose primal is ``infer`` and whose forward/backward rules are ``train``'s own
+  (``jax.vjp``), so sampling runs the fast forward kernel and training runs ``train``'s kernels only, with no
+  extra forward. Both must compute the same attention (they differ by bf16 rounding).
+  """
+
+  @jax.custom_vjp
+  def f(q, k, v):
+    return infer(q, k, v)
+
+  def fwd(q, k, v):
+    return jax.vjp(train, q, k, v)
+
+  def bwd(vjp, g):
+    return vjp(g)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def fa3_forward(q, k, v, *, scale: float):
+  """FlashAttention-3's forward kernel (``flash_attn3_jax.flash_mha``), no gradient rule of ours."""
+  from flash_attn3_jax import flash_mha  # optional GPU package (the [fa3] extra)
+  return flash_mha(q, k, v, softmax_scale=float(scale))
+
+
+def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
+  """FlashAttention-3 forward (``flash-attn3-jax``), any length, no bias or mask; gradients through cuDNN.
+
+  flash-attn3-jax 0.2.3's backward returns wrong gradients that change from call to call at many shapes
+  (relative error 50-250 at 1,024 or 4,096 tokens, or with 12 heads; ``python -m bench.fa3_check``), so it is
+  never used: under differentiation this implementation runs cuDNN's forward and backward instead
+  (:func:`forward_with_training_kernel`), without running the FA3 forward as well. Sampling (no gradient) runs
+  FA3's forward. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a mesh all three are
+  constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they pass unchanged.
+  """
+  if bias is not None or mask is not None:
+    raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
+  from gen3r_jax.parallel.rules import constrain  # lazy: parallel/ imports this module
+  q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
+  f = forward_with_training_kernel(functools.partial(fa3_forward, scale=scale),
+                                   functools.partial(cudnn_attention, scale=scale))
+  return f(q, k, v)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto",
               scale: float | None = None, bias: jax.Array | None = None,
               mask: jax.Array | None = None) -> jax.Array:
@@ -95,10 +253,15 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
   """:func:`attention` on the arrays as given (no context-parallel routing); same arguments."""
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
-  impl = resolve_implementation(implementation, q.dtype)
+  masked = bias is not None or mask is not None
+  impl = resolve_implementation(implementation, q.dtype, q.shape[-1], masked=masked)
+  _record(implementation, q, k, masked, impl)
   if impl == "xla":
     return xla_attention(q, k, v, scale=scale, bias=bias, mask=mask)
+  _require_runnable(impl)
   if impl == "cudnn":
     return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
+  if impl == "fa3":
+    return fa3_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   from gen3r_jax.parallel.splash import splash_attention
   return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)

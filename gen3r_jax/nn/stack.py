@@ -18,7 +18,9 @@ from flax import nnx
 
 M = TypeVar("M", bound=nnx.Module)
 
-ATTENTION_RESIDUALS = ("dot_product_attention_fwd",)  # cuDNN flash attention's forward (output + softmax stats)
+# The flash-attention forward primitives whose outputs (attention output + softmax statistics) the "attention"
+# policy saves: cuDNN's (jax.nn.dot_product_attention) and FlashAttention-3's (flash_attn3_jax.flash_mha).
+ATTENTION_RESIDUALS = ("dot_product_attention_fwd", "flash_mha_fwd")
 
 # Names a block may tag with ``jax.ad_checkpoint.checkpoint_name`` for the "attention" policy: the rotated
 # q/k/v, the attention output projections and the FFN output (each [B, L, D]-sized; the FFN hidden is not saved).

@@ -149,7 +149,7 @@ def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, i
       if strategy == "allgather" and n > 1:
         k, v = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True) for a in (k, v))  # [b, Lk, h, d]
       return local_attention(q, k, v, implementation=implementation, scale=scale)
-  check = strategy == "ring" or resolve_implementation(implementation, q.dtype) == "xla"
+  check = strategy == "ring" or resolve_implementation(implementation, q.dtype, q.shape[-1]) == "xla"
   return _shard_map(local, mesh, (q_spec, kv_spec, kv_spec), q_spec, check)(q, k, v)
 
 

@@ -47,7 +47,7 @@ from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, spec_for
 
 GIB = 2 ** 30
-FUSED = ("cudnn", "splash")
+FUSED = ("cudnn", "fa3", "splash")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Source this on the GPU machine (from the repo root) to install the optional kernels carried in .whl/ (git-ignored):
+#   flash-attn3-jax (the [fa3] extra) and tokamax with its pure-python needs. Made here with:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl \
+#     flash-attn3-jax==0.2.3 tokamax==0.0.17 einshape qwix immutabledict tensorboardx pydantic pydantic-core \
+#     annotated-types typing-inspection
+# tokamax imports xprof (32 MiB, only for its own benchmarking helpers) at import time: a stub module stands in.
+#   . bench/gpu_wheels.sh
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  if [ ! -d /tmp/site/xprof ]; then
+    mkdir -p /tmp/site/xprof/cli
+    touch /tmp/site/xprof/__init__.py /tmp/site/xprof/cli/__init__.py
+    echo "get_kernel_stats_tool = None  # stub: tokamax's benchmarking helpers only" > /tmp/site/xprof/cli/tools.py
+  fi
+  python3 -c 'import flash_attn3_jax; print("flash_attn3_jax", flash_attn3_jax.__version__)' || true
+  python3 -c 'import tokamax; print("tokamax", tokamax.__version__)' 2>&1 | tail -1 || true
+else
+  echo "no .whl/: optional kernels not installed"
+fi

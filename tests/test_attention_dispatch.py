@@ -1,0 +1,137 @@
+"""The attention dispatch's choice of kernel (CPU: availability is faked), its fallbacks and error messages, the
+FA3 forward/backward split, and the remat policy's kernel names. The kernels themselves are checked on a GPU by
+tests/test_attention_gpu.py."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.nn import attention as attn
+from gen3r_jax.nn.stack import checkpointed, remat_policy
+from gen3r_jax.parallel.rules import make_mesh
+
+BF16 = jnp.bfloat16
+
+
+def _avail(*names):
+  return lambda n: n in names
+
+
+def test_auto_picks_per_head_dim_from_the_measured_table():
+  every = _avail("xla", "cudnn", "fa3")
+  assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3"      # the DiT
+  assert attn.resolve_implementation("auto", BF16, 64, available=every) == "cudnn"     # VGGT, CLIP
+  assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", BF16, 96, available=every) == attn.GPU_DEFAULT[0]
+  assert attn.resolve_implementation("auto", BF16, None, available=every) == attn.GPU_DEFAULT[0]
+  # a bias or mask: only cuDNN / XLA take one
+  assert attn.resolve_implementation("auto", BF16, 128, masked=True, available=every) == "cudnn"
+  # float32 inputs, or no GPU: XLA
+  assert attn.resolve_implementation("auto", jnp.float32, 128, available=every) == "xla"
+  assert attn.resolve_implementation("auto", BF16, 128, available=_avail("xla")) == "xla"
+  # head dims a kernel cannot take are skipped
+  assert attn.resolve_implementation("auto", BF16, 256, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", BF16, 256, available=_avail("xla", "cudnn")) == "xla"
+
+
+def test_a_missing_optional_kernel_is_not_chosen():
+  """No flash-attn3-jax: ``auto`` falls back to cuDNN at head dim 128, without error."""
+  assert attn.resolve_implementation("auto", BF16, 128, available=_avail("xla", "cudnn")) == "cudnn"
+
+
+def test_explicit_names_pass_through_and_unknown_names_fail():
+  for name in ("xla", "cudnn", "fa3", "splash"):
+    assert attn.resolve_implementation(name, jnp.float32, 64, available=_avail()) == name
+  with pytest.raises(ValueError, match="must be one of"):
+    attn.resolve_implementation("flash", BF16, 128)
+
+
+def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monkeypatch):
+  on_gpu = jax.default_backend() == "gpu"
+  assert attn.kernel_available("xla")
+  assert attn.kernel_available("cudnn") == on_gpu
+  if not on_gpu:
+    assert not attn.kernel_available("fa3")
+    assert attn.resolve_implementation("auto", BF16, 128) == "xla"
+  # a Hopper GPU without flash-attn3-jax: fa3 unavailable, auto -> cudnn, an explicit fa3 names the install
+  monkeypatch.setattr(attn, "_gpu_capability", lambda: (9, 0))
+  monkeypatch.setattr(attn, "_has_package", lambda m: False)
+  assert attn.kernel_available("cudnn") and not attn.kernel_available("fa3")
+  assert attn.resolve_implementation("auto", BF16, 128) == "cudnn"
+  with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
+    attn._require_runnable("fa3")
+  # an Ampere GPU with the package: FA3 is Hopper-only
+  monkeypatch.setattr(attn, "_gpu_capability", lambda: (8, 0))
+  monkeypatch.setattr(attn, "_has_package", lambda m: True)
+  assert not attn.kernel_available("fa3")
+  with pytest.raises(Gen3RInputError, match="compute capability 9"):
+    attn._require_runnable("fa3")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU error path")
+def test_explicit_gpu_kernel_on_cpu_is_a_one_line_error():
+  q = jnp.zeros((1, 4, 2, 8), BF16)
+  for name in ("fa3", "cudnn"):
+    with pytest.raises(Gen3RInputError, match="attention='auto' or 'xla'") as e:
+      attn.attention(q, q, q, implementation=name)
+    assert "\n" not in str(e.value)
+
+
+def test_auto_choice_is_logged_once_and_recorded(caplog):
+  q = jnp.asarray(np.random.RandomState(0).randn(1, 7, 2, 8), BF16)
+  k = jnp.asarray(np.random.RandomState(1).randn(1, 5, 2, 8), BF16)
+  with caplog.at_level(logging.INFO, logger="gen3r_jax.nn.attention"):
+    for _ in range(3):
+      attn.attention(q, k, k)
+  lines = [r.getMessage() for r in caplog.records if "attention auto" in r.getMessage()]
+  assert len(lines) == 1 and "(1, 7, 2, 8)" in lines[0] and "(1, 5, 2, 8)" in lines[0], lines
+  want = "xla" if jax.default_backend() != "gpu" else attn.resolve_implementation("auto", BF16, 8)
+  assert attn.chosen_implementations()["q [1, 7, 2, 8] k [1, 5, 2, 8] bfloat16"] == want
+
+
+def _qkv(seed=0, shape=(8, 12, 4, 8)):
+  r = np.random.RandomState(seed)
+  return tuple(jnp.asarray(r.randn(*shape), jnp.float32) for _ in range(3))
+
+
+def test_forward_with_training_kernel_uses_each_where_it_should():
+  """The primal is the inference kernel; gradients (and the value under differentiation) are the training
+  kernel's, also under remat and under a batch/heads-sharded mesh of 8 devices."""
+  q, k, v = _qkv()
+  train = lambda q, k, v: attn.xla_attention(q, k, v, scale=0.3)
+  infer = lambda q, k, v: train(q, k, v) + 1.0          # distinguishable on purpose
+  f = attn.forward_with_training_kernel(infer, train)
+  np.testing.assert_allclose(f(q, k, v), infer(q, k, v))
+  loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
+  want_v, want_g = jax.value_and_grad(loss(train), argnums=(0, 1, 2))(q, k, v)
+  got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+  for a, b in zip(got_g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
+  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  with jax.set_mesh(mesh):
+    out = jax.jit(f)(qs, ks, vs)
+    g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
+  np.testing.assert_allclose(out, infer(q, k, v), rtol=1e-6, atol=1e-6)
+  for a, b in zip(g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_remat_policy_saves_both_flash_forwards_and_no_backward():
+  from jax.extend.core import Primitive
+  policy = remat_policy("attention")
+  for name in ("flash_mha_fwd", "dot_product_attention_fwd", "dot_product_attention_fwd_wrapper"):
+    assert policy(Primitive(name)), name
+  for name in ("flash_mha_bwd", "dot_product_attention_bwd", "exp"):
+    assert not policy(Primitive(name)), name
