@@ -46,6 +46,9 @@ def get_config() -> ConfigDict:
       read_threads=2,
       prefetch=2,
       mp_workers=0,
+      validate="strict",          # scenes that cannot give a clip, found when the pipeline is built (headers only):
+                                  # "strict": one error listing them all (exit 2) | "skip": warn, train without them
+      validate_images="all",      # image headers validation reads: "all" frames a clip may use | "first" per scene
   ))
 
   c.optimizer = ConfigDict(dict(
@@ -72,6 +75,8 @@ def get_config() -> ConfigDict:
       dit_checkpoint="",          # stage 2: the DiT to start from (empty: random init)
       dit_remat="full",           # "none" | "full" | "attention" | "dots" | "dots_no_batch" per DiT block
       attention="auto",           # DiT attention: "auto" | "xla" | "cudnn" | "splash"
+      token_grid=40,              # VGGT token grid = frames / 14 (the release: 40 <-> 70x70 latents, 560x560
+                                  # frames; a multiple of 4; the debug configs use 8: 112x112 frames)
   ))
   # stage 2 (gen3r_jax.training.stage2.Stage2Config; official values, our draws per example)
   c.stage2 = ConfigDict(dict(

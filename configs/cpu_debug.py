@@ -4,11 +4,18 @@
     python launch/train.py --config configs/cpu_debug.py:stage2 --workdir /tmp/gen3r_debug2   # stage 2
     python launch/train.py --config configs/cpu_debug.py --workdir /tmp/toy --config.task=toy
 
-Entries: ``stage1`` (default) and ``stage2``. The models have the parity fixtures' tiny sizes with random weights;
-frames are still 560x560 (the adapter's 40x40 <-> 70x70 grids are hard-wired) but short clips. Stage 1 runs on
-data 2 x fsdp 4 (the adapter sharded over ``fsdp``, the batch over all 8 devices). Stage 2 runs on fsdp 2 x
-context 2 x tensor 2: the DiT's embed axes are sharded over ``fsdp``, heads and MLP over ``tensor``, its 2450-token
-sequence over ``context`` (context-parallel attention), the batch of 4 over ``fsdp``.
+Entries:
+
+* ``stage1`` (default) and ``stage2`` run on a laptop: 112x112 frames (``model.token_grid`` 8: 8x8 VGGT tokens
+  <-> 14x14 latents), single-frame clips of 4 synthetic scenes, the parity fixtures' tiny model sizes with random
+  weights drawn on the host. Stage 1 is data parallel over the 8 devices (as the release); stage 2 runs on fsdp 2 x
+  context 2 x tensor 2: the DiT's embed axes sharded over ``fsdp``, heads and MLP over ``tensor``, its 98-token
+  sequence over ``context`` (context-parallel attention), the batch of 4 over ``fsdp``. Measured on a 2-core, 24 GB
+  box (2026-12-04, jax 0.10.2, /usr/bin/time -v): stage 1, 12 steps, 68 s and 2.4 GiB peak resident memory (85 s
+  with other test runs loading the box); stage 2, 10 steps, 56 s and 2.3 GiB (1 min 57 s loaded). Most of it is
+  the first compile and the first checkpoint; ``tests/test_train_debug_configs.py`` holds them to <= 4 GiB.
+* ``stage1_full``: stage 1 at the release frame size (560x560, token grid 40) on data 2 x fsdp 4, the slow tests'
+  setting (minutes on 16 cores; far beyond a laptop: VGGT's heads and the Wan VAE at 560x560).
 """
 
 import os
@@ -19,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import base  # noqa: E402
 
 
-def stage1():
+def stage1_full():
+  """Stage 1 at the release frame size (560x560, the adapter's 40x40 <-> 70x70 grids) with the tiny models on data 2
+  x fsdp 4: the slow tests' configuration (about 4 min on 16 cores; not a laptop run)."""
   c = base.get_config()
   c.host_device_count = 8           # fake CPU devices (set before jax starts)
   c.matmul_precision = "highest"
@@ -47,7 +56,24 @@ def stage1():
   return c
 
 
+def small_frames(c, grid: int = 8):
+  """Frames ``14 * grid`` square (the VGGT / adapter token grid ``grid``, latents ``1.75 * grid``)."""
+  c.model.token_grid = grid
+  c.data.height = c.data.width = 14 * grid
+  c.data.synthetic_size = 56
+  return c
+
+
+def stage1():
+  """Stage 1 on a laptop: ``stage1_full`` with 112x112 frames (8x8 tokens <-> 14x14 latents), data parallel over
+  the 8 devices as the release runs stage 1 (``base.release_stage1``)."""
+  c = small_frames(stage1_full())
+  c.mesh.data, c.mesh.fsdp = 8, 1
+  return c
+
+
 def stage2():
+  """Stage 2 on a laptop: tiny models, 112x112 frames (a 14x28 joint latent: 98 DiT tokens per frame)."""
   c = stage1()
   c.task = "stage2"
   c.mesh.update(dict(data=1, fsdp=2, context=2, tensor=2))
@@ -60,7 +86,7 @@ def stage2():
   return c
 
 
-ENTRIES = {"stage1": stage1, "stage2": stage2}
+ENTRIES = {"stage1": stage1, "stage2": stage2, "stage1_full": stage1_full}
 
 
 def get_config(entry: str = "stage1"):

@@ -20,7 +20,7 @@ from tests.helpers import set_nested  # noqa: E402
 
 
 def toy_config(**kw):
-  c = cpu_debug.get_config()
+  c = cpu_debug.get_config("stage1_full")   # data 2 x fsdp 4 (the laptop stage-1 entry is data parallel)
   c.task = "toy"
   c.tensorboard = False
   c.num_train_steps = kw.pop("steps", 6)

@@ -1,5 +1,6 @@
-"""Stage 1 through the trainer on 8 fake CPU devices (cpu_debug config), its input checks, and the launcher
-(single process errors, two processes with jax.distributed on CPU)."""
+"""Stage 1 through the trainer on 8 fake CPU devices (``cpu_debug.py:stage1_full``: the tiny models at the release
+frame size), its input checks, and the launcher (single process errors, two processes with jax.distributed on CPU).
+The laptop-sized ``cpu_debug.py`` stage-1 entry runs as a subprocess in ``tests/test_train_debug_configs.py``."""
 
 import dataclasses
 import os
@@ -24,8 +25,9 @@ import cpu_debug  # noqa: E402
 from tests.helpers import one_train_step  # noqa: E402
 
 
-def stage1_config(steps=6, every=3):
-  c = cpu_debug.get_config()
+def stage1_config(steps=6, every=3, entry="stage1_full"):
+  """``configs/cpu_debug.py:stage1_full`` (560x560 frames, data 2 x fsdp 4) for the slow tests, or ``entry``."""
+  c = cpu_debug.get_config(entry)
   c.tensorboard = False
   c.num_train_steps = steps
   c.checkpoint.every = every
@@ -107,14 +109,18 @@ def test_one_sharded_stage1_step_equals_single_device(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(height=280, width=280), r"stage 1 needs 560x560 frames"),
+    (dict(height=280, width=280), r"stage 1 needs 112x112 frames \(model.token_grid 8 x patch 14\)"),
+    (dict(model__token_grid=6), r"model.token_grid must be a positive multiple of 4"),
     (dict(num_frames=4), r"num_frames must be 1 \+ 4k"),
     (dict(synthetic_scenes=0), r"set exactly one data source"),
+    (dict(validate="lenient"), r"validate must be one of \('strict', 'skip'\)"),
+    (dict(validate_images="some"), r"validate_images must be one of \('all', 'first'\)"),
 ])
 def test_stage1_bad_data_config_is_a_clear_error(tmp_path, change, message):
-  c = stage1_config()
+  c = stage1_config(entry="stage1")
   for k, v in change.items():
-    c.data[k] = v
+    group, _, leaf = k.rpartition("__")
+    c[group or "data"][leaf] = v
   with pytest.raises(Gen3RInputError, match=message):
     train(c, str(tmp_path))
 

@@ -3,8 +3,8 @@ falls, one fsdp x context x tensor step equals the single-device step, the dry-r
 the activation model against XLA's compiled memory), and the bad-input errors.
 
 The fast tests feed the trainer pre-encoded-format batches (random posteriors, what launch/preencode.py stores) so
-that only the DiT runs; the online run of ``configs/cpu_debug.py:stage2`` (frozen encoders at 560x560 on synthetic
-scenes) is the slow test.
+that only the DiT runs; the online run of ``configs/cpu_debug.py:stage2`` at 560x560 (frozen encoders on synthetic
+scenes) is the slow test (the entry's own 112x112 run is in tests/test_train_debug_configs.py).
 """
 
 import dataclasses
@@ -228,7 +228,8 @@ def test_step_traces_context_parallel_attention_and_sharded_activations():
 
 @pytest.mark.slow  # minutes on 2 cores: VGGT, the adapter and the Wan VAE encode every 560x560 frame each step
 def test_cpu_debug_stage2_online_run_learns(tmp_path):
-  # `python launch/train.py --config configs/cpu_debug.py:stage2`: 10 steps of 4 synthetic clips through the random
+  # `configs/cpu_debug.py:stage2` at the release frame size (560x560, token grid 40; the entry itself uses 112x112
+  # and runs as a subprocess in tests/test_train_debug_configs.py): 10 steps of 4 synthetic clips through the random
   # tiny encoders. Their posterior samples are close to white noise, so the loss can only fall from ~2.45 towards
   # ~2.1 in 10 steps (measured: 2.381 -> 2.134, first vs last 3 steps); the fast test above shows a clear fall
   # on learnable latents

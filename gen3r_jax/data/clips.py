@@ -180,6 +180,21 @@ def relative_poses(c2w: np.ndarray) -> np.ndarray:
   return rel.astype(np.float32)
 
 
+def _decode(record: dict[str, Any], i: int, what: str) -> np.ndarray:
+  """Image ``i`` of a scene record, decoded; an unreadable or corrupt file is a one-line
+  :class:`Gen3RInputError` naming the file and the scene (not PIL's traceback)."""
+  from gen3r_jax.data.layout import decode_image, image_error
+  images = record["images"]
+  paths = getattr(images, "paths", None)
+  name = str(paths[i]) if paths is not None else str(record["image_names"][i])
+  try:
+    return decode_image(images[i])
+  except Exception as e:  # noqa: BLE001 - PIL raises OSError, UnidentifiedImageError, SyntaxError, ValueError...
+    raise Gen3RInputError(f"{what}: cannot decode image {name} ({image_error(e)}); replace the file or remove the "
+                          "scene from the list files (building the pipeline reads image headers only, so damage "
+                          "past the header shows here).") from e
+
+
 def cut_clip(record: dict[str, Any], rng: np.random.Generator, cfg: ClipConfig) -> dict[str, Any]:
   """Cut one clip from a scene record (see :mod:`gen3r_jax.data.layout`).
 
@@ -187,7 +202,7 @@ def cut_clip(record: dict[str, Any], rng: np.random.Generator, cfg: ClipConfig) 
   frames in the ordering used); with ``order="cameras"`` also ``c2ws`` ``[F, 4, 4]`` (relative) and ``Ks``
   ``[F, 3, 3]``.
   """
-  from gen3r_jax.data.layout import check_frame_size, decode_image  # local: layout imports nothing from here
+  from gen3r_jax.data.layout import check_frame_size  # local: layout imports nothing from here
 
   what = f"scene {record['scene']!s} ({record['dataset']!s})"
   if cfg.order == "cameras":
@@ -198,7 +213,7 @@ def cut_clip(record: dict[str, Any], rng: np.random.Generator, cfg: ClipConfig) 
   else:
     ids = sample_indices(rng, len(record["images"]), cfg, what)
     image_ids = ids
-  decoded = {int(i): decode_image(record["images"][int(i)]) for i in np.unique(image_ids)}
+  decoded = {int(i): _decode(record, int(i), what) for i in np.unique(image_ids)}
   shapes = {v.shape for v in decoded.values()}
   require(len(shapes) == 1, f"{what}: the clip mixes image sizes {sorted(shapes)}; all frames of a scene "
           "must have one size.")

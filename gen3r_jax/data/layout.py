@@ -211,6 +211,45 @@ def decode_image(data: bytes) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _reason(e: BaseException, limit: int = 200) -> str:
+  """One line: the exception's type and the first line of its message."""
+  text = str(e).strip().splitlines()
+  line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def image_size(path: Path, scene: str | None = None) -> tuple[int, int]:
+  """``(w, h)`` of an image from its header only (PIL reads the first bytes; no pixel decode). A missing,
+  empty or non-image file is a :class:`Gen3RInputError` naming the file (and the scene)."""
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      return tuple(int(v) for v in im.size)
+  except Exception as e:  # noqa: BLE001 - PIL raises OSError, UnidentifiedImageError, SyntaxError, ValueError...
+    where = f"scene {scene}: " if scene else ""
+    raise Gen3RInputError(f"{where}cannot read image {path} ({image_error(e)}); replace the file or remove the "
+                          "scene from the list files") from e
+
+
+def image_error(e: BaseException) -> str:
+  """Why PIL could not open or decode an image, in one line without the file name."""
+  from PIL import UnidentifiedImageError
+  if isinstance(e, UnidentifiedImageError):
+    return "not an image PIL can identify: empty, damaged header or not PNG/JPEG"
+  return _reason(e)
+
+
+def scene_name(ref: SceneRef, root: str | os.PathLike | None = None) -> str:
+  """The scene folder (the parent of ``images/``), relative to ``root`` when under it."""
+  scene = str(Path(ref.images_dir).parent)
+  if root is not None:
+    try:
+      scene = str(Path(os.path.abspath(Path(ref.images_dir).parent)).relative_to(os.path.abspath(root)))
+    except ValueError:
+      pass
+  return scene
+
+
 class LazyFiles:
   """``[M]`` file contents read on access (the folder reader's ``images``: a clip reads only its frames)."""
 
@@ -239,12 +278,7 @@ def load_scene(ref: SceneRef, root: str | os.PathLike | None = None, *, need_cam
   require(len(names) > 0, f"{ref.images_dir} holds no .png/.jpg/.jpeg images.")
   paths = [Path(ref.images_dir) / n for n in names]
   images = LazyFiles(paths) if lazy_images else np.array([p.read_bytes() for p in paths], object)
-  scene = str(Path(ref.images_dir).parent)
-  if root is not None:
-    try:
-      scene = str(Path(os.path.abspath(Path(ref.images_dir).parent)).relative_to(os.path.abspath(root)))
-    except ValueError:
-      pass
+  scene = scene_name(ref, root)
   rec = dict(scene=scene, dataset=ref.dataset, image_names=np.array(names, object), images=images,
              frame_index=np.zeros([0], np.int32), intrinsics=np.zeros([0, 6]), c2w=np.zeros([0, 4, 4]),
              captions=np.array([], object))
@@ -258,10 +292,8 @@ def load_scene(ref: SceneRef, root: str | os.PathLike | None = None, *, need_cam
             f"missing from {ref.images_dir}; restore the images or delete those frames from transforms.json.")
     index = np.array([lookup[f] for f in fnames], np.int32)
     if check_sizes:
-      from PIL import Image
       for j, i in enumerate(index):
-        with Image.open(paths[i]) as im:
-          check_frame_size(scene, j, names[i], intr[j], im.size)
+        check_frame_size(scene, j, names[i], intr[j], image_size(paths[i], scene))
     rec.update(frame_index=index, intrinsics=intr, c2w=c2w)
   if ref.captions_path is not None:
     rec["captions"] = np.array(read_captions(ref.captions_path), object)
@@ -275,24 +307,59 @@ def check_frame_size(scene: str, j: int, name: str, intr: np.ndarray, wh: tuple[
           f"{wh[0]}x{wh[1]}; the intrinsics must describe the stored images.")
 
 
-def scene_summary(ref: SceneRef) -> dict[str, Any]:
-  """``{dataset, num_images, num_cameras}`` of a scene without reading its images.
+VALIDATE_IMAGES = ("all", "first")
 
-  Validates transforms.json and checks the first frame's ``w, h`` against its image header, so that the
-  common failures surface when a pipeline is built rather than mid-training.
+
+def validate_scene(ref: SceneRef, root: str | os.PathLike | None = None, *,
+                   need_cameras: bool = True, images: str = "all") -> dict[str, Any]:
+  """Check one scene as cheaply as possible and return ``{dataset, num_images, num_cameras}``.
+
+  Everything :func:`load_scene` checks (images folder present and not empty, transforms.json parses and is
+  consistent, every frame it lists is present in ``images/``, captions not empty), plus, from the image *headers*
+  only (no pixel is decoded): each frame a clip may use (every image in stage 1, i.e. without ``need_cameras``;
+  the transforms.json frames in stage 2) opens as an image, its size equals the transforms.json ``w, h``, and all
+  of them have one size; ``images="first"`` reads only the first of those headers (one file per scene, for very
+  large datasets; the others are checked when a clip decodes them). Raises :class:`Gen3RInputError` naming the
+  scene at the first problem. Damage past an image's header (truncated pixel data) shows only when a clip decodes
+  it (:func:`gen3r_jax.data.clips.cut_clip` names the file and the scene).
   """
+  require(images in VALIDATE_IMAGES, f"images must be one of {VALIDATE_IMAGES}, got {images!r}.")
+  scene = scene_name(ref, root)
   names = list_images(ref.images_dir)
-  n_cams = 0
-  if ref.cameras_path is not None:
+  require(len(names) > 0, f"scene {scene}: {ref.images_dir} holds no .png/.jpg/.jpeg images.")
+  used = list(range(len(names)))
+  n_cams, intr = 0, None
+  if ref.cameras_path is None:
+    require(not need_cameras, f"scene {scene} has no transforms.json listed; stage 2 needs cameras.")
+  else:
     intr, _, fnames = read_transforms(ref.cameras_path)
+    lookup = {n: i for i, n in enumerate(names)}
+    absent = [f for f in fnames if f not in lookup]
+    require(not absent, f"scene {scene}: {ref.cameras_path} lists frame(s) {fmt_list(absent, 5)} that are "
+            f"missing from {ref.images_dir}; restore the images or delete those frames from transforms.json.")
+    index = [lookup[f] for f in fnames]
     n_cams = len(fnames)
-    first = Path(ref.images_dir) / fnames[0]
-    require(fnames[0] in names, f"scene {Path(ref.images_dir).parent}: {ref.cameras_path} lists frame "
-            f"{fnames[0]} that is missing from {ref.images_dir}.")
-    from PIL import Image
-    with Image.open(first) as im:
-      check_frame_size(str(Path(ref.images_dir).parent), 0, fnames[0], intr[0], im.size)
+    if need_cameras:
+      used = sorted(set(index))
+  if ref.captions_path is not None:
+    read_captions(ref.captions_path)
+  if images == "first":
+    used = used[:1]
+  sizes = {i: image_size(Path(ref.images_dir) / names[i], scene) for i in used}
+  if intr is not None:
+    for j, i in enumerate(index):
+      if i in sizes:
+        check_frame_size(scene, j, names[i], intr[j], sizes[i])
+  distinct = sorted(set(sizes.values()))
+  require(len(distinct) == 1, f"scene {scene}: its frames have different sizes "
+          f"{fmt_list([f'{w}x{h}' for w, h in distinct], 5)} (e.g. {names[used[0]]} is "
+          f"{sizes[used[0]][0]}x{sizes[used[0]][1]}); all frames of a scene must have one size.")
   return dict(dataset=ref.dataset, num_images=len(names), num_cameras=n_cams)
+
+
+def scene_summary(ref: SceneRef) -> dict[str, Any]:
+  """``{dataset, num_images, num_cameras}`` of a scene, validated (:func:`validate_scene`)."""
+  return validate_scene(ref, need_cameras=False)
 
 
 class FolderSource:
@@ -315,6 +382,18 @@ class FolderSource:
   def __getitem__(self, i: int) -> dict[str, Any]:
     return load_scene(self.refs[i], self.root, need_cameras=self.need_cameras, check_sizes=self.check_sizes,
                       lazy_images=True)
+
+  def subset(self, keep: list[int]) -> "FolderSource":
+    """The same source over the scenes ``keep`` (indices, in that order)."""
+    return FolderSource([self.refs[i] for i in keep], self.root, need_cameras=self.need_cameras,
+                        check_sizes=self.check_sizes)
+
+  def validate(self, i: int, images: str = "all") -> dict[str, Any]:
+    """:func:`validate_scene` of scene ``i`` (header reads only)."""
+    return validate_scene(self.refs[i], self.root, need_cameras=self.need_cameras, images=images)
+
+  def scene_name(self, i: int) -> str:
+    return scene_name(self.refs[i], self.root)
 
   def __repr__(self) -> str:
     return f"FolderSource({len(self.refs)} scenes)"

@@ -20,6 +20,10 @@ very batches the uninterrupted run would have. Batches are dicts of numpy arrays
   and caption were fixed at pre-encode time, so this path has no random map; shuffle, mix, shard, batch and resume
   are the same.
 
+Validation: :func:`make_pipeline` checks every scene before it returns (:func:`validate_sources`: transforms.json,
+captions and image headers, no pixel decoded) and, by ``PipelineConfig.validate``, raises one error listing every
+bad scene (``"strict"``) or drops them with a warning (``"skip"``).
+
 Mixing: stage 2 draws datasets in proportion to the official weights (training-reference §1.3) with
 ``grain.MapDataset.mix``, which interleaves deterministically in those proportions (the official code draws
 the dataset i.i.d. per sample; the expected proportions are the same) and shuffles scenes within each dataset.
@@ -37,7 +41,7 @@ import numpy as np
 from gen3r_jax.data import layout
 from gen3r_jax.data.captions import pick_caption
 from gen3r_jax.data.clips import ClipConfig, cut_clip, official_clip_config
-from gen3r_jax.errors import fmt_list, require
+from gen3r_jax.errors import Gen3RInputError, fmt_list, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,12 @@ class PipelineConfig:
     read_threads / prefetch: grain ``ReadOptions`` (element threads and buffer) of ``to_iter_dataset``.
     mp_workers: > 0 adds ``mp_prefetch`` with that many worker processes (off by default and in tests).
     clean_captions: apply ``clean_prompt`` (official) to the chosen caption line.
+    validate: what :func:`validate_sources` does with scenes that cannot give a clip, found when the pipeline is
+      built: ``"strict"`` raises one error listing every bad scene; ``"skip"`` drops them with a warning (their
+      count and names) and trains on the rest.
+    validate_images: ``"all"``: validation reads the header of every frame a clip may use; ``"first"``: of the
+      first only (one image file per scene, for very large datasets; see :func:`layout.validate_scene`).
+    validate_threads: threads reading transforms.json files and image headers during validation (I/O bound).
   """
   stage: int = 2
   batch_size: int = 1
@@ -67,6 +77,9 @@ class PipelineConfig:
   prefetch: int = 2
   mp_workers: int = 0
   clean_captions: bool = True
+  validate: str = "strict"
+  validate_images: str = "all"
+  validate_threads: int = 8
 
   def resolved_clip(self) -> ClipConfig:
     return (self.clip or official_clip_config(self.stage, "train")).validate()
@@ -87,29 +100,143 @@ class ConcatSource:
     return self.sources[k][i - (int(self._ends[k - 1]) if k else 0)]
 
 
+VALIDATE_MODES = ("strict", "skip")
+
+
 def scene_index(source: Any) -> list[dict]:
   """``[{dataset, num_images, num_cameras}]`` per scene, without decoding images (folder sources: validates
-  every transforms.json, see :func:`layout.scene_summary`)."""
+  every scene from its transforms.json and image headers, see :func:`layout.validate_scene`)."""
   if hasattr(source, "index") and source.index:
     return list(source.index)
   if isinstance(source, layout.FolderSource):
-    return [layout.scene_summary(r) for r in source.refs]
+    return [source.validate(i) for i in range(len(source))]
   if isinstance(source, ConcatSource):
     return [e for s in source.sources for e in scene_index(s)]
   return []
 
 
-def check_sources(sources: Mapping[str, Any], clip: ClipConfig) -> None:
-  """Fail before training when a scene cannot give a clip (no cameras in stage 2, too short with pad='error')."""
+@dataclasses.dataclass(frozen=True)
+class BadScene:
+  """A scene that cannot give a clip: its dataset, its name (folder relative to the root, or ``record i``) and
+  why (one line)."""
+  dataset: str
+  scene: str
+  reason: str
+
+  def __str__(self) -> str:
+    return f"{self.scene} ({self.dataset}): {self.reason}"
+
+
+class SubsetSource:
+  """The scenes ``keep`` of a random-access source (records after ``validate="skip"``)."""
+
+  def __init__(self, source: Any, keep: Sequence[int]):
+    self.source, self.keep = source, [int(i) for i in keep]
+    index = getattr(source, "index", None)
+    self.index = [index[i] for i in self.keep] if index else []
+
+  def __len__(self) -> int:
+    return len(self.keep)
+
+  def __getitem__(self, i: int):
+    return self.source[self.keep[i]]
+
+
+def _clip_problem(entry: dict, clip: ClipConfig) -> str | None:
+  """Why a scene of ``entry`` (``{num_images, num_cameras}``) cannot give a clip of ``clip``, or ``None``."""
+  cameras = clip.order == "cameras"
+  length = entry["num_cameras"] if cameras else entry["num_images"]
+  if length == 0:
+    return f"no {'cameras' if cameras else 'images'}; stage-2 clips need transforms.json frames."
+  if clip.pad == "error" and length < clip.num_frames:
+    return (f"has {length} frames but a clip needs {clip.num_frames} (pad='error'); drop it from the list files, "
+            "lower num_frames, or use pad='random' (official).")
+  return None
+
+
+def _validate_one(source: Any, name: str, clip: ClipConfig, threads: int, images: str
+                  ) -> tuple[Any, list[BadScene]]:
+  """``(source without its bad scenes, [BadScene])`` of one dataset's source."""
+  if isinstance(source, ConcatSource):
+    parts = [_validate_one(s, name, clip, threads, images) for s in source.sources]
+    return ConcatSource([p for p, _ in parts]), [b for _, bad in parts for b in bad]
+  if isinstance(source, layout.FolderSource):
+    def check(i):
+      try:
+        return source.validate(i, images)
+      except Gen3RInputError as e:
+        return e
+    if threads > 1 and len(source) > 1:
+      from concurrent.futures import ThreadPoolExecutor
+      with ThreadPoolExecutor(min(threads, len(source))) as pool:
+        entries = list(pool.map(check, range(len(source))))
+    else:
+      entries = [check(i) for i in range(len(source))]
+    label = lambda i: (source.scene_name(i), source.refs[i].dataset)  # noqa: E731
+  else:
+    entries = scene_index(source) or [None] * len(source)
+    label = lambda i: (f"record {i}", (entries[i] or {}).get("dataset", name))  # noqa: E731
+  keep, bad = [], []
+  for i, e in enumerate(entries):
+    reason = (" ".join(str(e).split()) if isinstance(e, Exception) else
+              _clip_problem(e, clip) if e is not None else None)
+    if reason is None:
+      keep.append(i)
+    else:
+      scene, dataset = label(i)
+      prefix = f"scene {scene}: "
+      bad.append(BadScene(dataset, scene, reason[len(prefix):] if reason.startswith(prefix) else reason))
+  if not bad:
+    return source, []
+  subset = source.subset(keep) if isinstance(source, layout.FolderSource) else SubsetSource(source, keep)
+  return subset, bad
+
+
+def validate_sources(sources: Mapping[str, Any], clip: ClipConfig, mode: str = "strict", *, images: str = "all",
+                     threads: int = 8, log=None) -> tuple[dict[str, Any], list[BadScene]]:
+  """Check every scene of every dataset before training: ``(sources without bad scenes, [BadScene])``.
+
+  Folder sources are read as :func:`layout.validate_scene` describes (transforms.json, captions, image *headers*
+  of every frame a clip may use, or of the first with ``images="first"``: no pixel is decoded), ``threads`` scenes
+  at a time; record sources (validated in full when they were built) by
+  their index. A scene is bad when that raises or when it cannot give a clip (``_clip_problem``). ``mode``:
+
+  * ``"strict"``: any bad scene is one :class:`Gen3RInputError` listing every bad scene and why;
+  * ``"skip"``: bad scenes are dropped; ``log`` (default: a ``logging`` warning) gets one line with their count
+    and names. A dataset left without scenes is still an error.
+  """
+  require(images in layout.VALIDATE_IMAGES, f"validate_images must be one of {layout.VALIDATE_IMAGES}, got "
+          f"{images!r}.")
+  require(mode in VALIDATE_MODES, f"validate must be one of {VALIDATE_MODES} ('strict': one error listing every bad "
+          f"scene; 'skip': drop them with a warning), got {mode!r}.")
+  out, bad, total = {}, [], 0
   for name, src in sources.items():
     require(len(src) > 0, f"dataset {name!r} has no scenes; remove it or fill its list files.")
-    for i, e in enumerate(scene_index(src)):
-      length = e["num_cameras"] if clip.order == "cameras" else e["num_images"]
-      require(length > 0, f"dataset {name!r} scene {i} has no {'cameras' if clip.order == 'cameras' else 'images'};"
-              " stage-2 clips need transforms.json frames.")
-      require(clip.pad != "error" or length >= clip.num_frames,
-              f"dataset {name!r} scene {i} has {length} frames but a clip needs {clip.num_frames} "
-              "(pad='error'); drop it from the list files, lower num_frames, or use pad='random' (official).")
+    total += len(src)
+    out[name], b = _validate_one(src, name, clip, threads, images)
+    bad += b
+  if not bad:
+    return out, []
+  if mode == "strict":
+    raise Gen3RInputError(
+        f"{len(bad)} of {total} scenes cannot be used: "
+        + "; ".join(f"[{i + 1}] {str(b).rstrip('.')}" for i, b in enumerate(bad))
+        + ". Fix or remove them from the list files, or set data.validate='skip' to train on the other scenes.")
+  empty = [n for n, s in out.items() if len(s) == 0]
+  require(not empty, f"every scene of dataset(s) {fmt_list(empty)} is bad (data.validate='skip' leaves none): "
+          + "; ".join(str(b) for b in bad)[:2000])
+  if log is None:
+    import logging
+    log = logging.getLogger("gen3r_jax.data").warning
+  log(f"data.validate='skip': dropped {len(bad)} of {total} scenes that cannot be used "
+      f"({fmt_list([f'{b.scene} ({b.dataset})' for b in bad], 50)}); first reason: {bad[0].reason}")
+  return out, bad
+
+
+def check_sources(sources: Mapping[str, Any], clip: ClipConfig) -> None:
+  """Fail before training when a scene cannot give a clip (:func:`validate_sources` in ``"strict"`` mode: every
+  bad scene in one error)."""
+  validate_sources(sources, clip, "strict")
 
 
 class ClipTransform:
@@ -162,6 +289,7 @@ class DataPipeline:
   names: list[str]
   weights: list[float]
   sizes: list[int]
+  dropped: list[BadScene] = dataclasses.field(default_factory=list)   # scenes validate="skip" left out
 
   def __iter__(self):
     return iter(self.dataset)
@@ -186,8 +314,10 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
     import jax
     pi, pc = jax.process_index(), jax.process_count()
   require(0 <= pi < pc, f"process_index {pi} must be in [0, {pc}).")
+  dropped: list[BadScene] = []
   if not preencoded:
-    check_sources(sources, clip)
+    sources, dropped = validate_sources(sources, clip, cfg.validate, images=cfg.validate_images,
+                                        threads=cfg.validate_threads)
 
   names = list(sources)
   sizes = [len(sources[n]) for n in names]
@@ -222,7 +352,7 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app.run use defaults
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.mp_workers))
-  return DataPipeline(it, names, weights, sizes)
+  return DataPipeline(it, names, weights, sizes, dropped)
 
 
 class _Tag:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gen3r_jax.training import losses as L
@@ -169,21 +170,34 @@ def stage1_task_loss(adapter, frozen: Frozen, batch: dict, rng: jax.Array, cfg: 
   return stage1_loss(adapter, frozen, frames, eps, cfg)
 
 
+def random_on_mesh(cls, cfg, seed: int, mesh=None):
+  """A model of ``cls(cfg)`` with host-drawn random weights (:func:`gen3r_jax.models.init.random_params`: numpy, no
+  jitted init program, which takes tens of seconds to compile on a small CPU), placed by its logical axes when
+  ``mesh`` is given. Same seed on every process: multi-process safe."""
+  from gen3r_jax.models.init import random_params
+  from gen3r_jax.parallel.rules import state_shardings
+  model = random_params(cls, cfg, seed=seed)
+  if mesh is not None:
+    state = nnx.state(model)
+    host = jax.tree.map(np.asarray, state)
+    nnx.update(model, jax.device_put(host, state_shardings(state, mesh)))
+  return model
+
+
 def build_frozen(vggt_cfg, wan_cfg, *, mesh=None, seed: int = 0, vggt_checkpoint: str | None = None,
                  wan_checkpoint: str | None = None) -> Frozen:
-  """VGGT and the Wan VAE from Orbax checkpoints (``launch/convert.py``) or, without one, a seeded random init
-  (debug configs). Parameters land directly on their shards when ``mesh`` is given."""
-  from gen3r_jax.models.vggt import VGGT, model as vggt_model
+  """VGGT and the Wan VAE from Orbax checkpoints (``launch/convert.py``) or, without one, seeded random weights
+  drawn on the host (debug configs; :func:`random_on_mesh`). Parameters land directly on their shards when
+  ``mesh`` is given."""
+  from gen3r_jax.models.vggt import VGGT
   from gen3r_jax.models.wan.vae import WanVAE
-  from gen3r_jax.training.state import sharded_init
 
   if vggt_checkpoint:
     vggt = VGGT.from_checkpoint(vggt_checkpoint, mesh=mesh)
   else:
-    vggt = vggt_model.create(vggt_cfg, seed=seed, mesh=mesh)
+    vggt = random_on_mesh(VGGT, vggt_cfg, seed, mesh)
   if wan_checkpoint:
     wan = WanVAE.from_checkpoint(wan_checkpoint, mesh=mesh)
   else:
-    wan = sharded_init(lambda r: WanVAE(wan_cfg, rngs=r), seed=seed + 1, mesh=mesh)
+    wan = random_on_mesh(WanVAE, wan_cfg, seed + 1, mesh)
   return Frozen(vggt, wan)
-

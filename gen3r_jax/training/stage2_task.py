@@ -13,8 +13,8 @@ All transformer parameters train; VGGT, the adapter, the Wan VAE, umT5 and CLIP 
 §3.1). With ``data.preencoded`` only the empty-caption context of the pre-encoding is kept: no frozen model is
 built. Sizes: ``model.size = "release"`` uses the released frozen models (checkpoints required) and
 ``model.dit_size`` picks the DiT; ``"tiny"`` uses fixture-sized random models throughout (debugging and tests; the
-DiT can still come from ``model.dit_checkpoint``). Online frames are 560 x 560 at either size (the adapter's
-40 x 40 <-> 70 x 70 grids are hard-wired).
+DiT can still come from ``model.dit_checkpoint``). Online frames are ``model.token_grid x 14`` square: 560 x 560
+for the release's grid 40 (40 x 40 VGGT tokens <-> 70 x 70 latents), 112 x 112 for the debug configs' 8.
 
 Tokenisation runs on the host in the data iterator: the umT5 SentencePiece tokenizer (``model.tokenizer``) at the
 release size; for ``tiny`` :class:`DebugTokenizer`, a documented deterministic stand-in (the tiny umT5 has a
@@ -83,22 +83,26 @@ def num_tokens(dit_cfg, dc) -> int:
 
 def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
   """Stage-2 settings and the mesh sizes ``{axis: size}`` (before anything is built; the dry run uses this).
-  ``online`` (default: no ``data.preencoded``): frames go through the frozen encoders, so they must be 560x560;
+  ``online`` (default: no ``data.preencoded``): frames go through the frozen encoders, so they must be
+  ``model.token_grid x patch`` square (560x560 at the release grid);
   pre-encoded latents are ``data.height / 8 x data.width / 8``."""
   from gen3r_jax.sampling.cameras import check_num_frames
   from gen3r_jax.training.stage2 import Stage2Config
   dc = config.data
   Stage2Config(**config.stage2.to_dict()).validate()
   online = not dc.preencoded if online is None else online
-  require(not online or (dc.height == 560 and dc.width == 560),
-          f"stage 2 needs 560x560 frames (the adapter's 40x40 token grid is hard-wired), got {dc.height}x"
-          f"{dc.width}; set data.height = data.width = 560.")
+  models = model_configs(config.model)
+  size = models.adapter.token_grid * models.vggt.patch_size
+  require(not online or (dc.height == size and dc.width == size),
+          f"stage 2 needs {size}x{size} frames (model.token_grid {models.adapter.token_grid} x patch "
+          f"{models.vggt.patch_size}), got {dc.height}x{dc.width}; set data.height = data.width = {size}, or "
+          f"model.token_grid to data.height / {models.vggt.patch_size} (a multiple of 4).")
   require(dc.height % 16 == 0 and dc.width % 16 == 0,
           f"data.height and data.width must be multiples of 16 (latent / 8, patch 2), got {dc.height}x{dc.width}.")
   check_num_frames(int(dc.num_frames))
   require(config.context_strategy in ("ring", "allgather"),
           f"context_strategy must be 'ring' or 'allgather', got {config.context_strategy!r}.")
-  dit = model_configs(config.model).dit
+  dit = models.dit
   cp = int(mesh_shape.get("context", 1))
   tokens = num_tokens(dit, dc)
   require(tokens % cp == 0,
@@ -108,7 +112,9 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
 
 def check_inputs(config) -> None:
   """Exactly one data source; at the release size (online) every frozen checkpoint and the tokenizer."""
+  from gen3r_jax.training.stage1_task import check_validate
   dc, mc = config.data, config.model
+  check_validate(dc)
   sources = bool(dc.root) + bool(dc.records) + (dc.synthetic_scenes > 0) + bool(dc.preencoded)
   require(sources == 1, "set exactly one data source: data.root (official layout), data.records (array_record), "
                         "data.preencoded (launch/preencode.py output) or data.synthetic_scenes > 0.")
@@ -186,15 +192,8 @@ def dit_init_params(dit_cfg, mc, *, seed: int):
 # --------------------------------------------------------------------------------------------------- frozen
 def _random_on_mesh(cls, cfg, seed: int, mesh):
   """Host-drawn random weights (``models.init.random_params``) placed by their logical axes."""
-  import jax
-  from flax import nnx
-  from gen3r_jax.models.init import random_params
-  from gen3r_jax.parallel.rules import state_shardings
-  model = random_params(cls, cfg, seed=seed)
-  state = nnx.state(model)
-  host = jax.tree.map(np.asarray, state)                  # same seed on every process: multi-process safe
-  nnx.update(model, jax.device_put(host, state_shardings(state, mesh)))
-  return model
+  from gen3r_jax.training.stage1 import random_on_mesh
+  return random_on_mesh(cls, cfg, seed, mesh)
 
 
 def _load(cls, directory: str, cfg, seed: int, mesh, dtype: str):

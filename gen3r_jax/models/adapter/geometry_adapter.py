@@ -10,6 +10,10 @@ the spatial change lives in two hard-wired per-frame ends:
 * decoder ``out_block``: nearest-exact resize to ``size=(80, 80)`` (70 -> 80), zero pad right/bottom by 1, conv
   3x3 stride 2 ``output_dim / resample_scale -> output_dim`` (81 -> 40).
 
+The release's grids are 40 <-> 70 (560x560 frames); ``GeometryAdapterConfig.token_grid`` (default 40) sets them
+for smaller debug frames with the same arithmetic: ``g`` tokens -> ``1.75 g`` latents -> resize to ``2 g`` ->
+``g`` (e.g. 8 <-> 14 for 112x112 frames). Converted checkpoints and the official code use 40.
+
 Latent normalisation ``(mu - mean) * (1/std)`` / ``z / (1/std) + mean`` uses the hard-coded constants (not the
 ``mean``/``std`` entries a ``save_pretrained_safetensors`` file carries). There is no clamp on decode.
 
@@ -67,6 +71,24 @@ class GeometryAdapterConfig(ModelConfig):
   attention: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # VGGT token grid (frames / patch 14). The release's 40 (560x560 frames); any multiple of 4 keeps the official
+  # resampling arithmetic (tokens g -> latents 1.75 g = frames / 8 -> 2 g -> stride-2 conv -> g): e.g. 8 for
+  # 112x112 debug frames (14x14 latents)
+  token_grid: int = TOKEN_GRID
+
+  @property
+  def latent_grid(self) -> int:
+    """The latent grid ``1.75 * token_grid`` (70 for the release)."""
+    return int(self.token_grid * UP_SCALE_FACTOR)
+
+  @property
+  def out_resize(self) -> int:
+    """The decoder's out-block resize ``2 * token_grid`` (80 for the release)."""
+    return 2 * self.token_grid
+
+  def __post_init__(self):
+    if self.token_grid < 4 or self.token_grid % 4:
+      raise ValueError(f"token_grid must be a positive multiple of 4 (40 for 560x560 frames), got {self.token_grid}")
 
   @classmethod
   def tiny(cls) -> "GeometryAdapterConfig":
@@ -122,14 +144,16 @@ class AdapterEncoder(Encoder3d):
 class AdapterDecoder(Decoder3d):
   """Wan decoder body followed by the per-frame ``out_block`` (70 -> 80 resize, pad, stride-2 conv -> 40)."""
 
-  def __init__(self, output_dim: int, resample_scale: int, *args, dtype, param_dtype, rngs, **kw):
+  def __init__(self, output_dim: int, resample_scale: int, *args, dtype, param_dtype, rngs, out_resize=OUT_RESIZE,
+               **kw):
     super().__init__(*args, output_dim // resample_scale, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
+    self.out_resize = int(out_resize)
     self.out_conv = Conv(output_dim // resample_scale, output_dim, (3, 3), strides=2, padding=((0, 1), (0, 1)),
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def _post(self, x):  # [B, T, 70, 70, C_out / rs] -> [B, T, 40, 40, C_out]
     def one(f):
-      up = nearest_exact(f.astype(jnp.float32), (OUT_RESIZE, OUT_RESIZE)).astype(f.dtype)
+      up = nearest_exact(f.astype(jnp.float32), (self.out_resize, self.out_resize)).astype(f.dtype)
       return self.out_conv(up)
     return per_frame(one, x)
 
@@ -151,7 +175,7 @@ class GeometryAdapter(CausalLatentCodec, nnx.Module, CheckpointMixin):
     self.conv1 = CausalConv3d(2 * z, 2 * z, 1, **kw)
     self.conv2 = CausalConv3d(z, z, 1, **kw)
     self.decoder = AdapterDecoder(cfg.output_dim, cfg.resample_scale, z, dec_dims,
-                                  temporal=cfg.temperal_upsample, **common)
+                                  temporal=cfg.temperal_upsample, out_resize=cfg.out_resize, **common)
 
   # ---- public API (checks input before any tracing) ----
   def check_tokens(self, tokens) -> None:
@@ -160,10 +184,10 @@ class GeometryAdapter(CausalLatentCodec, nnx.Module, CheckpointMixin):
     require(tokens.shape[-1] == c,
             f"tokens: expected {c} channels last ([B, T, 40, 40, C] layout), got shape {tuple(tokens.shape)}; "
             f"the adapter input is the 5 VGGT token chunks concatenated on the last axis.")
-    require(tuple(tokens.shape[2:4]) == (TOKEN_GRID, TOKEN_GRID),
-            f"tokens: the adapter only accepts a {TOKEN_GRID}x{TOKEN_GRID} token grid (560x560 images, patch 14; "
-            f"the 40 -> 70 resampling is hard-wired), got {tokens.shape[2]}x{tokens.shape[3]}; resize the "
-            f"frames to 560x560.")
+    g = self.cfg.token_grid
+    require(tuple(tokens.shape[2:4]) == (g, g),
+            f"tokens: the adapter only accepts a {g}x{g} token grid ({14 * g}x{14 * g} images, patch 14; its "
+            f"config's token_grid), got {tokens.shape[2]}x{tokens.shape[3]}; resize the frames to {14 * g}x{14 * g}.")
     check_frames(tokens, "tokens")
 
   def check_latents(self, z) -> None:
@@ -171,9 +195,10 @@ class GeometryAdapter(CausalLatentCodec, nnx.Module, CheckpointMixin):
     require(z.shape[-1] == self.cfg.z_dim,
             f"z: expected {self.cfg.z_dim} latent channels last ([B, t, 70, 70, C] layout), got shape "
             f"{tuple(z.shape)}; transpose a PyTorch [B, C, t, h, w] latent with z.transpose(0, 2, 3, 4, 1).")
-    require(tuple(z.shape[2:4]) == (LATENT_GRID, LATENT_GRID),
-            f"z: the adapter only decodes {LATENT_GRID}x{LATENT_GRID} latents (the 70 -> 80 -> 40 resampling is "
-            f"hard-wired), got {z.shape[2]}x{z.shape[3]}; pass the geometry half of 560x560 latents.")
+    lg, g = self.cfg.latent_grid, self.cfg.token_grid
+    require(tuple(z.shape[2:4]) == (lg, lg),
+            f"z: the adapter only decodes {lg}x{lg} latents (its token_grid {g}: {lg} -> {2 * g} -> {g}), got "
+            f"{z.shape[2]}x{z.shape[3]}; pass the geometry half of {8 * lg}x{8 * lg} latents.")
 
   def encode(self, tokens: jax.Array, *, chunked: bool = True) -> DiagonalGaussian:
     """``tokens [B, T, 40, 40, input_dim]`` -> posterior over ``[B, 1 + (T-1)/4, 70, 70, z]``."""
