@@ -18,7 +18,7 @@ so ``QK^T`` and ``PV`` are 4 L^2 D per layer, no causal discount. TFLOP/s = FLOP
 Random weights (:func:`device_random`): the scheme of :func:`gen3r_jax.models.init.random_params` (kernels
 ``U(+-1/sqrt(fan_in))``, norm gains ``1 + U(+-0.1)``, biases ``U(+-0.02)``, the rest uniform with std 0.02)
 drawn by one jitted program with XLA's RngBitGenerator straight in the parameter dtype, with ``out_shardings``
-on a mesh: no full-size parameter passes through the host.
+on a mesh (:func:`gen3r_jax.models.init.init_on_device`): no full-size parameter passes through the host.
 """
 
 from __future__ import annotations
@@ -285,53 +285,44 @@ def device_random(model_cls, cfg, *, seed: int = 0, mesh=None, method: str = "au
     from gen3r_jax.models.init import random_params
     return random_params(model_cls, cfg, seed=seed)
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
+  from gen3r_jax.models.init import init_on_device
+  from gen3r_jax.nn.compat import from_flat_state, value_of
   from gen3r_jax.nn.params import abstract_module, logical_axes
-  from gen3r_jax.parallel.rules import spec_for
 
-  graphdef, state = nnx.split(abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
-  flat = list(nnx.to_flat_state(state))
+  abstract = abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
+  flat = list(nnx.to_flat_state(nnx.split(abstract)[1]))
   leaves = []
   for path, var in flat:
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     axes = logical_axes(var) or (None,) * len(v.shape)
-    leaves.append((tuple(path), str(path[-1]), tuple(v.shape), axes, jnp.dtype(v.dtype)))
-  shardings = None
-  if mesh is not None:
-    shardings = [NamedSharding(mesh, spec_for(logical_axes(var), s, mesh) if logical_axes(var) else P())
-                 for (_, _, s, _, _), (_, var) in zip(leaves, flat)]
+    leaves.append((str(path[-1]), tuple(v.shape), axes, jnp.dtype(v.dtype)))
   buckets: list[list[int]] = []                           # leaf indices per (dtype-homogeneous) bucket
   size = 0
-  for i, (_, _, shape, _, dtype) in enumerate(leaves):
+  for i, (_, shape, _, dtype) in enumerate(leaves):
     n = math.prod(shape)
-    if not buckets or size + n > _BUCKET or leaves[buckets[-1][0]][4] != dtype:
+    if not buckets or size + n > _BUCKET or leaves[buckets[-1][0]][3] != dtype:
       buckets.append([])
       size = 0
     buckets[-1].append(i)
     size += n
 
-  def init():
+  def draw():
     key = jax.random.key(seed, impl="rbg")
     out = [None] * len(leaves)
     for b, idx in enumerate(buckets):
-      dtype = leaves[idx[0]][4]
-      total = sum(math.prod(leaves[i][2]) for i in idx)
+      dtype = leaves[idx[0]][3]
+      total = sum(math.prod(leaves[i][1]) for i in idx)
       u = jax.random.uniform(jax.random.fold_in(key, b), (max(total, 1),), dtype, -1.0, 1.0)
       off = 0
       for i in idx:
-        _, name, shape, axes, _ = leaves[i]
+        name, shape, axes, _ = leaves[i]
         n = math.prod(shape)
         out[i] = _affine(u[off:off + n].reshape(shape), name, shape, axes).astype(dtype)
         off += n
-    return out
+    return from_flat_state([(path, var.replace(v)) for (path, var), v in zip(flat, out)])
 
-  values = jax.jit(init, out_shardings=shardings)()
-  model = nnx.merge(graphdef, state)
-  pairs = [(p, v) for (p, *_), v in zip(leaves, values)]
-  nnx.update(model, nnx.from_flat_state(pairs) if hasattr(nnx, "from_flat_state")
-             else nnx.State.from_flat_path(pairs))
-  return model
+  return init_on_device(abstract, draw, mesh=mesh)
 
 
 def random_split(model_cls, cfg, *, seed: int = 0) -> tuple[Any, Any, float]:

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from gen3r_jax.convert.atomic import partial_path, refuse_partial, swap_in
 from gen3r_jax.convert.table import Path
+from gen3r_jax.nn.compat import to_pure_dict, value_of
 from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 
@@ -43,7 +44,7 @@ def save_params(directory: str, params: Mapping[Path, np.ndarray] | nnx.State, *
   """Write parameters (flat ``{path: array}`` or an ``nnx.State``) and the config to ``directory``."""
   directory = os.path.abspath(os.fspath(directory))
   if isinstance(params, nnx.State):
-    params = {tuple(p): (v.get_value() if hasattr(v, "get_value") else v.value)
+    params = {tuple(p): (value_of(v))
               for p, v in nnx.to_flat_state(params)}
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, PARAMS_DIR)
@@ -123,11 +124,11 @@ def restore_model(directory: str, build: Callable[[], nnx.Module], *, mesh: Mesh
     shardings = jax.tree.map(lambda s: s.with_memory_kind(memory_kind), shardings)
 
   def to_target(var, sh):
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)
 
   target = jax.tree.map(to_target, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  target = _stringify(nnx.to_pure_dict(target) if hasattr(nnx, "to_pure_dict") else target.to_pure_dict())
+  target = _stringify(to_pure_dict(target))
   restored = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIR), target)
   nnx.replace_by_pure_dict(params, _intify(restored, params))
   return nnx.merge(graphdef, params, rest)
@@ -141,7 +142,7 @@ def _stringify(d):
 
 def _intify(d, like):
   """Orbax returns string keys; nnx states of lists use ints."""
-  pure = nnx.to_pure_dict(like) if hasattr(nnx, "to_pure_dict") else like.to_pure_dict()
+  pure = to_pure_dict(like)
 
   def rec(src, ref):
     if isinstance(ref, dict):

@@ -28,6 +28,7 @@ from flax import nnx
 from gen3r_jax.convert.sources import DictSource, TensorSource
 from gen3r_jax.convert.table import MappingTable, Path, path_str
 from gen3r_jax.errors import Gen3RInputError, fmt_list
+from gen3r_jax.nn.compat import from_flat_state, value_of
 
 
 def _is_float(dtype) -> bool:
@@ -134,7 +135,7 @@ def param_targets(model_or_state) -> dict[Path, jax.ShapeDtypeStruct]:
   state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
   out = {}
   for path, var in nnx.to_flat_state(state):
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     out[tuple(path)] = jax.ShapeDtypeStruct(v.shape, v.dtype)
   return out
 
@@ -237,7 +238,7 @@ def convert(table: MappingTable, source: TensorSource | Mapping[str, np.ndarray]
 def update_model(model: nnx.Module, params: Mapping[Path, np.ndarray]) -> None:
   """Write converted ``{path: array}`` into ``model``'s parameters (paths must exist)."""
   flat = [(tuple(p), v) for p, v in params.items()]
-  state = nnx.from_flat_state(flat) if hasattr(nnx, "from_flat_state") else nnx.State.from_flat_path(flat)
+  state = from_flat_state(flat)
   nnx.update(model, state)
 
 

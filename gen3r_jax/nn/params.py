@@ -3,7 +3,7 @@
 Logical names (see ``gen3r_jax/parallel/rules.py``): ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
 ``conv_in``, ``conv_out``, ``layers``, ``norm`` and ``None`` for axes that are never sharded.
 The names are stored as variable metadata and read back with :func:`logical_axes`, so flax versions that call
-the metadata ``out_sharding`` or ``sharding_names`` both work.
+the metadata ``out_sharding`` or ``sharding_names`` both work (:mod:`gen3r_jax.nn.compat`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gen3r_jax.nn.compat import annotated_param, metadata_of
+
 Axes = tuple[str | None, ...]
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
@@ -25,15 +27,12 @@ def param(value: jax.Array, axes: Axes) -> nnx.Param:
   """Wrap ``value`` as an :class:`nnx.Param` annotated with logical ``axes`` (not placed eagerly)."""
   if len(axes) != value.ndim:
     raise ValueError(f"logical axes {axes} do not match parameter rank {value.ndim}")
-  try:  # flax >= 0.12: logical names live in `out_sharding`; never place eagerly
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
-  except TypeError:  # older flax
-    return nnx.Param(value, sharding_names=axes)
+  return annotated_param(value, axes)
 
 
 def logical_axes(var: nnx.Variable) -> Axes | None:
   """The logical axis names of a variable, whatever flax version stored them."""
-  meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+  meta = metadata_of(var)
   for key in ("out_sharding", "sharding_names", "sharding"):
     axes = meta.get(key)
     if axes is not None:

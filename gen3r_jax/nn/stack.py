@@ -1,19 +1,25 @@
 """Stacked (scanned) repeated blocks: ``nnx.vmap`` at init, ``jax.lax.scan`` at call, a named remat policy.
 
     self.blocks = stack(lambda r: Block(cfg, rngs=r), cfg.num_layers, rngs)   # params [layers, ...]
-    x = scan(self.blocks, lambda block, x: block(x, mask), x, remat=cfg.remat)
+    x = scan_layers(self.blocks, x, mask, remat=cfg.remat)                     # block(x, mask) per layer
+    x = scan(self.blocks, lambda block, x: f(block(x, mask)), x, remat=cfg.remat)  # any body
+    x, outs = scan(self.blocks, lambda block, x: (block(x), g(x)), x, collect=True)  # outs [layers, ...]
+    x, kept = scan((self.a, self.b), body, x, collect=(3, 1))   # paired stacks; layers 3 and 1 only ([2, ...])
 
 Every parameter of a stacked block gets the logical axis ``"layers"`` in front of its own axes, so the
 converter fills it with one rule per layer (``index=i``) and the sharding rules see the layer axis.
 The scan body rebuilds one layer from its slice of the stacked state (``nnx.merge``), so blocks stay plain
-NNX modules that can also be called on their own.
+NNX modules that can also be called on their own. The whole scan step (body and any intermediate bookkeeping)
+runs under ``jax.checkpoint`` with the named policy.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 M = TypeVar("M", bound=nnx.Module)
@@ -70,12 +76,64 @@ def stack(make: Callable[[nnx.Rngs], M], num: int, rngs: nnx.Rngs) -> M:
   return _make(rngs)
 
 
-def scan(stacked: M, body: Callable[[M, jax.Array], jax.Array], carry, *, remat: str = "none"):
-  """Run ``carry = body(layer_i, carry)`` for every layer of a :func:`stack`-ed module, in order."""
-  graphdef, state = nnx.split(stacked)
+def scan(stacked: M | Sequence[M], body: Callable, carry, *, remat: str = "none",
+         collect: bool | Sequence[int] = False):
+  """Run ``carry = body(layer_i, carry)`` for every layer of a :func:`stack`-ed module, in order.
 
-  def step(c, layer_state):
-    return body(nnx.merge(graphdef, layer_state), c), None
+  ``stacked`` may be a tuple of stacked modules of the same depth (paired stacks, e.g. VGGT's frame / global
+  blocks): ``body`` then gets the tuple of their ``i``-th layers. ``collect`` keeps per-layer outputs; ``body``
+  then returns ``(carry, out)``:
 
-  carry, _ = jax.lax.scan(checkpointed(step, remat), carry, state)
-  return carry
+  * ``True``: returns ``(carry, outs)`` with every layer's ``out`` stacked ``[layers, ...]``;
+  * a sequence of distinct layer indices: returns ``(carry, kept)`` with those layers' outputs in that order
+    ``[K, ...]``. They are written into a ``[K + 1, ...]`` carry buffer (the other layers write into the spare
+    last slot), so memory stays at ``K + 1`` outputs; layers after the last requested one are not run.
+  """
+  paired = isinstance(stacked, (tuple, list))
+  graphdefs, states = zip(*(nnx.split(m) for m in (stacked if paired else (stacked,))))
+
+  def layers(layer_states):
+    merged = tuple(nnx.merge(g, s) for g, s in zip(graphdefs, layer_states))
+    return merged if paired else merged[0]
+
+  if isinstance(collect, bool):
+    def step(c, layer_states):
+      out = body(layers(layer_states if paired else (layer_states,)), c)
+      return out if collect else (out, None)
+
+    carry, outs = jax.lax.scan(checkpointed(step, remat), carry, states if paired else states[0])
+    return (carry, outs) if collect else carry
+  return _scan_kept(layers, states, body, carry, tuple(collect), remat)
+
+
+def _scan_kept(layers, states, body, carry, keep: tuple[int, ...], remat: str):
+  """:func:`scan` keeping only the outputs of layers ``keep`` (a ``[K + 1, ...]`` buffer in the carry)."""
+  depth = jax.tree.leaves(states)[0].shape[0]
+  if not keep or min(keep) < 0 or max(keep) >= depth or len(set(keep)) != len(keep):
+    raise ValueError(f"layers must be distinct indices in [0, {depth}), got {keep}")
+  n = max(keep) + 1                                                     # later layers are never needed
+  slot_of = np.full((n,), len(keep), np.int32)                          # spare slot K for unselected layers
+  for k, i in enumerate(keep):
+    slot_of[i] = k
+  if n < depth:
+    states = tuple(jax.tree.map(lambda a: a[:n], s) for s in states)
+  one_layer = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), states)
+  like = jax.eval_shape(lambda s, c: body(layers(s), c)[1], one_layer, carry)
+
+  def step(c, xs):
+    c, buf = c
+    layer_states, slot = xs
+    c, out = body(layers(layer_states), c)
+    zero = jnp.zeros((), slot.dtype)                                    # indices of one dtype (x64-safe)
+    buf = jax.lax.dynamic_update_slice(buf, out[None].astype(buf.dtype), (slot,) + (zero,) * out.ndim)
+    return (c, buf), None
+
+  buf = jnp.zeros((len(keep) + 1,) + like.shape, like.dtype)
+  (carry, buf), _ = jax.lax.scan(checkpointed(step, remat), (carry, buf), (states, jnp.asarray(slot_of)))
+  return carry, buf[:-1]
+
+
+def scan_layers(stacked: M, x, *args: Any, remat: str = "none", **kwargs: Any):
+  """``x = layer_i(x, *args, **kwargs)`` for every layer of a :func:`stack`-ed module (the same extra arguments
+  for every call)."""
+  return scan(stacked, lambda layer, h: layer(h, *args, **kwargs), x, remat=remat)

@@ -64,10 +64,11 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
 def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
   """NamedShardings for every leaf of an abstract ``nnx.State`` from its logical-axis metadata."""
   from flax import nnx
+  from gen3r_jax.nn.compat import value_of
   from gen3r_jax.nn.params import logical_axes
 
   def one(var):
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     if isinstance(var, nnx.Variable):
       return NamedSharding(mesh, spec_for(logical_axes(var), v.shape, mesh, rules))
     return NamedSharding(mesh, P())
@@ -92,10 +93,11 @@ def activation_spec(axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT
 def explain(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
   """Human-readable lines ``path shape -> spec`` (for dry runs and docs)."""
   from flax import nnx
+  from gen3r_jax.nn.compat import value_of
   from gen3r_jax.nn.params import logical_axes
   lines = []
   for path, var in nnx.to_flat_state(abstract_state):
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     lines.append(f"{'.'.join(map(str, path))} {tuple(v.shape)} {logical_axes(var)} -> "
                  f"{spec_for(logical_axes(var), v.shape, mesh, rules)}")
   return lines

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from gen3r_jax.errors import require
+from gen3r_jax.nn.compat import from_flat_state, value_of
 
 PLACEMENTS = ("resident", "sequential")
 HOST_KINDS = ("pinned_host", "unpinned_host")
@@ -105,12 +106,8 @@ def _map_params(model, fn, prefixes: Sequence[str] | None = None):
     if prefixes is None or str(path[0]) in prefixes:
       var = var.replace(fn(path, var))
     flat.append((path, var))
-  new = nnx.from_flat_state(flat) if hasattr(nnx, "from_flat_state") else nnx.State.from_flat_path(flat)
+  new = from_flat_state(flat)
   return nnx.merge(graphdef, new, rest)
-
-
-def _value(var):
-  return var.get_value() if hasattr(var, "get_value") else var.value
 
 
 def to_device(model, *, only: Sequence[str] | None = None, mesh=None, rules=None):
@@ -120,7 +117,7 @@ def to_device(model, *, only: Sequence[str] | None = None, mesh=None, rules=None
   rules = rules or DEFAULT_RULES
 
   def put(_, var):
-    a = _value(var)
+    a = value_of(var)
     return jax.device_put(a, _device_sharding(a, mesh, rules, var)) if _is_host(a) else a
 
   return _map_params(model, put, only)
@@ -134,7 +131,7 @@ def to_host(model, *, delete: bool = True):
   old = [a for a in param_leaves(model) if isinstance(a, jax.Array) and not _is_host(a)]
 
   def put(_, var):
-    a = _value(var)
+    a = value_of(var)
     if _is_host(a):
       return a
     return jax.device_put(a, a.sharding.with_memory_kind(kind)) if kind else np.asarray(a)

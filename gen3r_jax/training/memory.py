@@ -43,6 +43,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from gen3r_jax.errors import require
+from gen3r_jax.nn.compat import value_of
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, spec_for
 
@@ -120,7 +121,7 @@ def state_bytes(state, mesh, *, dtype=None, rules=DEFAULT_RULES, where=lambda pa
   for path, var in nnx.to_flat_state(state):
     if not where(path):
       continue
-    v = var.get_value() if hasattr(var, "get_value") else var.value
+    v = value_of(var)
     spec = spec_for(logical_axes(var), v.shape, mesh, rules)
     dt = dtype if dtype is not None and jnp.issubdtype(v.dtype, jnp.floating) else v.dtype
     total += shard_elements(v.shape, spec, mesh.shape) * jnp.dtype(dt).itemsize

@@ -6,7 +6,7 @@ The trainable module is built abstractly (``nnx.eval_shape``); its parameter sha
 EMA copy are placed the same way (moments follow their parameter's sharding; counters are replicated).
 
 The state is a plain pytree ``{"step", "params", "opt_state", "guard"[, "ema"]}`` with ``params`` a nested pure
-dict (``nnx.to_pure_dict``), so Orbax saves it as is and :func:`merge_params` turns it back into the module.
+dict (``to_pure_dict``), so Orbax saves it as is and :func:`merge_params` turns it back into the module.
 ``guard`` holds the NaN guard's replicated int32 counters (:func:`new_guard`): updates skipped so far, the current
 run of consecutive non-finite steps, and the step at which the run must stop (-1: none). The checkpoint keeps the
 first two as JSON beside the state (:mod:`gen3r_jax.training.checkpointing`).
@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gen3r_jax.nn.compat import to_pure_dict
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 
 
@@ -33,19 +34,6 @@ class StateSpec:
   abstract_params: Any          # nnx.State of ShapeDtypeStruct-valued Params (for replace_by_pure_dict)
   shardings: dict               # same tree as the train state, NamedSharding leaves
   abstract: dict                # same tree as the train state, ShapeDtypeStruct leaves (with shardings)
-
-
-def _pure(tree):
-  return nnx.to_pure_dict(tree)
-
-
-def sharded_init(build: Callable[[nnx.Rngs], nnx.Module], *, seed: int = 0, mesh: Mesh | None = None,
-                 rules=DEFAULT_RULES) -> nnx.Module:
-  """Random-init a module with one jitted init; with ``mesh`` each parameter lands directly on its shard."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
-  sh = state_shardings(abstract, mesh, rules) if mesh is not None else None
-  init = jax.jit(lambda: nnx.split(build(nnx.Rngs(seed)))[1], out_shardings=sh)
-  return nnx.merge(graphdef, init())
 
 
 def merge_params(spec: StateSpec, params: dict) -> nnx.Module:
@@ -69,7 +57,7 @@ def _init_fn(build, tx, seed: int, ema: bool):
   """``init(params=None) -> state``: the random init of ``build`` (or ``params``) in float32 + optimiser state."""
   def init(params=None):
     if params is None:
-      params = _pure(nnx.split(build(nnx.Rngs(seed)))[1])
+      params = to_pure_dict(nnx.split(build(nnx.Rngs(seed)))[1])
     params = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                           params)
     st = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "guard": new_guard()}
@@ -85,9 +73,9 @@ def train_state_spec(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradient
   compiled (``spec.abstract`` is what a checkpoint restores into)."""
   abstract_module = nnx.eval_shape(lambda: build(nnx.Rngs(seed)))
   graphdef, abs_params = nnx.split(abstract_module)
-  param_sh = _pure(state_shardings(abs_params, mesh, rules))
+  param_sh = to_pure_dict(state_shardings(abs_params, mesh, rules))
   rep = NamedSharding(mesh, P())
-  abs_opt = jax.eval_shape(tx.init, _pure(abs_params))
+  abs_opt = jax.eval_shape(tx.init, to_pure_dict(abs_params))
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
                                  transform_non_params=lambda _: rep)
   shardings = {"step": rep, "params": param_sh, "opt_state": opt_sh, "guard": {k: rep for k in GUARD_KEYS}}
@@ -111,4 +99,4 @@ def create_train_state(build: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
   init = jax.jit(_init_fn(build, tx, seed, ema), out_shardings=spec.shardings)
   if init_params is None:
     return init(), spec
-  return init(init_params(_pure(spec.abstract_params), spec.shardings["params"])), spec
+  return init(init_params(to_pure_dict(spec.abstract_params), spec.shardings["params"])), spec

@@ -5,9 +5,9 @@ prepend the camera token and the register tokens (index 0 of the ``[2, n, C]`` p
 for the other frames) -> ``depth`` pairs of (frame block on ``[B*S, P, C]``, global block on ``[B, S*P, C]``) with
 2D RoPE (patch positions ``(row + 1, col + 1)``, special tokens ``(0, 0)``) and q/k LayerNorm.
 
-Layer ``i``'s output is ``concat(frame_i, global_i)`` ``[B, S, P, 2C]``. The pairs run as one ``jax.lax.scan``
-over the stacked parameters; only the requested layers are kept, written into a ``[K + 1, ...]`` carry buffer
-(unselected layers write into the spare last slot), so memory stays bounded by ``K + 1`` layer outputs.
+Layer ``i``'s output is ``concat(frame_i, global_i)`` ``[B, S, P, 2C]``. The pairs run as one scan over the two
+stacks (:func:`gen3r_jax.nn.stack.scan`); only the requested layers are kept, so memory stays bounded by ``K + 1``
+layer outputs.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from flax import nnx
 
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.models.vggt.config import VGGTConfig
-from gen3r_jax.models.vggt.layers import Block, remat, rope_tables, stacked
+from gen3r_jax.models.vggt.layers import Block, rope_tables
 from gen3r_jax.models.vggt.patch_embed import DinoPatchEmbed, _normal
 from gen3r_jax.nn.params import make_param
+from gen3r_jax.nn.stack import scan, stack
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,8 +59,8 @@ class Aggregator(nnx.Module):
                    proj_bias=cfg.proj_bias, ffn_bias=cfg.ffn_bias, qk_norm=cfg.qk_norm,
                    init_values=cfg.init_values, impl=cfg.attention, dtype=dtype, param_dtype=pdt, rngs=r)
 
-    self.frame_blocks = stacked(cfg.depth, block, rngs)
-    self.global_blocks = stacked(cfg.depth, block, rngs)
+    self.frame_blocks = stack(block, cfg.depth, rngs)
+    self.global_blocks = stack(block, cfg.depth, rngs)
 
   def special_tokens(self, b: int, s: int, dtype) -> jax.Array:
     """Camera + register tokens ``[B, S, 1 + R, C]`` (index 0 for frame 0, index 1 for frames 1..S-1)."""
@@ -89,31 +90,14 @@ class Aggregator(nnx.Module):
 
   def run_blocks(self, tokens: jax.Array, layers: tuple[int, ...], rope_frame, rope_global) -> jax.Array:
     """The alternating-attention scan on ``tokens [B, S, P, C]``; returns ``[K, B, S, P, 2C]``."""
-    cfg = self.cfg
     b, s, p, c = tokens.shape
-    if not layers or min(layers) < 0 or max(layers) >= cfg.depth or len(set(layers)) != len(layers):
-      raise ValueError(f"layers must be distinct indices in [0, {cfg.depth}), got {layers}")
-    n = max(layers) + 1                                                     # later layers are never needed
-    slot_of = np.full((n,), len(layers), np.int32)                          # spare slot K for unselected layers
-    for k, i in enumerate(layers):
-      slot_of[i] = k
-    fdef, fstate = nnx.split(self.frame_blocks)
-    gdef, gstate = nnx.split(self.global_blocks)
-    if n < cfg.depth:
-      fstate = jax.tree.map(lambda a: a[:n], fstate)
-      gstate = jax.tree.map(lambda a: a[:n], gstate)
 
-    def body(carry, xs):
-      x, buf = carry
-      fs, gs, slot = xs
-      x = nnx.merge(fdef, fs)(x.reshape(b * s, p, c), rope_frame).reshape(b, s, p, c)
+    def body(pair, x):
+      frame, glob = pair
+      x = frame(x.reshape(b * s, p, c), rope_frame).reshape(b, s, p, c)
       f_out = x
-      x = nnx.merge(gdef, gs)(x.reshape(b, s * p, c), rope_global).reshape(b, s, p, c)
-      out = jnp.concatenate([f_out, x], axis=-1)[None]                      # [1, B, S, P, 2C]
-      zero = jnp.zeros((), slot.dtype)                                      # indices of one dtype (x64-safe)
-      buf = jax.lax.dynamic_update_slice(buf, out.astype(buf.dtype), (slot, zero, zero, zero, zero))
-      return (x, buf), None
+      x = glob(x.reshape(b, s * p, c), rope_global).reshape(b, s, p, c)
+      return x, jnp.concatenate([f_out, x], axis=-1)                        # [B, S, P, 2C]
 
-    buf = jnp.zeros((len(layers) + 1, b, s, p, 2 * c), tokens.dtype)
-    (_, buf), _ = jax.lax.scan(remat(body, cfg.remat), (tokens, buf), (fstate, gstate, jnp.asarray(slot_of)))
-    return buf[:-1]
+    _, kept = scan((self.frame_blocks, self.global_blocks), body, tokens, remat=self.cfg.remat, collect=layers)
+    return kept

@@ -16,10 +16,11 @@ from flax import nnx
 
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.models.vggt.config import VGGTConfig
-from gen3r_jax.models.vggt.layers import Block, Mlp, scan_blocks, stacked
+from gen3r_jax.models.vggt.layers import Block, Mlp
 from gen3r_jax.nn.linear import Dense
 from gen3r_jax.nn.norms import LayerNorm, layer_norm
 from gen3r_jax.nn.params import make_param, zeros_init
+from gen3r_jax.nn.stack import scan_layers, stack
 
 POSE_DIM = 9
 
@@ -47,9 +48,9 @@ class CameraHead(nnx.Module):
     d = 2 * cfg.embed_dim
     dtype, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     kw = dict(dtype=dtype, param_dtype=pdt)
-    self.trunk = stacked(cfg.camera_trunk_depth, lambda r: Block(
+    self.trunk = stack(lambda r: Block(
         d, cfg.camera_num_heads, mlp_ratio=cfg.camera_mlp_ratio, norm_eps=1e-5,
-        init_values=cfg.camera_init_values, impl=cfg.attention, rngs=r, **kw), rngs)
+        init_values=cfg.camera_init_values, impl=cfg.attention, rngs=r, **kw), cfg.camera_trunk_depth, rngs)
     self.token_norm = LayerNorm(d, eps=1e-5, rngs=rngs, param_dtype=pdt)
     self.trunk_norm = LayerNorm(d, eps=1e-5, rngs=rngs, param_dtype=pdt)
     self.empty_pose_tokens = make_param(rngs, zeros_init, (POSE_DIM,), (None,), pdt)       # [9]
@@ -78,7 +79,7 @@ class CameraHead(nnx.Module):
       mod = self.pose_ln_modulation(jax.nn.silu(self.embed_pose(inp.astype(dtype))))
       shift, scale, gate = jnp.split(mod, 3, axis=-1)
       x = gate * (normed * (1 + scale) + shift) + tok
-      x = scan_blocks(self.trunk, x, policy=cfg.remat)
+      x = scan_layers(self.trunk, x, remat=cfg.remat)
       delta = self.pose_branch(self.trunk_norm(x)).astype(jnp.float32)      # [B, S, 9]
       pred = delta if pred is None else pred + delta
       outs.append(activate_pose(pred, cfg.trans_act, cfg.quat_act, cfg.fl_act))

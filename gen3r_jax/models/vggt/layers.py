@@ -1,12 +1,11 @@
 """Transformer pieces shared by DINOv2, the aggregator and the camera trunk: MLP, attention with optional
-q/k LayerNorm and 2D RoPE, the pre-norm LayerScale block, and helpers to build / scan stacked blocks.
+q/k LayerNorm and 2D RoPE, and the pre-norm LayerScale block (stacked and scanned with
+:mod:`gen3r_jax.nn.stack`).
 
 Tokens are ``[B, N, C]``; attention works on ``[B, N, H, D]`` through :func:`gen3r_jax.nn.attention.attention`.
 """
 
 from __future__ import annotations
-
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,6 @@ from gen3r_jax.nn.attention import attention
 from gen3r_jax.nn.linear import Dense
 from gen3r_jax.nn.norms import LayerNorm
 from gen3r_jax.nn.params import make_param
-from gen3r_jax.nn.stack import checkpointed
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -127,29 +125,3 @@ class Block(nnx.Module):
     x = x + (self.ls1(y) if self.ls1 is not None else y)
     y = self.mlp(self.norm2(x))
     return x + (self.ls2(y) if self.ls2 is not None else y)
-
-
-def stacked(n: int, make: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs) -> nnx.Module:
-  """``n`` copies of ``make(rngs)`` with parameters stacked on a leading ``layers`` axis (``nnx.vmap``)."""
-
-  @nnx.split_rngs(splits=n)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-  def build(r):
-    return make(r)
-
-  return build(rngs)
-
-
-def remat(fn: Callable, policy: str) -> Callable:
-  """Wrap a scan body with ``jax.checkpoint`` as the config's remat policy says (:mod:`gen3r_jax.nn.stack`)."""
-  return checkpointed(fn, policy)
-
-
-def scan_blocks(blocks: nnx.Module, x: jax.Array, *, policy: str = "none", **call_kw: Any) -> jax.Array:
-  """Run stacked ``blocks`` over ``x`` in sequence with ``jax.lax.scan``."""
-  graphdef, state = nnx.split(blocks)
-
-  def body(h, layer_state):
-    return nnx.merge(graphdef, layer_state)(h, **call_kw), None
-
-  return jax.lax.scan(remat(body, policy), x, state)[0]

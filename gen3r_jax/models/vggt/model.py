@@ -22,11 +22,12 @@ from gen3r_jax.nn.params import abstract_module
 
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.models.init import sharded_init
 from gen3r_jax.models.vggt.aggregator import Aggregator
 from gen3r_jax.models.vggt.camera_head import CameraHead
 from gen3r_jax.models.vggt.config import VGGTConfig
 from gen3r_jax.models.vggt.dpt_head import DPTHead
-from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
+from gen3r_jax.parallel.rules import DEFAULT_RULES
 
 
 def _is_tracer(x) -> bool:
@@ -106,8 +107,5 @@ def abstract_model(cfg: VGGTConfig) -> VGGT:
 
 def create(cfg: VGGTConfig, *, seed: int = 0, mesh=None, rules=DEFAULT_RULES) -> VGGT:
   """Random-init model from one jitted init (eager ``nnx.vmap`` init is very slow); with ``mesh`` every
-  parameter lands straight on its shard."""
-  graphdef, abstract = nnx.split(abstract_model(cfg))
-  shardings = state_shardings(abstract, mesh, rules) if mesh is not None else None
-  init = jax.jit(lambda: nnx.split(VGGT(cfg, rngs=nnx.Rngs(seed)))[1], out_shardings=shardings)
-  return nnx.merge(graphdef, init())
+  parameter lands straight on its shard (:func:`gen3r_jax.models.init.sharded_init`)."""
+  return sharded_init(lambda r: VGGT(cfg, rngs=r), seed=seed, mesh=mesh, rules=rules)

@@ -13,11 +13,12 @@ from flax import nnx
 
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.models.vggt.config import VGGTConfig
-from gen3r_jax.models.vggt.layers import Block, scan_blocks, stacked
+from gen3r_jax.models.vggt.layers import Block
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.norms import LayerNorm
 from gen3r_jax.nn.params import make_param
 from gen3r_jax.nn.resample import resize
+from gen3r_jax.nn.stack import scan_layers, stack
 
 
 def _normal(std):
@@ -38,10 +39,10 @@ class DinoPatchEmbed(nnx.Module):
     self.cls_token = make_param(rngs, _normal(1e-6), (c,), ("embed",), pdt)                      # [C]
     self.pos_embed = make_param(rngs, _normal(0.02), (1 + cfg.pos_grid ** 2, c), (None, "embed"), pdt)
     self.register_tokens = make_param(rngs, _normal(1e-6), (cfg.pe_num_register_tokens, c), (None, "embed"), pdt)
-    self.blocks = stacked(cfg.pe_depth, lambda r: Block(
+    self.blocks = stack(lambda r: Block(
         c, cfg.pe_num_heads, mlp_ratio=cfg.pe_mlp_ratio, norm_eps=1e-6, qkv_bias=cfg.qkv_bias,
         proj_bias=cfg.proj_bias, ffn_bias=cfg.ffn_bias, qk_norm=False, init_values=cfg.pe_init_values,
-        impl=cfg.attention, dtype=dtype, param_dtype=pdt, rngs=r), rngs)
+        impl=cfg.attention, dtype=dtype, param_dtype=pdt, rngs=r), cfg.pe_depth, rngs)
     self.norm = LayerNorm(c, eps=1e-6, rngs=rngs, param_dtype=pdt)
 
   def interpolate_pos_encoding(self, h: int, w: int) -> jax.Array:
@@ -77,6 +78,6 @@ class DinoPatchEmbed(nnx.Module):
     reg = jnp.broadcast_to(self.register_tokens[...].astype(t.dtype), (n, cfg.pe_num_register_tokens,
                                                                        cfg.embed_dim))
     t = jnp.concatenate([t[:, :1], reg, t[:, 1:]], axis=1)                 # [N, 1 + R + h*w, C]
-    t = scan_blocks(self.blocks, t, policy=cfg.remat)
+    t = scan_layers(self.blocks, t, remat=cfg.remat)
     t = self.norm(t)
     return t[:, 1 + cfg.pe_num_register_tokens:]                           # [N, h*w, C]

@@ -27,7 +27,7 @@ from gen3r_jax.nn.linear import Conv, Dense
 from gen3r_jax.nn.norms import LayerNorm
 from gen3r_jax.nn.params import make_param
 from gen3r_jax.nn.resample import resize
-from gen3r_jax.nn.stack import REMAT_POLICIES, scan, stack
+from gen3r_jax.nn.stack import REMAT_POLICIES, scan_layers, stack
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -203,7 +203,7 @@ class CLIPVision(CheckpointMixin, nnx.Module):
     cls = jnp.broadcast_to(self.cls_embedding[...].astype(dt), (b, 1, cfg.dim))
     x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding[...].astype(dt)  # [B, 1 + N, D]
     x = self.pre_norm(x)
-    return scan(self.blocks, lambda blk, h: blk(h), x, remat=cfg.remat)
+    return scan_layers(self.blocks, x, remat=cfg.remat)
 
   def __call__(self, images: jax.Array) -> jax.Array:
     """``[B, H, W, 3]`` frames in [-1, 1] (any H, W) -> ``[B, 1 + N, D]`` CLIP tokens."""

@@ -32,7 +32,7 @@ from gen3r_jax.nn.attention import IMPLEMENTATIONS, attention
 from gen3r_jax.nn.linear import Dense
 from gen3r_jax.nn.norms import RMSNorm
 from gen3r_jax.nn.params import make_param
-from gen3r_jax.nn.stack import REMAT_POLICIES, scan, stack
+from gen3r_jax.nn.stack import REMAT_POLICIES, scan_layers, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +198,7 @@ class UMT5Encoder(CheckpointMixin, nnx.Module):
     buckets = self.buckets(length)
     mask = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]  # [B, 1, 1, L]
     x = jnp.take(self.token_embedding[...], input_ids, axis=0).astype(dtype_of(self.cfg.dtype))  # [B, L, D]
-    x = scan(self.blocks, lambda blk, h: blk(h, buckets, mask), x, remat=self.cfg.remat)
+    x = scan_layers(self.blocks, x, buckets, mask, remat=self.cfg.remat)
     return self.norm(x)  # [B, L, D]
 
 

@@ -27,6 +27,7 @@ from gen3r_jax.nn.params import abstract_module
 
 from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import dtype_of
+from gen3r_jax.models.init import sharded_init
 from gen3r_jax.models.wan.camera_adapter import CameraAdapter
 from gen3r_jax.models.wan.dit_blocks import DiTBlock, Head
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
@@ -34,8 +35,8 @@ from gen3r_jax.models.wan.dit_embed import ImageEmbedding, TextEmbedding, TimeEm
 from gen3r_jax.models.wan.dit_inputs import batch_of, check_inputs, pad_text
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.rope import rope_tables
-from gen3r_jax.nn.stack import checkpointed
-from gen3r_jax.parallel.rules import DEFAULT_RULES, constrain, state_shardings
+from gen3r_jax.nn.stack import scan, stack
+from gen3r_jax.parallel.rules import DEFAULT_RULES, constrain
 
 
 
@@ -45,15 +46,6 @@ def unpatchify(x: jax.Array, grid: tuple[int, int, int], patch, c: int) -> jax.A
   (f, h, w), (p1, p2, p3) = grid, patch
   x = x.reshape(b, f, h, w, p1, p2, p3, c).transpose(0, 1, 4, 2, 5, 3, 6, 7)
   return x.reshape(b, f * p1, h * p2, w * p3, c)
-
-
-def _stacked_blocks(cfg: WanDiTConfig, rngs: nnx.Rngs):
-  @nnx.split_rngs(splits=cfg.num_layers)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-  def make(r):
-    return DiTBlock(cfg, rngs=r)
-
-  return make(rngs)
 
 
 class WanDiT(CheckpointMixin, nnx.Module):
@@ -70,7 +62,7 @@ class WanDiT(CheckpointMixin, nnx.Module):
     self.text_embedding = TextEmbedding(cfg, rngs=rngs)
     self.time_embedding = TimeEmbedding(cfg, rngs=rngs)
     self.img_emb = ImageEmbedding(cfg, rngs=rngs)
-    self.blocks = _stacked_blocks(cfg, rngs)
+    self.blocks = stack(lambda r: DiTBlock(cfg, rngs=r), cfg.num_layers, rngs)
     self.head = Head(cfg, rngs=rngs)
 
   def __call__(self, x, t, context, clip_fea=None, y=None, y_camera=None) -> jax.Array:
@@ -116,17 +108,17 @@ class WanDiT(CheckpointMixin, nnx.Module):
 
 
 def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", collect: bool = False):
-  """``lax.scan`` of one block over the layer axis of the split stacked-block ``state``.
+  """:func:`gen3r_jax.nn.stack.scan` of one block over the layer axis of the split stacked-block ``state``.
 
   Returns ``(x [B, L, D], per_block [layers, B, L, D] or None)``. ``remat`` names a policy of
   :data:`gen3r_jax.nn.stack.REMAT_POLICIES`; activations are constrained to ``(batch, length, embed)`` after every block.
   """
-  def body(carry, layer_state):
-    blk = nnx.merge(graphdef, layer_state)
+  def body(blk, carry):
     out = constrain(blk(carry, e0, rope, txt, img))
-    return out, (out if collect else None)
+    return (out, out) if collect else out
 
-  return jax.lax.scan(checkpointed(body, remat), x, state)
+  out = scan(nnx.merge(graphdef, state), body, x, remat=remat, collect=collect)
+  return out if collect else (out, None)
 
 
 def abstract_model(cfg: WanDiTConfig) -> WanDiT:
@@ -137,17 +129,5 @@ def abstract_model(cfg: WanDiTConfig) -> WanDiT:
 def create(cfg: WanDiTConfig, *, seed: int = 0, mesh=None, rules=DEFAULT_RULES,
            rng_impl: str | None = None) -> WanDiT:
   """Random-init model from one jitted init whose outputs land straight on their shards (``mesh``) or on the
-  default device; no parameter passes through the host.
-
-  ``rng_impl="rbg"`` draws with XLA's RngBitGenerator, which compiles much faster than the default threefry
-  (benchmarks and tests); the default keeps ``nnx.Rngs(seed)``.
-  """
-  graphdef, abstract = nnx.split(abstract_model(cfg))
-  shardings = state_shardings(abstract, mesh, rules) if mesh is not None else None
-
-  def init():
-    key = jax.random.key(seed, impl=rng_impl) if rng_impl else seed
-    return nnx.split(WanDiT(cfg, rngs=nnx.Rngs(key)))[1]
-
-  init = jax.jit(init, out_shardings=shardings)
-  return nnx.merge(graphdef, init())
+  default device (:func:`gen3r_jax.models.init.sharded_init`; ``rng_impl="rbg"`` compiles much faster)."""
+  return sharded_init(lambda r: WanDiT(cfg, rngs=r), seed=seed, mesh=mesh, rules=rules, rng_impl=rng_impl)

@@ -24,6 +24,7 @@ from gen3r_jax.convert.tables import wan_vae as wan_table
 from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
 from gen3r_jax.models.vggt import VGGTConfig, abstract_model
 from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
+from gen3r_jax.nn.compat import value_of
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check
 from gen3r_jax.training.losses import Stage1LossConfig
@@ -117,7 +118,7 @@ def run(fx: Fixture, dtype: str = "float32") -> Iterator[Check]:
       if rule is None:
         raise KeyError(f"{fx.name}: no converter rule for gradient {key!r}")
       g = flat_grads[rule.path]
-      g = np.asarray(g.get_value() if hasattr(g, "get_value") else g, np.float32)
+      g = np.asarray(value_of(g), np.float32)
       if rule.index is not None:
         g = g[rule.index]
       if rule.transform.name not in ("identity", "flatten"):

@@ -40,6 +40,7 @@ from gen3r_jax.models.vggt import VGGT, VGGTConfig
 from gen3r_jax.models.wan.dit_config import WanDiTConfig
 from gen3r_jax.models.wan.transformer import abstract_model as abstract_dit
 from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
+from gen3r_jax.nn.compat import value_of
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.testing.cases.decode_path import load_used
 from gen3r_jax.testing.fixture import Fixture
@@ -168,7 +169,7 @@ def grad_checks(fx: Fixture, grads, table, names, prefix: str) -> Iterator[Check
     if rule.transform.name not in ("identity", "flatten") and not rule.transform.name.startswith("squeeze_leading"):
       raise NotImplementedError(f"{fx.name}: gradient {key!r} needs the inverse of {rule.transform.name}")
     g = flat[rule.path]
-    g = np.asarray(g.get_value() if hasattr(g, "get_value") else g, np.float32)
+    g = np.asarray(value_of(g), np.float32)
     g = g if rule.index is None else g[rule.index]
     yield Check(name, g.reshape(fx.tensor(name).shape))
 
