@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bench.common import abstract_like, count_flops, random_split, param_count, row_base, time_jitted
-from gen3r_jax.models.adapter.geometry_adapter import LATENT_GRID, TOKEN_GRID, GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import LATENT_GRID, TOKEN_GRID, GeometryAdapter, GeometryAdapterConfig
 
 SIZES = {"full": GeometryAdapterConfig.gen3r, "tiny": GeometryAdapterConfig.tiny}
 TINY = dict(latent_frames=1, repeats=2)   # bench.run --size tiny (CPU smoke)

@@ -287,7 +287,7 @@ def device_random(model_cls, cfg, *, seed: int = 0, mesh=None, method: str = "au
   from flax import nnx
 
   from gen3r_jax.models.init import init_on_device
-  from gen3r_jax.nn.compat import from_flat_state, value_of
+  from gen3r_jax.compat import from_flat_state, value_of
   from gen3r_jax.nn.params import abstract_module, logical_axes
 
   abstract = abstract_module(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))

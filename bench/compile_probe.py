@@ -12,7 +12,7 @@ of XLA's pipeline costs the time. No persistent compilation cache is used. Stage
 * ``estimate``: ``sampling.stages._vggt_estimate`` (VGGT aggregator + camera and depth heads on one view);
 * ``heads``: ``sampling.geometry_decode.run_heads`` (camera, depth and point heads on 49 decoded frames);
 * ``adapter``: the geometry adapter's jitted decode ``[1, 13, 70, 70, 16] -> [1, 49, 40, 40, 10240]``;
-* ``clip``: ``models.wan.clip.encode_videos``'s jitted visual tower on one preprocessed frame;
+* ``clip``: ``models.clip.model.encode_videos``'s jitted visual tower on one preprocessed frame;
 * ``rays``: ``sampling.conditioning._rays`` (the Plücker rays of 49 cameras at 560x560).
 """
 
@@ -53,7 +53,7 @@ def _stage_fns(what: str):
   import jax.numpy as jnp
 
   from bench.common import device_random
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+  from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
   from gen3r_jax.models.vggt.config import VGGTConfig
   from gen3r_jax.models.vggt.model import VGGT
   bf = dict(dtype="bfloat16", param_dtype="bfloat16")
@@ -71,11 +71,11 @@ def _stage_fns(what: str):
       return run_heads.lower(m.camera_head, m.depth_head, m.point_head, tok, patch_size=cfg.patch_size)
     return lambda: device_random(VGGT, cfg), lower
   if what == "adapter":
-    from gen3r_jax.models.wan.vae import decode_raw_jit
+    from gen3r_jax.models.wan_vae.vae import decode_raw_jit
     return (lambda: device_random(GeometryAdapter, GeometryAdapterConfig.gen3r().replace(**bf)),
             lambda m: decode_raw_jit.lower(m, sds((1, 13, 70, 70, 16), jnp.float32), chunked=True))
   if what == "clip":
-    from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, _visual
+    from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig, _visual
     return (lambda: device_random(CLIPVision, CLIPVisionConfig.vit_h_14().replace(**bf)),
             lambda m: _visual.lower(m, sds((1, m.cfg.image_size, m.cfg.image_size, 3), jnp.float32)))
   if what == "rays":

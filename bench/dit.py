@@ -25,8 +25,8 @@ from flax import nnx
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from bench.common import count_flops, param_count, peak_memory_bytes, row_base, time_jitted
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import WanDiT, abstract_model, create
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model, create
 from gen3r_jax.nn.attention import chosen_implementations
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh, spec_for

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gen3r_jax.models.wan import dit_blocks
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import create
+from gen3r_jax.models.wan_dit import blocks as dit_blocks
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import create
 
 SHAPE = (2, 31850, 12, 128)
 

@@ -44,13 +44,13 @@ FIELDS = {"text_encoder": "text_encoder", "clip_image_encoder": "clip", "transfo
 
 def bundle_configs(size: str, dtype: str, param_dtype: str) -> dict:
   """Component -> config object (full: the release sizes; tiny: the CPU demo's)."""
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapterConfig
+  from gen3r_jax.models.geometry_adapter.model import GeometryAdapterConfig
   from gen3r_jax.models.vggt.config import VGGTConfig
-  from gen3r_jax.models.wan.clip import CLIPVisionConfig
-  from gen3r_jax.models.wan.dit_config import WanDiTConfig
-  from gen3r_jax.models.wan.t5 import UMT5Config
-  from gen3r_jax.models.wan.vae import WanVAEConfig
-  from gen3r_jax.sampling import demo
+  from gen3r_jax.models.clip.model import CLIPVisionConfig
+  from gen3r_jax.models.wan_dit.config import WanDiTConfig
+  from gen3r_jax.models.umt5.t5 import UMT5Config
+  from gen3r_jax.models.wan_vae.vae import WanVAEConfig
+  from gen3r_jax.apps import demo
   if size == "tiny":
     cfgs = demo.tiny_configs()
   else:
@@ -65,9 +65,9 @@ def build_bundle(size: str, dtype: str, param_dtype: str, tmp: str, seed: int = 
   import jax.numpy as jnp
 
   from bench.common import device_random
-  from gen3r_jax.convert.bundle import COMPONENTS, Gen3RBundle
-  from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
-  from gen3r_jax.sampling import demo
+  from gen3r_jax.apps.bundle import COMPONENTS, Gen3RBundle
+  from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
+  from gen3r_jax.apps import demo
   cfgs = bundle_configs(size, dtype, param_dtype)
   bundle = Gen3RBundle()
   for i, (comp, (_, cls_path)) in enumerate(COMPONENTS.items()):
@@ -104,7 +104,7 @@ def phase(name: str, *, size: str = "full", dtype: str = "bfloat16", param_dtype
   from flax import nnx
 
   from bench.common import gib, now_utc, peak_memory_bytes, set_compilation_cache
-  from gen3r_jax.sampling import demo
+  from gen3r_jax.apps import demo
   from gen3r_jax.sampling.pipeline import SampleOptions
   set_compilation_cache(cache_dir)
   param_dtype = param_dtype or dtype

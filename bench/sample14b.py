@@ -26,7 +26,7 @@ SIZES = ("14b", "1.3b", "tiny")
 
 
 def _config(size: str, dtype: str, param_dtype: str | None, attention: str):
-  from gen3r_jax.models.wan.dit_config import WanDiTConfig
+  from gen3r_jax.models.wan_dit.config import WanDiTConfig
   make = {"14b": WanDiTConfig.wan_14b, "1.3b": WanDiTConfig.wan_1_3b, "tiny": WanDiTConfig.tiny}
   if size not in make:
     raise ValueError(f"size must be one of {SIZES}, got {size!r}")

@@ -37,9 +37,10 @@ def run(size: str = "full", dtype: str = "bfloat16", param_dtype: str | None = "
 
   from bench.common import device_random
   from bench.sample import FIELDS, bundle_configs
-  from gen3r_jax.convert.bundle import COMPONENTS, Gen3RBundle
-  from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
-  from gen3r_jax.sampling import demo, placement as pl
+  from gen3r_jax.apps.bundle import COMPONENTS, Gen3RBundle
+  from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
+  from gen3r_jax.apps import demo
+  from gen3r_jax.sampling import placement as pl
   from gen3r_jax.sampling.inputs import expected_views
   from gen3r_jax.sampling.pipeline import SampleOptions, generate
   pl.check_placement(placement)

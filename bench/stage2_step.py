@@ -31,12 +31,13 @@ from jax.sharding import NamedSharding
 
 from bench.common import param_count, peak_bf16_tflops, row_base, time_jitted
 from bench.dit import SIZES, forward_flops
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import WanDiT
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import WanDiT
 from gen3r_jax.parallel.rules import activation_spec, make_mesh
-from gen3r_jax.training.loop import Task, make_train_step
+from gen3r_jax.training.loop import make_train_step
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import create_train_state
+from gen3r_jax.training.task import Task
 
 
 TINY = dict(frames=5, image=32, repeats=2)   # bench.run --size tiny (CPU smoke)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bench.common import abstract_like, count_flops, random_split, param_count, row_base, time_jitted
-from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
 
 SIZES = {"full": WanVAEConfig.wan2_1, "tiny": WanVAEConfig.tiny}
 TINY = dict(frames=5, image=16, repeats=2)   # bench.run --size tiny (CPU smoke)

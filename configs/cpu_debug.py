@@ -18,12 +18,7 @@ Entries:
   setting (minutes on 16 cores; far beyond a laptop: VGGT's heads and the Wan VAE at 560x560).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import base  # noqa: E402
+from configs import base
 
 
 def stage1_full():

@@ -8,12 +8,9 @@ no visual meaning (random weights) but every file of a real run is written. Runs
 """
 
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import sample  # noqa: E402
+from configs import sample
 
 
 def get_config():

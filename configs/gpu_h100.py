@@ -25,12 +25,7 @@ Online encoding also needs the frozen models (``--config.model.{vggt,adapter,wan
 and ``model.tokenizer``); ``data.preencoded`` drops them.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import base  # noqa: E402
+from configs import base
 
 H100 = dict(platform="gpu", hbm_gib=80.0)
 

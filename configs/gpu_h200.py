@@ -13,13 +13,7 @@ forward-only, i.e. in sampling). Everything else (optimisation, batch 192 clips 
 fsdp x context mesh) is the H100 file's: ``configs/gpu_h100.py``.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import base  # noqa: E402
-import gpu_h100  # noqa: E402
+from configs import base, gpu_h100
 
 H200 = dict(platform="gpu", hbm_gib=141.0)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
+
 
 class Gen3RInputError(ValueError):
   """Bad user input (shapes, sizes, dtypes, files, configs). The message says how to fix it."""
@@ -38,8 +40,6 @@ def check_array(
     floating: require a floating-point dtype.
     dims: ``{axis: size}`` that must match exactly.
   """
-  import numpy as np  # local: keep import cheap
-
   shape = tuple(getattr(x, "shape", ()))
   where = f" {layout}" if layout else ""
   if not hasattr(x, "shape"):

@@ -38,13 +38,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output (
 
 def main(argv):
   del argv
-  from gen3r_jax.cli import quiet_library_logs
+  from gen3r_jax.apps.cli import quiet_library_logs
   quiet_library_logs()
   missing = [n for n, f in (("--source", _SOURCE), ("--out", _OUT)) if not f.value]
   if missing:
     print(f"error: {', '.join(missing)} required (see --helpfull)", file=sys.stderr)
     return 2
-  from gen3r_jax.convert.bundle import convert_any, read_json_arg
+  from gen3r_jax.apps.bundle import convert_any, read_json_arg
   from gen3r_jax.convert.core import ConversionError
   try:
     convert_any(_SOURCE.value, _OUT.value, model=_MODEL.value,

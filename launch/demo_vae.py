@@ -26,8 +26,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.cli import run_tool
-  from gen3r_jax.sampling.vae_demo import run
+  from gen3r_jax.apps.cli import run_tool
+  from gen3r_jax.apps.vae_demo import run
   return run_tool(run, _OUT.value, checkpoint=_CKPT.value, frames=_FRAMES.value, size=_SIZE.value,
                   seed=_SEED.value, dtype=_DTYPE.value)
 

@@ -48,10 +48,10 @@ _PC_NONFINITE = flags.DEFINE_enum("pc_nonfinite", "exclude", ["exclude", "miss",
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.cli import quiet_library_logs
+  from gen3r_jax.apps.cli import quiet_library_logs
   quiet_library_logs()
   from gen3r_jax.errors import Gen3RInputError
-  from gen3r_jax.eval.evaluate import EvalOptions, evaluate, format_table
+  from gen3r_jax.apps.evaluate import EvalOptions, evaluate, format_table
 
   if not _PRED.value or not _GT.value:
     print("error: --pred and --gt are required (see --helpfull)", file=sys.stderr)

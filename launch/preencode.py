@@ -10,7 +10,7 @@
 
 Rerunning the same command resumes (finished shards are skipped); the last process to finish writes the dataset
 metadata. Train on the result with ``config.data.preencoded=<out>``. All logic lives in
-:mod:`gen3r_jax.data.preencode` (the on-disk format and reader in :mod:`gen3r_jax.data.preencoded`); bad input
+:mod:`gen3r_jax.training.preencode` (the on-disk format and reader in :mod:`gen3r_jax.data.preencoded`); bad input
 prints one ``error: ...`` line and exits with status 2 before any model is loaded.
 """
 
@@ -46,13 +46,14 @@ _CACHE = flags.DEFINE_string("tiny_cache", os.path.join(os.path.expanduser("~"),
 
 
 def run() -> None:
-  from gen3r_jax.data.preencode import PreencodeConfig, demo_inputs, preencode
+  from gen3r_jax.apps.demo import preencode_inputs
+  from gen3r_jax.training.preencode import PreencodeConfig, preencode
   from gen3r_jax.errors import require
   source, bundle = _SOURCE.value, _BUNDLE.value
   require(bool(_OUT.value), "--out required (see --helpfull).")
   if _TINY.value:
     require(not bundle, "--tiny brings its own random tiny bundle; drop --bundle (or drop --tiny).")
-    demo_source, bundle = demo_inputs(_CACHE.value)
+    demo_source, bundle = preencode_inputs(_CACHE.value)
     source = source or demo_source
   missing = [n for n, v in (("--source", source), ("--bundle", bundle)) if not v]
   require(not missing, f"{', '.join(missing)} required (see --helpfull), or --tiny for a demo.")
@@ -67,7 +68,7 @@ def run() -> None:
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.cli import run_tool
+  from gen3r_jax.apps.cli import run_tool
   return run_tool(run)
 
 

@@ -6,7 +6,7 @@
 
 ``--checkpoint`` is a VGGT converted with ``launch/convert.py --model vggt_1b``. Writes ``depth.npz`` /
 ``depth.mp4``, ``points.ply`` / ``points.npz``, ``cameras.json``, ``preview.png``, ``rgb.mp4`` and
-``vggt_predictions.npz`` (see :mod:`gen3r_jax.sampling.reconstruct`, where all the logic lives). Bad input
+``vggt_predictions.npz`` (see :mod:`gen3r_jax.apps.reconstruct`, where all the logic lives). Bad input
 (no images, unreadable image, missing checkpoint, bad size, an output directory that cannot be created or
 written) prints a one-line error and exits with status 2 before the model is loaded; the outputs are written
 atomically, as a set, and a previous run's outputs in ``--out`` are replaced with a one-line warning.
@@ -32,8 +32,8 @@ flags.mark_flags_as_required(["images", "checkpoint", "out"])
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.cli import run_tool
-  from gen3r_jax.sampling.reconstruct import reconstruct
+  from gen3r_jax.apps.cli import run_tool
+  from gen3r_jax.apps.reconstruct import reconstruct
   return run_tool(reconstruct, _IMAGES.value, _CKPT.value, _OUT.value, size=_SIZE.value, mode=_MODE.value,
                   frames_chunk_size=_CHUNK.value, dtype=_DTYPE.value, min_max_depth_mask=_MASK.value,
                   max_points=_MAX_POINTS.value)

@@ -9,7 +9,7 @@
         --config.out=outputs/garden          # a video or a folder of frames; the first num_frames are used
     python launch/sample.py --config configs/demo_tiny.py --config.out=/tmp/gen3r_demo   # CPU demo, no download
 
-All logic lives in :mod:`gen3r_jax.sampling.run` (checks, loading, generation, export). Bad input prints a
+All logic lives in :mod:`gen3r_jax.apps.sample` (checks, loading, generation, export). Bad input prints a
 one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled; the
 output directory is created and probed for writing first. Inputs used in a way you may not expect (a prompt cut
 at 512 tokens, a small or very elongated image, frames left out of a long video, a previous run's outputs about
@@ -28,8 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config (conf
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.cli import run_tool
-  from gen3r_jax.sampling.run import sample_from_config
+  from gen3r_jax.apps.cli import run_tool
+  from gen3r_jax.apps.sample import sample_from_config
   return run_tool(sample_from_config, _CONFIG.value)
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_auto_picks_the_measured_kernel_per_head_dim():
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_under_a_mesh_and_inside_shard_map(kernel):
   """Batch and heads sharded (the trainer's constraint), and inside the context-parallel ``shard_map``."""
-  from gen3r_jax.parallel.context import context_attention
+  from gen3r_jax.nn.context_parallel import context_attention
   from gen3r_jax.parallel.rules import make_mesh
   q, k, v, ct = _inputs((2, 1024, 1024, 4, 128), seed=1)
   ref = _reference(q, k, v).astype(q.dtype)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from bench import common, run as bench_run
 from bench.dit import flops_jaxpr, forward_flops
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
 from gen3r_jax.nn.params import param
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ for m in {MODULES!r}:
 import bench.stage2_step, bench.sample
 bench.stage2_step._loss_fn()                    # imports training.stage2 lazily
 bench.sample.bundle_configs("tiny", "float32", "float32")
-import gen3r_jax.sampling.pipeline, gen3r_jax.convert.bundle
+import gen3r_jax.sampling.pipeline, gen3r_jax.apps.bundle
 bad = sorted({{m.split('.')[0] for m in sys.modules}} & {{"ml_collections", "grain", "clu", "tensorflow",
                                                          "tensorflow_datasets", "torch", "diffusers"}})
 print("BAD", bad)

@@ -12,7 +12,7 @@ from gen3r_jax.convert import load_torch_weights, open_source
 from gen3r_jax.convert.check_manifest import check
 from gen3r_jax.convert.tables.clip import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, encode_videos
+from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig, encode_videos
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.testing.fixture import Fixture
 from tests.conftest import fixture_path

@@ -21,7 +21,7 @@ def work():
 
 mode = sys.argv[1]
 if mode == "tool":                     # what every launch/ script does
-  from gen3r_jax.cli import run_tool
+  from gen3r_jax.apps.cli import run_tool
   out = {}
   assert run_tool(lambda: out.setdefault("value", work())) == 0
   value, where = out["value"], jax.config.jax_compilation_cache_dir

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn.attention import attention, local_attention
-from gen3r_jax.parallel.context import (active, context_attention, qkv_spec, use_context_parallel)
+from gen3r_jax.nn.context_parallel import (active, context_attention, qkv_spec, use_context_parallel)
 from gen3r_jax.parallel.rules import make_mesh
 
 
@@ -141,8 +141,8 @@ def test_wan_dit_block_runs_unchanged_under_context_parallel():
   # one real Wan DiT block: self-attention (3D RoPE) goes round the ring, the text/image cross-attention
   # splits its queries only; no model code changes
   from flax import nnx
-  from gen3r_jax.models.wan.dit_blocks import DiTBlock
-  from gen3r_jax.models.wan.dit_config import WanDiTConfig
+  from gen3r_jax.models.wan_dit.blocks import DiTBlock
+  from gen3r_jax.models.wan_dit.config import WanDiTConfig
   from gen3r_jax.nn.rope import rope_tables
   cfg = WanDiTConfig.tiny()
   graphdef, state = nnx.split(DiTBlock(cfg, rngs=nnx.Rngs(3)))

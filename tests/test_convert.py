@@ -13,8 +13,8 @@ from safetensors.numpy import save_file
 
 from gen3r_jax.convert import ConversionError, TableBuilder, convert, load_torch_weights, param_targets
 from gen3r_jax.convert import transforms as T
-from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.convert.sources import SafetensorsSource, open_source
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import ModelConfig
 from gen3r_jax.nn.linear import Conv, Dense
 from gen3r_jax.nn.params import make_param, torch_uniform

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from gen3r_jax.convert import atomic
-from gen3r_jax.convert import bundle as B
+from gen3r_jax import atomic
+from gen3r_jax.apps import bundle as B
 from gen3r_jax.errors import Gen3RInputError
 from tests.conftest import fixture_path
 
@@ -95,7 +95,7 @@ def test_sigkill_during_the_write_leaves_the_old_bundle(old_bundle, tmp_path):
   script = f"""
 import json, sys, time
 sys.path.insert(0, {ROOT!r})
-from gen3r_jax.convert import bundle as B
+from gen3r_jax.apps import bundle as B
 real, n = B.save_params, []
 def slow(*a, **k):
   n.append(1)

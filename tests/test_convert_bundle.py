@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from gen3r_jax.convert.bundle import COMPONENTS, INDEX_FILE, check_bundle, convert_any, load_bundle
+from gen3r_jax.apps.bundle import COMPONENTS, INDEX_FILE, check_bundle, convert_any, load_bundle
 from gen3r_jax.errors import Gen3RInputError
 from tests.conftest import fixture_path
 

@@ -13,9 +13,9 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from gen3r_jax import atomic
+from gen3r_jax.apps.bundle import convert_model, failed_report_path, read_json_arg
 from gen3r_jax.convert import ConversionError, convert, load_torch_weights, param_targets
-from gen3r_jax.convert import atomic
-from gen3r_jax.convert.bundle import convert_model, failed_report_path, read_json_arg
 from gen3r_jax.convert.registry import ModelSpec
 from gen3r_jax.convert.sources import DictSource, open_source
 from gen3r_jax.errors import Gen3RInputError
@@ -73,7 +73,7 @@ def test_legacy_pth_is_read(tmp_path):
 
 def test_lpips_two_file_form_with_the_legacy_heads_file(tmp_path):
   """The lpips package ships ``weights/v0.1/alex.pth`` in the legacy format."""
-  from gen3r_jax.eval import lpips
+  from gen3r_jax.convert.lpips import load_lpips
   g = torch.Generator().manual_seed(0)
   convs = [(0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3), (10, 256, 256, 3)]
   backbone = {}
@@ -83,7 +83,7 @@ def test_lpips_two_file_form_with_the_legacy_heads_file(tmp_path):
   heads = {f"lin{k}.model.1.weight": torch.rand(1, c[2], 1, 1, generator=g) for k, c in enumerate(convs)}
   torch.save(backbone, tmp_path / "alexnet.pth")
   torch.save(heads, tmp_path / "alex.pth", _use_new_zipfile_serialization=False)
-  model = lpips.load_lpips(f"{tmp_path / 'alexnet.pth'},{tmp_path / 'alex.pth'}")
+  model = load_lpips(f"{tmp_path / 'alexnet.pth'},{tmp_path / 'alex.pth'}")
   np.testing.assert_allclose(np.asarray(model.lins[1].kernel[...])[:, 0], heads["lin1.model.1.weight"].flatten())
 
 

@@ -4,8 +4,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from gen3r_jax.apps.vae_demo import run
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.sampling.vae_demo import run
 
 
 def test_demo_writes_videos_and_psnr(tmp_path):

@@ -10,8 +10,8 @@ from flax import nnx
 from gen3r_jax.convert.core import load_torch_weights
 from gen3r_jax.convert.tables.wan_dit import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import abstract_model
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import abstract_model
 from gen3r_jax.sampling import denoise as dn
 from gen3r_jax.testing.cases import denoise_loop as case
 from gen3r_jax.testing.fixture import Fixture

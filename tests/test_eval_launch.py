@@ -10,7 +10,8 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.eval import camera, evaluate
+from gen3r_jax.apps import evaluate
+from gen3r_jax.eval import camera
 from gen3r_jax.eval import io as eio
 
 H, W, N_GT = 32, 48, 8

@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gen3r_jax.convert.lpips import load_lpips
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.eval import lpips
+from gen3r_jax.models.lpips import LPIPSConfig
 
 _CONVS = [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1),
           (10, 256, 256, 3, 1, 1)]
@@ -51,7 +53,7 @@ def test_lpips_matches_torch_forward(tmp_path):
   sd = _random_state_dict()
   path = tmp_path / "lpips_alex.pth"
   torch.save(sd, path)
-  model = lpips.load_lpips(str(path))
+  model = load_lpips(str(path))
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, size=(3, 64, 72, 3)).astype(np.float32)
   y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1).astype(np.float32)
@@ -71,7 +73,7 @@ def test_lpips_loads_torchvision_plus_linear_heads(tmp_path):
   heads = {f"lin{k}.model.1.weight": sd[f"lin{k}.model.1.weight"] for k in range(5)}
   torch.save(backbone, tmp_path / "alexnet.pth")
   torch.save(heads, tmp_path / "alex.pth")
-  model = lpips.load_lpips(f"{tmp_path / 'alexnet.pth'},{tmp_path / 'alex.pth'}")
+  model = load_lpips(f"{tmp_path / 'alexnet.pth'},{tmp_path / 'alex.pth'}")
   np.testing.assert_allclose(np.asarray(model.convs[2].kernel[...]),
                              sd["net.slice3.6.weight"].permute(2, 3, 1, 0).numpy())
   np.testing.assert_allclose(np.asarray(model.lins[4].kernel[...])[:, 0], sd["lin4.model.1.weight"].flatten())
@@ -79,8 +81,8 @@ def test_lpips_loads_torchvision_plus_linear_heads(tmp_path):
 
 def test_lpips_missing_weights_messages(tmp_path):
   with pytest.raises(Gen3RInputError, match="lpips_weights"):
-    lpips.load_lpips(None)
+    load_lpips(None)
   with pytest.raises(Gen3RInputError, match="not found"):
-    lpips.load_lpips(str(tmp_path / "nope.pth"))
+    load_lpips(str(tmp_path / "nope.pth"))
   with pytest.raises(Gen3RInputError, match="only the AlexNet"):
-    lpips.LPIPSConfig(net="vgg")
+    LPIPSConfig(net="vgg")

@@ -12,8 +12,8 @@ from gen3r_jax.convert.core import convert, param_targets
 from gen3r_jax.convert.sources import DictSource
 from gen3r_jax.convert.tables.geometry_adapter import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
-from gen3r_jax.models.wan.vae import host_init
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.wan_vae.vae import host_init
 from gen3r_jax.nn.resample import nearest_exact_indices
 from gen3r_jax.testing.fixture import Fixture
 from tests.conftest import fixture_path

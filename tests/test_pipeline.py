@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from gen3r_jax.convert.bundle import load_bundle
+from gen3r_jax.apps import demo
+from gen3r_jax.apps.bundle import load_bundle
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.sampling import demo
 from gen3r_jax.sampling.pipeline import SampleOptions, check_options, generate
 from gen3r_jax.testing.cases import pipeline as case
 from gen3r_jax.testing.fixture import Fixture

@@ -1,4 +1,4 @@
-"""Offline pre-encoding (gen3r_jax.data.preencode, launch/preencode.py; read back by gen3r_jax.data.preencoded)
+"""Offline pre-encoding (gen3r_jax.training.preencode, launch/preencode.py; read back by gen3r_jax.data.preencoded)
 on random tiny models and synthetic 560x560 scenes: two processes write the records (the first leaves the output
 unfinished, a rerun skips finished shards), the stage-2 pipeline reads them back, the stored arrays equal a direct
 encode of the same clip through gen3r_jax.training.stage2, and bad input fails with a message before anything is
@@ -19,21 +19,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gen3r_jax.data import preencode as P          # the writer
 from gen3r_jax.data import preencoded as R         # the on-disk format and reader
 from gen3r_jax.data import synthetic
 from gen3r_jax.data.clips import relative_poses, resize_crop
 from gen3r_jax.data.layout import decode_image
 from gen3r_jax.data.pipeline import PipelineConfig, make_pipeline, sources_from_preencoded, sources_from_root
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.vae import DiagonalGaussian
+from gen3r_jax.models.wan_vae.vae import DiagonalGaussian
+from gen3r_jax.training import preencode as P      # the writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  from gen3r_jax.sampling.demo import ensure_demo_bundle
+  from gen3r_jax.apps.demo import ensure_demo_bundle
   base = tmp_path_factory.mktemp("preencode")
   root = base / "root"
   synthetic.generate(root, 1, frames=2, height=560, width=560, datasets=("re10k", "waymo"), test_scenes=0, seed=3)
@@ -119,7 +119,7 @@ def _close_in_bf16(stored, direct, what):
 
 
 def test_records_equal_a_direct_encode(run):
-  from gen3r_jax.convert.bundle import load_bundle
+  from gen3r_jax.apps.bundle import load_bundle
   from gen3r_jax.training import stage2 as S
   cfg, _ = run
   src = sources_from_preencoded(cfg.out)["re10k"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gen3r_jax.apps.reconstruct import find_images, load_and_preprocess_images, reconstruct
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.sampling.export import PLY_DTYPE
-from gen3r_jax.sampling.reconstruct import find_images, load_and_preprocess_images, reconstruct
 from gen3r_jax.testing.cases.vggt import build
 from gen3r_jax.testing.fixture import Fixture
 from tests.conftest import fixture_path

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the CLI's flag parser must import)
 
+from configs import demo_tiny, sample as sample_config
+from gen3r_jax.apps import demo
+from gen3r_jax.apps.sample import sample_from_config
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.sampling import demo
-from gen3r_jax.sampling.run import sample_from_config
 from tests.test_export import parse_ply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import demo_tiny  # noqa: E402
-import sample as sample_config  # noqa: E402
 
 
 def _run(*args):
@@ -67,7 +65,7 @@ def _cfg(tmp_path, **kw):
 
 
 def _fake_checkpoint(path, missing=()):
-  from gen3r_jax.convert.bundle import COMPONENTS, COPIED, INDEX_FILE
+  from gen3r_jax.apps.bundle import COMPONENTS, COPIED, INDEX_FILE
   os.makedirs(path, exist_ok=True)
   open(os.path.join(path, INDEX_FILE), "w").write("{}")
   for c in (*COMPONENTS, *COPIED):

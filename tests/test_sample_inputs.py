@@ -40,7 +40,7 @@ def test_16_bit_and_other_image_modes(tmp_path):
   np.testing.assert_array_equal(inputs.to_unit(x)[..., 1], grey.astype(np.float32) / np.float32(65535))
   pre = inputs.preprocess_image(x)                                                 # was ~all white (/ 255, clipped)
   assert pre.shape == (560, 560, 3) and 0.1 < pre.mean() < 0.3
-  from gen3r_jax.sampling.reconstruct import load_and_preprocess_images           # VGGT's reader too
+  from gen3r_jax.apps.reconstruct import load_and_preprocess_images           # VGGT's reader too
   assert 0.1 < load_and_preprocess_images([p], 28).mean() < 0.3
   rgb = np.stack([grey, grey // 2, 65535 - grey], -1)
   x = inputs.read_image(png16(tmp_path / "rgb16.png", rgb))                        # Pillow: the high byte
@@ -153,7 +153,7 @@ def test_output_dir_is_created_and_probed(tmp_path, monkeypatch):
 
 
 def test_prompt_file_and_prompt_longer_than_512_tokens(tmp_path):
-  from gen3r_jax.sampling.run import check_prompt_length, read_prompt
+  from gen3r_jax.apps.sample import check_prompt_length, read_prompt
   f = tmp_path / "prompts.txt"
   f.write_text("A tranquil garden.\nsecond line\n")
   warns, logs = [], []
@@ -171,10 +171,12 @@ def test_prompt_file_and_prompt_longer_than_512_tokens(tmp_path):
 # ---------------------------------------------------------------------------- the config path, models stubbed
 def _stub_models(monkeypatch, calls):
   """No bundle check, no weights, no compile: ``generate`` records what it was given and returns tiny outputs."""
-  import gen3r_jax.convert.bundle as bundle
+  import gen3r_jax.apps.bundle as bundle
+  import gen3r_jax.apps.sample as sample
   import gen3r_jax.sampling.pipeline as pipeline
-  monkeypatch.setattr(bundle, "check_bundle", lambda d: None)
-  monkeypatch.setattr(bundle, "load_bundle", lambda *a, **k: object())
+  for mod in (bundle, sample):   # the module that defines them and the one that calls them
+    monkeypatch.setattr(mod, "check_bundle", lambda d: None)
+    monkeypatch.setattr(mod, "load_bundle", lambda *a, **k: object())
 
   def generate(b, images, prompt, opts, **kw):
     calls.append(dict(images=images, prompt=prompt, opts=opts))
@@ -186,12 +188,12 @@ def _stub_models(monkeypatch, calls):
                 intrinsics=np.tile(np.array([[8.0, 0, 8], [0, 8, 8], [0, 0, 1]]), (f, 1, 1)),
                 latents=np.zeros((1, 2, 2, 4, 16), np.float32), timings={}, stats={"peak_bytes_in_use": None})
   monkeypatch.setattr(pipeline, "generate", generate)
+  monkeypatch.setattr(sample, "generate", generate)
 
 
 def _config(tmp_path, **kw):
   import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-  import sample as sample_config
+  from configs import sample as sample_config
   c = sample_config.get_config()
   c.checkpoint, c.out, c.prompt = str(tmp_path / "ckpt"), str(tmp_path / "out"), "x"
   c.num_frames, c.progress = 5, False
@@ -201,7 +203,7 @@ def _config(tmp_path, **kw):
 
 
 def test_allview_video_and_2view_cameras_json_through_the_config(tmp_path, monkeypatch):
-  from gen3r_jax.sampling.run import sample_from_config
+  from gen3r_jax.apps.sample import sample_from_config
   calls, warns = [], []
   _stub_models(monkeypatch, calls)
   prompt = tmp_path / "prompts.txt"
@@ -239,7 +241,7 @@ def test_allview_video_and_2view_cameras_json_through_the_config(tmp_path, monke
 
 
 def test_unwritable_output_stops_before_compute(tmp_path, monkeypatch):
-  from gen3r_jax.sampling.run import sample_from_config
+  from gen3r_jax.apps.sample import sample_from_config
   calls = []
   _stub_models(monkeypatch, calls)
   (tmp_path / "a_file").write_text("x")

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from gen3r_jax.convert.bundle import load_bundle
+from gen3r_jax.apps import demo
+from gen3r_jax.apps.bundle import load_bundle
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.sampling import demo, placement as pl, stages
+from gen3r_jax.sampling import placement as pl, stages
 from gen3r_jax.sampling.pipeline import SampleOptions, generate
 
 OPTS = SampleOptions(task="1view", cameras="zoom_out", num_frames=1, num_steps=2, seed=5, posterior="sample")
@@ -174,7 +175,7 @@ def _sample_config(**change):
     (dict(context_parallel="tree"), "context_parallel must be one of"),
 ])
 def test_bad_sampling_config(change, message):
-  from gen3r_jax.sampling.run import check_config, parse_mesh
+  from gen3r_jax.apps.sample import check_config, parse_mesh
   assert parse_mesh("fsdp=2, context=2") == {"fsdp": 2, "context": 2} and parse_mesh("") is None
   with pytest.raises(Gen3RInputError, match=message):
     check_config(_sample_config(**change), "unused_checkpoint", ["unused.png"])  # before any file is read

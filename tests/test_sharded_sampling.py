@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.models.init import random_params
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import WanDiT
-from gen3r_jax.parallel import context as cp
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import WanDiT
+from gen3r_jax.nn import context_parallel as cp
 from gen3r_jax.parallel.rules import make_mesh, state_shardings
 from gen3r_jax.sampling import denoise as dn
 from gen3r_jax.sampling.schedulers import get_scheduler

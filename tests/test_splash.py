@@ -8,9 +8,9 @@ import pytest
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn.attention import attention, local_attention
-from gen3r_jax.parallel.context import context_attention, use_context_parallel
+from gen3r_jax.nn.context_parallel import context_attention, use_context_parallel
+from gen3r_jax.nn.splash import SplashUnavailableError, splash_options
 from gen3r_jax.parallel.rules import make_mesh
-from gen3r_jax.parallel.splash import SplashUnavailableError, splash_options
 
 
 def _qkv(b=2, l=256, h=2, d=64, lk=None, seed=0):

@@ -68,11 +68,10 @@ def test_token_grid_is_a_config_value():
   # release's 40 <-> 70 (g -> 1.75 g -> 2 g -> stride-2 conv -> g)
   import jax.numpy as jnp
   from gen3r_jax.errors import Gen3RInputError
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+  from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
   from gen3r_jax.models.init import random_params
   from gen3r_jax.training.stage1_task import model_configs
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import cpu_debug
+  from configs import cpu_debug
   c = cpu_debug.get_config("stage1")
   vggt, _, acfg = model_configs(c.model)
   assert (acfg.token_grid, acfg.latent_grid, acfg.out_resize) == (8, 14, 16)

@@ -2,21 +2,18 @@
 
 import glob
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from configs import cpu_debug
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.parallel.rules import make_mesh
 from gen3r_jax.training.loop import TrainingDivergedError, get_task, restore_params, train
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import train_state_spec
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-import cpu_debug  # noqa: E402
-from tests.helpers import set_nested  # noqa: E402
+from tests.helpers import set_nested
 
 
 def toy_config(**kw):

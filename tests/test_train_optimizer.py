@@ -2,20 +2,17 @@
 
 import glob
 import math
-import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from configs import base
+
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.training.metrics import Progress, TensorboardXWriter, create_writer
 from gen3r_jax.training.optimizer import make_optimizer
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-import base  # noqa: E402
 
 
 def opt_config(**kw):

@@ -14,15 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from configs import cpu_debug
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.parallel.rules import make_mesh
 from gen3r_jax.training.loop import train
 from gen3r_jax.training.stage1_task import make_task
+from tests.helpers import one_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import cpu_debug  # noqa: E402
-from tests.helpers import one_train_step  # noqa: E402
 
 
 def stage1_config(steps=6, every=3, entry="stage1_full"):

@@ -20,19 +20,15 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs import cpu_debug, gpu_h100, gpu_h200, tpu_v5
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.parallel.rules import make_mesh
 from gen3r_jax.training import memory, optimizer as opt
 from gen3r_jax.training.loop import dry_run, dry_run_configs, train
 from gen3r_jax.training.stage2_task import latent_grid, make_task, model_configs
+from tests.helpers import one_train_step, set_nested
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import cpu_debug  # noqa: E402
-from tests.helpers import one_train_step, set_nested  # noqa: E402
-import gpu_h100  # noqa: E402
-import gpu_h200  # noqa: E402
-import tpu_v5  # noqa: E402
 
 
 def stage2_config(steps=1, size=128, **kw):
@@ -163,7 +159,7 @@ def test_loss_falls_on_fsdp_context_tensor_mesh(tmp_path):
   # every transformer parameter trained, sharded over fsdp (embed) and tensor (heads / mlp)
   from flax import nnx
   from gen3r_jax.models.init import random_params
-  from gen3r_jax.models.wan.transformer import WanDiT
+  from gen3r_jax.models.wan_dit.transformer import WanDiT
   params = jax.device_get(r.state["params"])
   init = nnx.to_pure_dict(nnx.state(random_params(WanDiT, model_configs(c.model).dit, seed=c.seed), nnx.Param))
   moved = jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), params, init)
@@ -301,7 +297,7 @@ def test_dry_run_of_one_entry_and_stage1_is_an_error():
 def test_dit_checkpoint_of_another_size_is_rejected_before_restore(tmp_path):
   from flax import nnx
   from gen3r_jax.models.init import random_params
-  from gen3r_jax.models.wan.transformer import WanDiT, abstract_model
+  from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model
   from gen3r_jax.parallel.rules import state_shardings
   from gen3r_jax.training.stage2_task import dit_init_params
   c = stage2_config()

@@ -13,9 +13,9 @@ import torch
 from flax import nnx
 
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig
 from gen3r_jax.models.init import random_params
-from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig
-from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder
+from gen3r_jax.models.umt5.t5 import UMT5Config, UMT5Encoder
 from gen3r_jax.parallel.rules import make_mesh, state_shardings
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.testing.cases import training_stage2 as case

@@ -11,11 +11,11 @@ from jax.sharding import PartitionSpec as P
 
 from gen3r_jax.convert import load_torch_weights, open_source
 from gen3r_jax.convert.check_manifest import check
-from gen3r_jax.convert.checkpoint import read_config
 from gen3r_jax.convert.tables.umt5 import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder, encode_prompts
-from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
+from gen3r_jax.models.checkpoint import read_config
+from gen3r_jax.models.umt5.t5 import UMT5Config, UMT5Encoder, encode_prompts
+from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
 from gen3r_jax.nn.linear import Dense
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.nn.stack import scan, stack

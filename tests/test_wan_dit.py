@@ -14,10 +14,10 @@ from jax._src.cudnn import fused_attention_stablehlo as cudnn_fa
 from gen3r_jax.convert import check_manifest, load_torch_weights
 from gen3r_jax.convert.tables.wan_dit import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.dit_embed import sinusoidal_embedding
-from gen3r_jax.models.wan.dit_inputs import pad_text
-from gen3r_jax.models.wan.transformer import abstract_model, scan_blocks
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.embed import sinusoidal_embedding
+from gen3r_jax.models.wan_dit.inputs import pad_text
+from gen3r_jax.models.wan_dit.transformer import abstract_model, scan_blocks
 from gen3r_jax.nn.params import logical_axes
 from gen3r_jax.nn.rope import rope_tables
 from gen3r_jax.nn.stack import SAVED_NAMES, checkpointed, remat_policy
@@ -119,7 +119,7 @@ def test_camera_input_without_adapter_is_rejected():
 
 def test_pixel_unshuffle_is_torch_channel_order():
   import torch
-  from gen3r_jax.models.wan.camera_adapter import pixel_unshuffle
+  from gen3r_jax.models.wan_dit.camera_adapter import pixel_unshuffle
   x = np.random.RandomState(0).randn(2, 3, 16, 24).astype(np.float32)  # N C H W
   ref = torch.nn.PixelUnshuffle(8)(torch.from_numpy(x)).numpy()         # channel c*64 + i*8 + j
   ours = np.asarray(pixel_unshuffle(jnp.asarray(x.transpose(0, 2, 3, 1)), 8))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from bench import dit
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
 
 
 def test_bench_runs_tiny_on_cpu():

@@ -10,7 +10,7 @@ from gen3r_jax.convert.core import convert, param_targets
 from gen3r_jax.convert.sources import DictSource
 from gen3r_jax.convert.tables.wan_vae import table
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.models.wan.vae import DiagonalGaussian, WanVAE, WanVAEConfig, host_init
+from gen3r_jax.models.wan_vae.vae import DiagonalGaussian, WanVAE, WanVAEConfig, host_init
 from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.testing.fixture import Fixture
 from tests.conftest import fixture_path

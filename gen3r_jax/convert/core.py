@@ -25,10 +25,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gen3r_jax.compat import from_flat_state, value_of
 from gen3r_jax.convert.sources import DictSource, TensorSource
 from gen3r_jax.convert.table import MappingTable, Path, path_str
 from gen3r_jax.errors import Gen3RInputError, fmt_list
-from gen3r_jax.nn.compat import from_flat_state, value_of
 
 
 def _is_float(dtype) -> bool:

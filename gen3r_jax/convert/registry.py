@@ -14,6 +14,7 @@ from typing import Any, Callable
 from flax import nnx
 
 from gen3r_jax.convert.table import MappingTable
+from gen3r_jax.nn.params import abstract_module
 
 MODELS: dict[str, str] = {
     "wan_vae": "gen3r_jax.convert.tables.wan_vae",
@@ -37,7 +38,6 @@ class ModelSpec:
     return self.model_cls(self.config, rngs=rngs or nnx.Rngs(0))
 
   def abstract(self) -> nnx.Module:
-    from gen3r_jax.nn.params import abstract_module
     return abstract_module(lambda: self.model_cls(self.config, rngs=nnx.Rngs(0)))
 
 

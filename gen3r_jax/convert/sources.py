@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 import zipfile
 from typing import Iterable, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError
@@ -31,7 +33,6 @@ _ST_DTYPES = {
 
 def _np_dtype(code: str):
   if code == "BF16":
-    import ml_dtypes
     return np.dtype(ml_dtypes.bfloat16)
   if code not in _ST_DTYPES:
     raise Gen3RInputError(f"unsupported safetensors dtype {code}")
@@ -96,7 +97,6 @@ class ShapeSource(TensorSource):
   def dtype(self, key):
     d = self._k[key].get("dtype", "float32")
     if d == "bfloat16":
-      import ml_dtypes
       return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(d)
 
@@ -181,7 +181,7 @@ def torch_load(path: str):
   legacy (pre-1.6, non-zip) format, which ``mmap`` cannot take. Refusals and unreadable files raise
   :class:`Gen3RInputError` naming the file."""
   try:
-    import torch
+    import torch  # heavy optional package (the [torch] extra)
   except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"reading {path} needs PyTorch: pip install 'gen3r-jax[torch]' (or convert the file to "
@@ -194,7 +194,6 @@ def torch_load(path: str):
   except pickle.UnpicklingError as e:
     text = str(e)
     if "weights only load failed" in text.lower() and "unsupported operand" not in text.lower():
-      import re
       g = re.search(r"GLOBAL (\S+) was not an allowed global", text)
       raise Gen3RInputError(
           f"{path}: refused: the file holds code (pickled Python objects{f' such as {g[1]}' if g else ''}), not "
@@ -228,18 +227,16 @@ class TorchSource(TensorSource):
     return tuple(self._sd[key].shape)
 
   def dtype(self, key):
-    import torch
+    import torch  # heavy optional package (the [torch] extra)
     t = self._sd[key]
     if t.dtype == torch.bfloat16:
-      import ml_dtypes
       return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(str(t.dtype).replace("torch.", ""))
 
   def get(self, key):
-    import torch
+    import torch  # heavy optional package (the [torch] extra)
     t = self._sd[key].detach().cpu()
     if t.dtype == torch.bfloat16:
-      import ml_dtypes
       return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 

@@ -6,7 +6,7 @@ departure is a config value (:class:`ClipConfig`), documented in ``docs/data.md`
 Resize: ``torchvision.transforms.functional.resize`` of float 0–255 frames, bilinear **with antialias**
 (torchvision >= 0.17 default), to ``(round(h·r), round(w·r))`` with ``r = max(H/h, W/w)``, then a centre crop
 at ``top = (h' − H)//2``, ``left = (w' − W)//2``. We apply PyTorch's exact separable weights
-(:func:`gen3r_jax.nn.resample.resize_matrix`) restricted to the cropped rows/columns and applied sparsely,
+(:func:`gen3r_jax.resize_weights.resize_matrix`) restricted to the cropped rows/columns and applied sparsely,
 so only the kept pixels are computed, with a few taps each. Intrinsics follow ``get_K``: scaled by ``r`` from the transforms.json ``w, h``, then shifted by
 crop offsets computed with ``int()`` truncation (the image uses ``round()``), reproducing the ≤ 1 px
 official mismatch (quirk 10) unless ``ClipConfig.exact_crop_offsets`` is set.
@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from gen3r_jax.data.layout import check_frame_size, decode_image, image_error
 from gen3r_jax.errors import Gen3RInputError, require
-from gen3r_jax.nn.resample import resize_matrix
+from gen3r_jax.resize_weights import resize_matrix
+
 
 PAD_MODES = ("random", "last", "error")
 ORDERS = ("images", "cameras")
@@ -183,7 +185,6 @@ def relative_poses(c2w: np.ndarray) -> np.ndarray:
 def _decode(record: dict[str, Any], i: int, what: str) -> np.ndarray:
   """Image ``i`` of a scene record, decoded; an unreadable or corrupt file is a one-line
   :class:`Gen3RInputError` naming the file and the scene (not PIL's traceback)."""
-  from gen3r_jax.data.layout import decode_image, image_error
   images = record["images"]
   paths = getattr(images, "paths", None)
   name = str(paths[i]) if paths is not None else str(record["image_names"][i])
@@ -202,7 +203,6 @@ def cut_clip(record: dict[str, Any], rng: np.random.Generator, cfg: ClipConfig) 
   frames in the ordering used); with ``order="cameras"`` also ``c2ws`` ``[F, 4, 4]`` (relative) and ``Ks``
   ``[F, 3, 3]``.
   """
-  from gen3r_jax.data.layout import check_frame_size  # local: layout imports nothing from here
 
   what = f"scene {record['scene']!s} ({record['dataset']!s})"
   if cfg.order == "cameras":

@@ -32,13 +32,15 @@ import dataclasses
 import io
 import json
 import os
-import re
 from pathlib import Path
+import re
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, fmt_list, require
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LIST_KINDS = ("videos_dirs", "cameras_paths", "captions_paths")
@@ -203,7 +205,6 @@ def read_captions(path: Path) -> list[str]:
 
 def decode_image(data: bytes) -> np.ndarray:
   """Decode png/jpg bytes to ``[h, w, 3]`` uint8; alpha is dropped as the official loader does."""
-  from PIL import Image
   with Image.open(io.BytesIO(data)) as im:
     if im.mode in ("RGBA", "RGB"):
       arr = np.asarray(im)
@@ -221,7 +222,6 @@ def _reason(e: BaseException, limit: int = 200) -> str:
 def image_size(path: Path, scene: str | None = None) -> tuple[int, int]:
   """``(w, h)`` of an image from its header only (PIL reads the first bytes; no pixel decode). A missing,
   empty or non-image file is a :class:`Gen3RInputError` naming the file (and the scene)."""
-  from PIL import Image
   try:
     with Image.open(path) as im:
       return tuple(int(v) for v in im.size)
@@ -233,7 +233,6 @@ def image_size(path: Path, scene: str | None = None) -> tuple[int, int]:
 
 def image_error(e: BaseException) -> str:
   """Why PIL could not open or decode an image, in one line without the file name."""
-  from PIL import UnidentifiedImageError
   if isinstance(e, UnidentifiedImageError):
     return "not an image PIL can identify: empty, damaged header or not PNG/JPEG"
   return _reason(e)
@@ -282,15 +281,10 @@ def load_scene(ref: SceneRef, root: str | os.PathLike | None = None, *, need_cam
   rec = dict(scene=scene, dataset=ref.dataset, image_names=np.array(names, object), images=images,
              frame_index=np.zeros([0], np.int32), intrinsics=np.zeros([0, 6]), c2w=np.zeros([0, 4, 4]),
              captions=np.array([], object))
-  if ref.cameras_path is None:
-    require(not need_cameras, f"scene {scene} has no transforms.json listed; stage 2 needs cameras.")
-  else:
-    intr, c2w, fnames = read_transforms(ref.cameras_path)
-    lookup = {n: i for i, n in enumerate(names)}
-    absent = [f for f in fnames if f not in lookup]
-    require(not absent, f"scene {scene}: {ref.cameras_path} lists frame(s) {fmt_list(absent, 5)} that are "
-            f"missing from {ref.images_dir}; restore the images or delete those frames from transforms.json.")
-    index = np.array([lookup[f] for f in fnames], np.int32)
+  cams = scene_cameras(ref, scene, names, need_cameras)
+  if cams is not None:
+    intr, c2w, fnames, index = cams
+    index = np.array(index, np.int32)
     if check_sizes:
       for j, i in enumerate(index):
         check_frame_size(scene, j, names[i], intr[j], image_size(paths[i], scene))
@@ -298,6 +292,21 @@ def load_scene(ref: SceneRef, root: str | os.PathLike | None = None, *, need_cam
   if ref.captions_path is not None:
     rec["captions"] = np.array(read_captions(ref.captions_path), object)
   return rec
+
+
+def scene_cameras(ref: SceneRef, scene: str, names: list[str], need_cameras: bool):
+  """``(intrinsics, c2w, frame names, their indices into names)`` from the scene's transforms.json, after
+  checking that every frame it lists is in ``images/``; ``None`` for a scene without one (an error when
+  ``need_cameras``)."""
+  if ref.cameras_path is None:
+    require(not need_cameras, f"scene {scene} has no transforms.json listed; stage 2 needs cameras.")
+    return None
+  intr, c2w, fnames = read_transforms(ref.cameras_path)
+  lookup = {n: i for i, n in enumerate(names)}
+  absent = [f for f in fnames if f not in lookup]
+  require(not absent, f"scene {scene}: {ref.cameras_path} lists frame(s) {fmt_list(absent, 5)} that are "
+          f"missing from {ref.images_dir}; restore the images or delete those frames from transforms.json.")
+  return intr, c2w, fnames, [lookup[f] for f in fnames]
 
 
 def check_frame_size(scene: str, j: int, name: str, intr: np.ndarray, wh: tuple[int, int]) -> None:
@@ -329,15 +338,9 @@ def validate_scene(ref: SceneRef, root: str | os.PathLike | None = None, *,
   require(len(names) > 0, f"scene {scene}: {ref.images_dir} holds no .png/.jpg/.jpeg images.")
   used = list(range(len(names)))
   n_cams, intr = 0, None
-  if ref.cameras_path is None:
-    require(not need_cameras, f"scene {scene} has no transforms.json listed; stage 2 needs cameras.")
-  else:
-    intr, _, fnames = read_transforms(ref.cameras_path)
-    lookup = {n: i for i, n in enumerate(names)}
-    absent = [f for f in fnames if f not in lookup]
-    require(not absent, f"scene {scene}: {ref.cameras_path} lists frame(s) {fmt_list(absent, 5)} that are "
-            f"missing from {ref.images_dir}; restore the images or delete those frames from transforms.json.")
-    index = [lookup[f] for f in fnames]
+  cams = scene_cameras(ref, scene, names, need_cameras)
+  if cams is not None:
+    intr, _, fnames, index = cams
     n_cams = len(fnames)
     if need_cameras:
       used = sorted(set(index))

@@ -33,14 +33,20 @@ Stage 1 samples uniformly over all scenes (the official root list), epoch by epo
 from __future__ import annotations
 
 import bisect
+from concurrent.futures import ThreadPoolExecutor
 import dataclasses
+import logging
 from typing import Any, Mapping, Sequence
 
+from absl import flags
+import jax
 import numpy as np
 
 from gen3r_jax.data import layout
 from gen3r_jax.data.captions import pick_caption
 from gen3r_jax.data.clips import ClipConfig, cut_clip, official_clip_config
+from gen3r_jax.data.preencoded import BATCH_KEYS, PreencodedSource, read_metadata
+from gen3r_jax.data.tfds_builder import RecordSource, splits
 from gen3r_jax.errors import Gen3RInputError, fmt_list, require
 
 
@@ -167,7 +173,6 @@ def _validate_one(source: Any, name: str, clip: ClipConfig, threads: int, images
       except Gen3RInputError as e:
         return e
     if threads > 1 and len(source) > 1:
-      from concurrent.futures import ThreadPoolExecutor
       with ThreadPoolExecutor(min(threads, len(source))) as pool:
         entries = list(pool.map(check, range(len(source))))
     else:
@@ -226,7 +231,6 @@ def validate_sources(sources: Mapping[str, Any], clip: ClipConfig, mode: str = "
   require(not empty, f"every scene of dataset(s) {fmt_list(empty)} is bad (data.validate='skip' leaves none): "
           + "; ".join(str(b) for b in bad)[:2000])
   if log is None:
-    import logging
     log = logging.getLogger("gen3r_jax.data").warning
   log(f"data.validate='skip': dropped {len(bad)} of {total} scenes that cannot be used "
       f"({fmt_list([f'{b.scene} ({b.dataset})' for b in bad], 50)}); first reason: {bad[0].reason}")
@@ -264,7 +268,6 @@ class PreencodedTransform:
   """``grain`` map: (dataset index, pre-encoded clip) → the pre-encoded stage-2 batch keys (module docstring)."""
 
   def __init__(self, names: Sequence[str]):
-    from gen3r_jax.data.preencoded import BATCH_KEYS
     self.names = list(names)
     self.keys = tuple(k for k in BATCH_KEYS if k not in ("dataset_idx", "dataset_name"))
 
@@ -297,7 +300,7 @@ class DataPipeline:
 
 def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeline:
   """Build the grain pipeline over ``{dataset name: random-access source of scene records}``."""
-  import grain
+  import grain  # heavy optional dependency: imported on first use
 
   require(cfg.stage in (1, 2), f"stage must be 1 or 2, got {cfg.stage}.")
   require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}.")
@@ -311,7 +314,6 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
           "stage 2 needs clip.order='cameras' (transforms.json order, with cameras).")
   pi, pc = cfg.process_index, cfg.process_count
   if pi is None or pc is None:
-    import jax
     pi, pc = jax.process_index(), jax.process_count()
   require(0 <= pi < pc, f"process_index {pi} must be in [0, {pc}).")
   dropped: list[BadScene] = []
@@ -348,7 +350,6 @@ def make_pipeline(sources: Mapping[str, Any], cfg: PipelineConfig) -> DataPipeli
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=collate)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch))
   if cfg.mp_workers > 0:
-    from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app.run use defaults
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.mp_workers))
@@ -384,7 +385,6 @@ def sources_from_records(dataset_dir, stage: int = 2, split: str = "train") -> d
   ``split="train"``: stage 2 gets one source per ``train_<dataset>`` split (named by the dataset folder);
   stage 1 gets every ``train_*`` split as one source ``"all"``. Any other split name is read as one source.
   """
-  from gen3r_jax.data.tfds_builder import RecordSource, splits
 
   if split != "train":
     return {split: RecordSource(dataset_dir, split)}
@@ -407,9 +407,8 @@ def sources_from_preencoded(directory, split: str = "train") -> dict[str, Any]:
   ``split="train"``: one source per ``train_<dataset>`` split, named by its dataset (mixed with the stage-2
   weights, as online). Any other split name is one source of that name.
   """
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
 
-  from gen3r_jax.data.preencoded import PreencodedSource, read_metadata
 
   read_metadata(directory)  # clear error for a missing or unfinished pre-encoding
   if split != "train":

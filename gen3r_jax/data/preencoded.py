@@ -1,4 +1,4 @@
-"""On-disk format and reader of a stage-2 pre-encoding (written by :mod:`gen3r_jax.data.preencode`).
+"""On-disk format and reader of a stage-2 pre-encoding (written by :mod:`gen3r_jax.training.preencode`).
 
 A finished pre-encoding is a TFDS ``array_record`` dataset folder (see ``docs/data.md``):
 
@@ -25,9 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from gen3r_jax.errors import require
+
 
 FORMAT = "gen3r_preencoded v1"
 NAME = "gen3r_preencoded"
@@ -45,7 +47,6 @@ BATCH_KEYS = (*POSTERIOR_KEYS, "context", "clip_fea", "c2ws", "Ks", "text", "dat
 # ---------------------------------------------------------------- storage format
 
 def _np_dtype(name: str):
-  import ml_dtypes
   return {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[name]
 
 
@@ -70,22 +71,9 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - len(x), x.shape[1]), x.dtype)])
 
 
-def record_shapes(bundle: str, num_frames: int) -> dict[str, list]:
-  """Static shapes of the stored arrays, from the bundle's component configs (no weights loaded)."""
-  from gen3r_jax.convert.checkpoint import read_config
-  rc = lambda c: read_config(os.path.join(bundle, c))                         # noqa: E731
-  f = (num_frames - 1) // 4 + 1
-  clip = rc("clip_image_encoder")
-  shapes = {k: [f, LATENT, LATENT, int(rc("wan_vae" if "wan" in k else "geo_adapter")["z_dim"])]
-            for k in POSTERIOR_KEYS}
-  shapes["context"] = [None, int(rc("text_encoder")["dim"])]
-  shapes["clip_fea"] = [(int(clip["image_size"]) // int(clip["patch_size"])) ** 2 + 1, int(clip["dim"])]
-  return shapes
-
-
 def features(shapes: dict[str, list], num_frames: int, dtype: str):
   """The records' TFDS ``FeaturesDict`` (float arrays in the storage dtype, bfloat16 as uint16)."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
   t, enc = tfds.features.Tensor, tfds.features.Encoding.BYTES
   sd = np.uint16 if dtype == "bfloat16" else _np_dtype(dtype)
   spec = {k: t(shape=tuple(shapes[k]), dtype=sd, encoding=enc) for k in (*POSTERIOR_KEYS, "context", "clip_fea")}
@@ -122,8 +110,8 @@ class PreencodedSource:
   preencoded = True
 
   def __init__(self, directory, split: str):
-    import grain
-    import tensorflow_datasets as tfds
+    import grain  # heavy optional dependency: imported on first use
+    import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
     self.meta = read_metadata(directory)
     info = tfds.builder_from_directory(str(directory)).info
     require(split in info.splits, f"split {split!r} not in {directory}; it has {sorted(info.splits.keys())}.")
@@ -151,4 +139,4 @@ class PreencodedSource:
 
 __all__ = ("FORMAT", "NAME", "SETTINGS_FILE", "EMPTY_CONTEXT_FILE", "SHARD_DIR", "SIZE", "STORAGE_DTYPES",
            "CONDITIONS", "POSTERIOR_KEYS", "BATCH_KEYS", "to_storage", "from_storage", "storage_round", "pad_rows",
-           "record_shapes", "features", "read_metadata", "PreencodedSource")
+           "features", "read_metadata", "PreencodedSource")

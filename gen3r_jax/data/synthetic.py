@@ -21,9 +21,11 @@ import argparse
 import json
 from pathlib import Path
 
+from PIL import Image
 import numpy as np
 
 from gen3r_jax.errors import require
+
 
 ROOM = np.array([2.0, 1.2, 2.0])  # half extents of the room box: x, y (down), z
 OBJECT_WORDS = {"sphere": "ball", "box": "crate"}
@@ -158,7 +160,6 @@ def make_scene(folder: Path, rng: np.random.Generator, frames: int, hw: tuple[in
   c2ws = _camera_path(rng, frames)
   (folder / "images").mkdir(parents=True, exist_ok=True)
   (folder / "depths").mkdir(exist_ok=True)
-  from PIL import Image
   meta = {"camera_model": "OPENCV", "frames": []}
   for i, c2w in enumerate(c2ws):
     rgb, depth = render(c2w, K, hw, scene)

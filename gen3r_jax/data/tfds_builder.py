@@ -27,12 +27,13 @@ import numpy as np
 from gen3r_jax.data import layout
 from gen3r_jax.errors import require
 
+
 NAME = "gen3r_scenes"
 VERSION = "1.0.0"
 
 
 def _features():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
   t = tfds.features.Tensor
   return tfds.features.FeaturesDict({
       "scene": tfds.features.Text(),
@@ -68,7 +69,7 @@ def plan_splits(root: str | os.PathLike) -> dict[str, list[layout.SceneRef]]:
 
 @functools.lru_cache(maxsize=None)
 def _make_builder_class():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
 
   class Gen3RScenes(tfds.core.GeneratorBasedBuilder):
     """Gen3R scenes in the official layout, one record per scene (see module docstring)."""
@@ -115,7 +116,7 @@ def build(root: str | os.PathLike, out_dir: str | os.PathLike, *, check_sizes: b
 
   An existing dataset in ``out_dir`` is kept as is (TFDS reuses it) unless ``overwrite``.
   """
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
 
   cls = _make_builder_class()
   builder = cls(root=str(root), check_sizes=check_sizes, data_dir=str(out_dir), file_format="array_record")
@@ -137,8 +138,8 @@ class RecordSource:
   """
 
   def __init__(self, dataset_dir: str | os.PathLike, split: str):
-    import grain
-    import tensorflow_datasets as tfds
+    import grain  # heavy optional dependency: imported on first use
+    import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
 
     dataset_dir = Path(dataset_dir)
     require((dataset_dir / "dataset_info.json").is_file(),
@@ -178,7 +179,7 @@ def dataset_dir(out_dir: str | os.PathLike) -> Path:
 
 def splits(dataset_dir_: str | os.PathLike) -> list[str]:
   """Split names of a built dataset folder."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
   return sorted(tfds.builder_from_directory(str(dataset_dir_)).info.splits.keys())
 
 

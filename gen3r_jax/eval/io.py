@@ -31,11 +31,11 @@ import dataclasses
 import json
 import os
 
+import imageio.v2 as iio
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, require
-
-PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+from gen3r_jax.ply import PLY_DTYPE, read_ply, write_ply  # noqa: F401  (this module's PLY I/O)
 
 
 # ----------------------------------------------------------------------------------------------- prediction
@@ -87,7 +87,6 @@ class Prediction:
 
 def read_video(path: str) -> np.ndarray:
   """All frames of a video as uint8 ``[F, H, W, 3]``."""
-  import imageio.v2 as iio
   frames = iio.mimread(path, memtest=False)
   require(len(frames) > 0, f"{path}: the video has no frames.")
   return np.stack([np.asarray(f)[..., :3] for f in frames])
@@ -95,7 +94,6 @@ def read_video(path: str) -> np.ndarray:
 
 def write_video(path: str, frames: np.ndarray, fps: int = 16) -> None:
   """Write uint8 or [0, 1] float frames ``[F, H, W, 3]`` as H.264 (high quality)."""
-  import imageio.v2 as iio
   x = np.asarray(frames)
   if x.dtype != np.uint8:
     x = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
@@ -175,28 +173,6 @@ def write_prediction(path: str, *, rgb=None, depth=None, c2w=None, K=None, point
       frames.append(fr)
     with open(os.path.join(path, "cameras.json"), "w") as f:
       json.dump({"frames": frames}, f)
-
-
-# -------------------------------------------------------------------------------------------------------- PLY
-def write_ply(path: str, points: np.ndarray, colors: np.ndarray) -> None:
-  """Binary little-endian PLY with float32 xyz and uchar rgb per vertex (the sampling export's writer)."""
-  from gen3r_jax.sampling.export import write_ply as _write
-  _write(path, np.asarray(points, np.float32).reshape(-1, 3), np.asarray(colors).reshape(-1, 3).astype(np.uint8))
-
-
-def read_ply(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Read a PLY written as above -> (xyz float32 ``[N, 3]``, rgb uint8 ``[N, 3]``)."""
-  with open(path, "rb") as f:
-    data = f.read()
-  end = data.find(b"end_header\n")
-  require(data.startswith(b"ply") and end > 0, f"{path}: not a PLY file.")
-  header = data[:end].decode("ascii").split("\n")
-  require("format binary_little_endian 1.0" in header, f"{path}: only binary little-endian PLY is supported.")
-  props = [ln.split()[-1] for ln in header if ln.startswith("property")]
-  require(props == list(PLY_DTYPE.names), f"{path}: expected properties {PLY_DTYPE.names}, got {props}.")
-  n = int(next(ln.split()[-1] for ln in header if ln.startswith("element vertex")))
-  v = np.frombuffer(data[end + len(b"end_header\n"):], PLY_DTYPE, count=n)
-  return np.stack([v["x"], v["y"], v["z"]], 1), np.stack([v["red"], v["green"], v["blue"]], 1)
 
 
 # ------------------------------------------------------------------------------------------------- geometry

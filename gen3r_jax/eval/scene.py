@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 
+from PIL import Image
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, require
@@ -62,7 +63,6 @@ def select_frames(num_gt: int, num_pred: int, *, source_indices=None, start: int
 
 
 def _resize(img: np.ndarray, h: int, w: int, out_h: int, out_w: int, nearest: bool) -> np.ndarray:
-  from PIL import Image
   rh, rw, top, left = resize_crop_params(h, w, out_h, out_w)
   if nearest:
     im = Image.fromarray(img.astype(np.float32), mode="F").resize((rw, rh), Image.NEAREST)
@@ -93,7 +93,6 @@ def _read_depth(path: str, png_scale: float) -> np.ndarray:
   if path.endswith(".npy"):
     d = np.load(path).astype(np.float32)
   else:
-    from PIL import Image
     d = np.asarray(Image.open(path)).astype(np.float32) / png_scale
   d = np.squeeze(d)
   require(d.ndim == 2, f"{path}: depth must be a single-channel H x W map, got {d.shape}.")
@@ -130,7 +129,6 @@ def read_scene(scene: str, indices: list[int], size: tuple[int, int], *, images:
   require(c2w.shape[1:] == (4, 4), f"{scene}: transform_matrix must be 4x4, got {c2w.shape[1:]}.")
   out = Scene(scene, stems, list(indices), c2w, np.stack([_adjust_K(fr, out_h, out_w) for fr in sel]))
   if images:
-    from PIL import Image
     imgs = []
     for fr in sel:
       p = os.path.join(scene, fr["file_path"])

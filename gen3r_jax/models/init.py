@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gen3r_jax.nn.compat import from_flat_state, value_of
+from gen3r_jax.compat import from_flat_state, value_of
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 

@@ -11,9 +11,9 @@ Implementations:
     (``pip install 'gen3r-jax[fa3]'``, an XLA FFI custom call); bf16/fp16, no bias or mask, any sequence length
     as it is. Differentiated, it runs cuDNN's forward and backward instead (the package's own backward is wrong
     at many shapes: :func:`fa3_attention`), so it speeds up sampling and leaves training as with ``cudnn``.
-  * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.parallel.splash`); no bias
+  * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.nn.splash`); no bias
     or mask. Off TPU it is an error unless Pallas interpret mode is on
-    (``gen3r_jax.parallel.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
+    (``gen3r_jax.nn.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
   * ``"auto"``: per call shape, the fastest *available* implementation of :data:`GPU_PREFERENCE` on a GPU with
     bf16/fp16 inputs (measured on H200, ``bench/RESULTS.md`` "Attention kernels": FA3 for head dim 128 — the
     DiT —, cuDNN for head dim 64 — VGGT, CLIP — and wherever a bias or mask is given), else ``xla``. A kernel
@@ -24,7 +24,7 @@ Models take the implementation from their config (``attention="auto"|"xla"|"cudn
 is overridable per model. An explicitly named kernel that cannot run (package absent, not a GPU) is an error
 naming the fix.
 
-Context parallelism: inside ``gen3r_jax.parallel.context.use_context_parallel(mesh, strategy)`` (mesh with
+Context parallelism: inside ``gen3r_jax.nn.context_parallel.use_context_parallel(mesh, strategy)`` (mesh with
 ``context > 1``) :func:`attention` routes unmasked calls through ``context_attention`` (``shard_map`` over the
 sequence axis); models call :func:`attention` unchanged. :func:`local_attention` is the dispatch without that
 hook (what runs on each shard).
@@ -32,13 +32,20 @@ hook (what runs on each shard).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib.util
 import logging
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.nn.splash import splash_attention
+from gen3r_jax.parallel.rules import constrain
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "splash")
 GPU_KERNELS = ("cudnn", "fa3")          # fused GPU kernels (bf16/fp16 only)
@@ -140,7 +147,6 @@ def _record(implementation: str, q, k, masked: bool, impl: str) -> None:
 
 def _require_runnable(impl: str) -> None:
   if impl in GPU_KERNELS and not kernel_available(impl):
-    from gen3r_jax.errors import Gen3RInputError
     if impl == "fa3" and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
       raise Gen3RInputError("attention='fa3' needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
                             "(or set attention='auto', which falls back to cuDNN).")
@@ -169,7 +175,6 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
     query or key length is padded by one row; a sequence-length mask gives the padded key exactly zero weight
     and the padded query row is sliced off, so the values are unchanged.
   """
-  from gen3r_jax.parallel.rules import constrain  # lazy: parallel/ imports this module
   b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
   odd = (lq % 2 or lk % 2) and bias is None and mask is None
   same = lambda x, n=0: constrain(jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if odd else x,
@@ -223,11 +228,26 @@ def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
   """
   if bias is not None or mask is not None:
     raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
-  from gen3r_jax.parallel.rules import constrain  # lazy: parallel/ imports this module
   q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
   f = forward_with_training_kernel(functools.partial(fa3_forward, scale=scale),
                                    functools.partial(cudnn_attention, scale=scale))
   return f(q, k, v)
+
+
+# The routing hook (read at trace time): a function offered every :func:`attention` call first; a non-``None``
+# result replaces the local dispatch. ``gen3r_jax.nn.context_parallel.use_context_parallel`` sets it.
+_ROUTE: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("attention_route", default=None)
+
+
+@contextlib.contextmanager
+def route_attention(route: Callable | None):
+  """Within this block, :func:`attention` first calls ``route(q, k, v, *, implementation, scale, bias, mask)``
+  and uses its result unless it is ``None`` (``route=None``: no routing)."""
+  token = _ROUTE.set(route)
+  try:
+    yield
+  finally:
+    _ROUTE.reset(token)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto",
@@ -240,8 +260,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str =
     bias: additive logit bias broadcastable to ``[B, H, Lq, Lk]`` (umT5 relative positions).
     mask: boolean, broadcastable to ``[B, H, Lq, Lk]``; ``False`` = masked out.
   """
-  from gen3r_jax.parallel.context import maybe_context_attention  # lazy: parallel/ imports this module
-  out = maybe_context_attention(q, k, v, implementation=implementation, scale=scale, bias=bias, mask=mask)
+  route = _ROUTE.get()
+  out = None if route is None else route(q, k, v, implementation=implementation, scale=scale, bias=bias,
+                                         mask=mask)
   if out is not None:
     return out
   return local_attention(q, k, v, implementation=implementation, scale=scale, bias=bias, mask=mask)
@@ -263,5 +284,4 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
     return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   if impl == "fa3":
     return fa3_attention(q, k, v, scale=scale, bias=bias, mask=mask)
-  from gen3r_jax.parallel.splash import splash_attention
   return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)

@@ -3,7 +3,7 @@
 Logical names (see ``gen3r_jax/parallel/rules.py``): ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
 ``conv_in``, ``conv_out``, ``layers``, ``norm`` and ``None`` for axes that are never sharded.
 The names are stored as variable metadata and read back with :func:`logical_axes`, so flax versions that call
-the metadata ``out_sharding`` or ``sharding_names`` both work (:mod:`gen3r_jax.nn.compat`).
+the metadata ``out_sharding`` or ``sharding_names`` both work (:mod:`gen3r_jax.compat`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gen3r_jax.nn.compat import annotated_param, metadata_of
+from gen3r_jax.compat import annotated_param, logical_axes  # logical_axes: re-exported (read by nn users)
 
 Axes = tuple[str | None, ...]
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
@@ -28,16 +28,6 @@ def param(value: jax.Array, axes: Axes) -> nnx.Param:
   if len(axes) != value.ndim:
     raise ValueError(f"logical axes {axes} do not match parameter rank {value.ndim}")
   return annotated_param(value, axes)
-
-
-def logical_axes(var: nnx.Variable) -> Axes | None:
-  """The logical axis names of a variable, whatever flax version stored them."""
-  meta = metadata_of(var)
-  for key in ("out_sharding", "sharding_names", "sharding"):
-    axes = meta.get(key)
-    if axes is not None:
-      return tuple(axes)
-  return None
 
 
 def torch_uniform(fan_in: int) -> Initializer:

@@ -12,7 +12,16 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gen3r_jax.compat import logical_axes, value_of
+from gen3r_jax.errors import Gen3RInputError
+
+try:  # the legacy ``with mesh:`` context has no public reader (a private JAX module; read in active_mesh)
+  from jax._src.mesh import thread_resources as _thread_resources
+except ImportError:  # pragma: no cover - jax internals moved
+  _thread_resources = None
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
@@ -63,9 +72,6 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
 
 def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
   """NamedShardings for every leaf of an abstract ``nnx.State`` from its logical-axis metadata."""
-  from flax import nnx
-  from gen3r_jax.nn.compat import value_of
-  from gen3r_jax.nn.params import logical_axes
 
   def one(var):
     v = value_of(var)
@@ -92,9 +98,6 @@ def activation_spec(axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT
 
 def explain(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
   """Human-readable lines ``path shape -> spec`` (for dry runs and docs)."""
-  from flax import nnx
-  from gen3r_jax.nn.compat import value_of
-  from gen3r_jax.nn.params import logical_axes
   lines = []
   for path, var in nnx.to_flat_state(abstract_state):
     v = value_of(var)
@@ -109,7 +112,6 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
   ``shape`` gives sizes per axis; one axis may be ``-1`` to take the remaining devices (default: all devices on
   ``fsdp``). A shape that does not divide the device count is a clear error.
   """
-  from gen3r_jax.errors import Gen3RInputError
   devices = list(devices if devices is not None else jax.devices())
   shape = dict(shape or {"fsdp": -1})
   unknown = set(shape) - set(MESH_AXES)
@@ -143,8 +145,7 @@ def active_mesh():
   if m is not None and not m.empty:
     return m
   try:  # legacy ``with mesh:`` context
-    from jax._src.mesh import thread_resources
-    pm = thread_resources.env.physical_mesh
+    pm = _thread_resources.env.physical_mesh
     return None if pm.empty else pm
   except Exception:  # pragma: no cover - jax internals moved
     return None

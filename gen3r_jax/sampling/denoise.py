@@ -34,14 +34,17 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gen3r_jax.errors import check_array, require
-from gen3r_jax.models.wan.dit_inputs import pad_text
-from gen3r_jax.parallel.context import STRATEGIES, context_size, use_context_parallel
+from gen3r_jax.models.wan_dit.inputs import pad_text
+from gen3r_jax.models.wan_dit.transformer import create
+from gen3r_jax.nn.context_parallel import STRATEGIES, context_size, use_context_parallel
+from gen3r_jax.sampling import placement
+from gen3r_jax.sampling.schedulers import get_scheduler
 
 
 @dataclasses.dataclass
@@ -207,7 +210,7 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
   """Run the whole denoising loop (compiled step driven from Python).
 
   Args:
-    model: the :class:`~gen3r_jax.models.wan.transformer.WanDiT`.
+    model: the :class:`~gen3r_jax.models.wan_dit.transformer.WanDiT`.
     scheduler: a scheduler from :mod:`gen3r_jax.sampling.schedulers`; ``schedule`` its ``set_timesteps`` output.
     latents: initial latents ``[B, f, h, 2w, 16]`` (used as given: the flow schedulers do not scale them).
     context: ``[2B, text_len, text_dim]`` from :func:`cfg_context` (``[B, ...]`` when ``guidance_scale <= 1``).
@@ -295,7 +298,7 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
   """Time the sampler's CFG step (:func:`denoise`, the production loop) for a random-weight DiT of ``cfg``.
 
   The parameters come from one jitted init whose outputs land on their shards over ``mesh``
-  (:func:`gen3r_jax.models.wan.transformer.create`): no full copy of the weights exists anywhere, so the 14B
+  (:func:`gen3r_jax.models.wan_dit.transformer.create`): no full copy of the weights exists anywhere, so the 14B
   (33.8 GB of bfloat16) fits two 80 GB GPUs with ``fsdp=2``. The inputs (latents ``[1, f, h, 2w, 16]`` of
   ``frames`` x ``height`` x ``width`` video, text / CLIP / control / camera conditioning) are random, made on the
   devices. Runs ``iters + 1`` steps: the first includes compilation.
@@ -304,9 +307,6 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
   ``tokens``, ``params``, ``mesh``, ``context_parallel``, ``peak_bytes`` (max over the local devices, None on
   CPU), ``init_s``.
   """
-  from gen3r_jax.models.wan.transformer import create
-  from gen3r_jax.sampling.schedulers import get_scheduler
-  from gen3r_jax.sampling import placement
   require(isinstance(frames, int) and frames >= 1 and (frames - 1) % 4 == 0,
           f"frames must be 1 + 4k (49 in infer.py), got {frames!r}.")
   require(height % 16 == 0 and width % 16 == 0, f"height and width must be multiples of 16, got {height}x{width}.")

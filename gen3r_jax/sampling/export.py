@@ -43,15 +43,17 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from typing import Callable
+import uuid
 
+from PIL import Image
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.ply import PLY_DTYPE, ply_bytes  # noqa: F401  (PLY_DTYPE: the vertex layout of points.ply)
 from gen3r_jax.sampling import visualize as vis
 
-PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+
 CONVENTION = ("c2w: camera-to-world 4x4; extrinsics: world-to-camera 4x4 (inverse of c2w); OpenCV camera axes "
               "(x right, y down, z forward); K: 3x3 pinhole intrinsics in pixels of width x height frames")
 # every file a sample or reconstruction output directory may hold (export_all, run.py, reconstruct.py)
@@ -239,7 +241,7 @@ def _same_frames(grids: dict[str, np.ndarray], cameras: dict[str, np.ndarray] | 
 def ffmpeg_exe() -> str:
   """Path of a working ffmpeg (imageio-ffmpeg's, ``IMAGEIO_FFMPEG_EXE``, or the system's), else RuntimeError."""
   try:
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # heavy optional dependency: imported on first use
     exe = imageio_ffmpeg.get_ffmpeg_exe()
   except (ImportError, RuntimeError) as e:
     raise RuntimeError(f"no ffmpeg available to write .mp4 files ({e}); `pip install imageio-ffmpeg` (it ships a "
@@ -281,7 +283,7 @@ def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: b
     x = np.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     h, w = x.shape[1:3]
   exe = ffmpeg_exe()
-  import imageio_ffmpeg
+  import imageio_ffmpeg  # heavy optional dependency: imported on first use
   with atomic_path(path) as tmp:
     gen = imageio_ffmpeg.write_frames(
         tmp, (int(w), int(h)), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
@@ -347,14 +349,7 @@ def select_points(points, colors=None, *, masks=None, max_points: int | None = N
 def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | None = None, seed: int = 0) -> int:
   """Binary little-endian coloured PLY of the points kept by :func:`select_points`. Returns the vertex count."""
   p, col = select_points(points, colors, masks=masks, max_points=max_points, seed=seed)
-  v = np.empty(p.shape[0], PLY_DTYPE)
-  v["x"], v["y"], v["z"] = p.T
-  v["red"], v["green"], v["blue"] = col.T
-  header = ("ply\nformat binary_little_endian 1.0\n"
-            f"element vertex {p.shape[0]}\n"
-            "property float x\nproperty float y\nproperty float z\n"
-            "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-  _write_bytes(path, header.encode("ascii") + v.tobytes())
+  _write_bytes(path, ply_bytes(p, col))
   return int(p.shape[0])
 
 
@@ -425,7 +420,6 @@ def write_preview(path: str, rgb, depth, *, masks=None, points=None, num_frames:
   """PNG contact sheet: rgb row, colourised depth row and (with ``points``) a top-view row, one column per
   frame of :func:`preview_indices`. Size ``R * h + (R + 1) * gap`` by ``C * w + (C + 1) * gap`` with the tile
   ``(h, w)`` of :func:`preview_tile_size`. Returns ``path``."""
-  from PIL import Image
   x = _video(rgb, "rgb")
   d = _depth(depth)
   arrays = {"rgb": x, "depth": d}

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, require
-from gen3r_jax.models.adapter.geometry_adapter import TOKEN_GRID
+from gen3r_jax.models.geometry_adapter.model import TOKEN_GRID
 from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 from gen3r_jax.models.vggt.geometry import (convert_to_token_list, pose_encoding_to_extri_intri,
                                             unproject_depth_map_to_point_map)
@@ -134,7 +134,7 @@ def decode_geometry(adapter, vggt, z_geo, *, image_hw: tuple[int, int] | None = 
   """Decode geometry latents ``z_geo [B, t, 70, 70, z]`` (normalised, channels-last) to depth, points, cameras.
 
   Args:
-    adapter: a :class:`~gen3r_jax.models.adapter.geometry_adapter.GeometryAdapter`.
+    adapter: a :class:`~gen3r_jax.models.geometry_adapter.model.GeometryAdapter`.
     vggt: a :class:`~gen3r_jax.models.vggt.VGGT` (only its camera / depth / point heads are used).
     z_geo: the geometry half of the final latents (see :func:`split_joint_latents`).
     image_hw: optional check of the output size; it is always the token grid times the patch size (560x560).

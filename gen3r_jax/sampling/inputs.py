@@ -37,6 +37,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
+from PIL import Image, UnidentifiedImageError
+import imageio.v3 as iio
 import jax.numpy as jnp
 import numpy as np
 
@@ -44,6 +46,7 @@ from gen3r_jax.errors import Gen3RInputError, check_array, require
 from gen3r_jax.nn.resample import resize
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES, check_num_frames, check_trajectory
 from gen3r_jax.sampling.conditioning import TASKS, check_task
+
 
 SIZE = 560          # Gen3R's frame size: 40x40 VGGT tokens of patch 14, 70x70 latents of stride 8
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")   # frames of an allview folder (infer.py: .png and .jpg)
@@ -153,7 +156,6 @@ _NOTE_TEXT = {
 
 
 def _read_image(path: str, notes: _Notes) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
   require(not os.path.isdir(path), f"{path!r} is a folder: a folder of frames is taken for task allview only, as "
                                    "the single entry of --config.images; otherwise pass image files.")
   require(os.path.isfile(path), f"image {path!r} not found; check the path in --config.images.")
@@ -254,7 +256,6 @@ def list_frame_files(folder: str, warn: Warn | None = None) -> list[str]:
 def read_video(path: str, max_frames: int | None = None) -> tuple[np.ndarray, bool]:
   """The first ``max_frames`` (all if None) frames of a video, ``[n, H, W, 3]`` uint8, and whether it has more."""
   require(os.path.isfile(path), f"video {path!r} not found; check the path in --config.images.")
-  import imageio.v3 as iio
   frames, more = [], False
   try:
     for i, frame in enumerate(iio.imiter(path, plugin="FFMPEG")):
@@ -273,7 +274,7 @@ def read_video(path: str, max_frames: int | None = None) -> tuple[np.ndarray, bo
 def count_video_frames(path: str) -> int | None:
   """The number of frames of a video (decodes it with ffmpeg; None if that fails)."""
   try:
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # heavy optional dependency: imported on first use
     return int(imageio_ffmpeg.count_frames_and_secs(path)[0])
   except Exception:  # noqa: BLE001 - only used in a warning
     return None

@@ -1,6 +1,6 @@
 """Gen3R sampling end to end: conditioning images + prompt + cameras -> rgb video, depth, points, cameras.
 
-    bundle = load_bundle("ckpt/gen3r")                      # gen3r_jax.convert.bundle (weights loaded once)
+    bundle = load_bundle("ckpt/gen3r")                      # gen3r_jax.apps.bundle (weights loaded once)
     images = load_control_images(["first.png"])             # [1, 560, 560, 3] in [0, 1]
     out = generate(bundle, images, "a palace", SampleOptions(task="1view", cameras="zoom_out"))
     out["rgb"] [F, H, W, 3]   out["depth"] [F, H, W, 1]   out["pcds"] [F, H, W, 3]   out["masks"] [F, H, W]
@@ -112,7 +112,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   """Run the whole pipeline (module docstring).
 
   Args:
-    bundle: a :class:`~gen3r_jax.convert.bundle.Gen3RBundle` (tokenizer, text_encoder, clip, transformer, vae,
+    bundle: a :class:`~gen3r_jax.apps.bundle.Gen3RBundle` (tokenizer, text_encoder, clip, transformer, vae,
       geo_adapter, vggt, scheduler_config), resident on the device or in host memory (``placement``: each model
       is then copied to the device for its stage only, see :mod:`gen3r_jax.sampling.placement`).
     images: conditioning views ``[n, 560, 560, 3]`` in [0, 1] (see :func:`inputs.load_control_images`).

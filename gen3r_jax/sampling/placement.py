@@ -1,6 +1,6 @@
 """Where the weights live while sampling: on the device for the whole run, or in host memory between stages.
 
-Two placements of a :class:`~gen3r_jax.convert.bundle.Gen3RBundle` (chosen at load time,
+Two placements of a :class:`~gen3r_jax.apps.bundle.Gen3RBundle` (chosen at load time,
 ``load_bundle(..., placement=...)``, or afterwards with :func:`offload_bundle`):
 
 * ``"resident"``: every model's parameters sit in device memory from loading to the end (fastest; the device
@@ -26,12 +26,15 @@ import contextlib
 import time
 from typing import Callable, Iterable, Sequence
 
+from flax import nnx
 import jax
 import numpy as np
-from flax import nnx
 
+from gen3r_jax.compat import from_flat_state, value_of
 from gen3r_jax.errors import require
-from gen3r_jax.nn.compat import from_flat_state, value_of
+from gen3r_jax.nn.params import logical_axes
+from gen3r_jax.parallel.rules import DEFAULT_RULES, spec_for
+
 
 PLACEMENTS = ("resident", "sequential")
 HOST_KINDS = ("pinned_host", "unpinned_host")
@@ -93,8 +96,6 @@ def _device_sharding(a, mesh, rules, var):
     return a.sharding.with_memory_kind("device")
   if mesh is None:                                          # numpy fallback, one device
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  from gen3r_jax.nn.params import logical_axes
-  from gen3r_jax.parallel.rules import spec_for
   return jax.sharding.NamedSharding(mesh, spec_for(logical_axes(var), a.shape, mesh, rules))
 
 
@@ -113,7 +114,6 @@ def _map_params(model, fn, prefixes: Sequence[str] | None = None):
 def to_device(model, *, only: Sequence[str] | None = None, mesh=None, rules=None):
   """A copy of ``model`` with its host parameters (or those of the sub-modules named in ``only``) in device
   memory, on the same devices / shardings. Device-resident parameters are shared, not copied."""
-  from gen3r_jax.parallel.rules import DEFAULT_RULES
   rules = rules or DEFAULT_RULES
 
   def put(_, var):

@@ -24,9 +24,9 @@ import numpy as np
 from gen3r_jax.errors import require
 from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
-from gen3r_jax.models.wan.clip import encode_videos
-from gen3r_jax.models.wan.t5 import encode_prompts
-from gen3r_jax.models.wan.vae import unit_to_vae_range
+from gen3r_jax.models.clip.model import encode_videos
+from gen3r_jax.models.umt5.t5 import encode_prompts
+from gen3r_jax.models.wan_vae.vae import unit_to_vae_range
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.sampling.cameras import (BUILTIN_TRAJECTORIES, get_poses, resolve_cameras,
                                        scene_scale_from_depth)

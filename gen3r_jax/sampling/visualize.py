@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 
+from PIL import Image
 import numpy as np
+
 
 TURBO_LO, TURBO_HI = 0.05, 0.95  # part of the colormap used for depth (far, near)
 
@@ -126,7 +128,6 @@ def top_view_bounds(points: np.ndarray, pct: float = 1.0) -> np.ndarray:
 
 def resize_tile(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Bilinear resize of a uint8 ``[H, W, 3]`` image to ``size = (h, w)`` (no-op when already that size)."""
-  from PIL import Image
   if img.shape[:2] == tuple(size):
     return img
   return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))

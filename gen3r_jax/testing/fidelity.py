@@ -27,14 +27,15 @@ import tempfile
 
 import numpy as np
 
+from gen3r_jax.apps.bundle import convert_bundle, load_bundle
+from gen3r_jax.sampling.pipeline import generate
+from gen3r_jax.testing.cases import pipeline as case
 from gen3r_jax.testing.fixture import Fixture
+from gen3r_jax.testing.parity import iter_checks
 
 
 def run_pipeline(fx: Fixture, dtype: str = "bfloat16", param_dtype: str | None = None) -> dict:
   """``pipeline_tiny`` through the converter and :func:`generate` at ``dtype`` (compute) / ``param_dtype``."""
-  from gen3r_jax.convert.bundle import convert_bundle, load_bundle
-  from gen3r_jax.sampling.pipeline import generate
-  from gen3r_jax.testing.cases import pipeline as case
   with tempfile.TemporaryDirectory() as tmp:
     ckpt = os.path.join(tmp, "bundle")
     convert_bundle(os.path.join(fx.path, "checkpoint"), ckpt, overrides=case.overrides(fx), log=lambda *a: None)
@@ -87,7 +88,6 @@ def pipeline_metrics(fx: Fixture, out: dict) -> dict[str, float]:
 
 def component_metrics(fx: Fixture, dtype: str = "bfloat16", only=None) -> dict[str, dict[str, float]]:
   """Every output of the fixture's parity case at ``dtype`` (``only``: stop after these names are seen)."""
-  from gen3r_jax.testing.parity import iter_checks
   want = set(only or ())
   out = {}
   for check in iter_checks(fx, dtype):

@@ -27,13 +27,15 @@ import json
 import os
 from typing import Any
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
 
 from gen3r_jax.errors import Gen3RInputError
+
 
 _GUARD_JSON = ("skipped_steps", "consecutive_skips")
 
@@ -57,7 +59,6 @@ def _all_processes(ok: bool) -> bool:
   """``ok`` on every process (a step counts as restored only where all processes restored it)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
@@ -77,7 +78,7 @@ class Checkpointer:
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 "guard": ocp.JsonCheckpointHandler()}
     if with_data:
-      import grain
+      import grain  # heavy optional dependency: imported on first use
       handlers["data"] = grain.checkpoint.CheckpointHandler()
     opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
@@ -89,7 +90,7 @@ class Checkpointer:
     return sorted(int(s) for s in self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iter: Any = None, config=None, *, force: bool = False) -> bool:
-    import grain
+    import grain  # heavy optional dependency: imported on first use
     state = dict(state)
     guard = state.pop("guard", None)
     items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(_config_json(config) if config
@@ -111,7 +112,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
     """Restore ``state`` onto the shardings of ``abstract_state`` (and ``data_iter`` in place). When
     ``abstract_state`` has a ``guard``, it comes from the ``guard`` item (zeros if the checkpoint has none)."""
-    import grain
+    import grain  # heavy optional dependency: imported on first use
     abstract = dict(abstract_state)
     guard_like = abstract.pop("guard", None)
     items = {"state": ocp.args.StandardRestore(abstract)}
@@ -177,7 +178,6 @@ class Checkpointer:
       dest = root / f"{step}-{n}"
     multi = jax.process_count() > 1
     if multi:  # every process has picked the same name before process 0 moves the step
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"gen3r_checkpoint_set_aside_{step}_name")
     if jax.process_index() == 0:
       try:

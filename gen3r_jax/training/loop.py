@@ -33,50 +33,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import os
-from typing import Callable, Iterator, Mapping
+from typing import Mapping
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import logging
 from flax import nnx
+import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
 
 from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.nn.context_parallel import use_context_parallel
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
 from gen3r_jax.training.checkpointing import Checkpointer
+from gen3r_jax.training.memory import estimate, format_table
+from gen3r_jax.training.metrics import Progress, create_writer
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import StateSpec, create_train_state, merge_params, train_state_spec
+from gen3r_jax.training.task import Task
+
 
 NAN_POLICIES = ("stop", "skip")
 
 
 class TrainingDivergedError(RuntimeError):
   """The loss or the gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass
-class Task:
-  """What a training stage gives the trainer.
-
-  Attributes:
-    build: ``rngs -> module``: the trainable module (all its ``nnx.Param`` train).
-    loss_fn: ``(module, frozen, batch, rng) -> (loss, metrics)`` (traceable; metrics are scalars).
-    make_data: ``() -> iterator`` of host batches (dicts of numpy arrays, this process's share of the global
-      batch); a grain ``DatasetIterator`` makes the data position part of the checkpoint.
-    frozen: frozen modules (already on the mesh) or ``None``.
-    batch_axes: logical axes per batch entry (default: axis 0 is ``batch``, the rest replicated).
-    init_params: ``(abstract params, shardings) -> params`` (pure dicts) to start from, e.g. a pretrained
-      checkpoint; ``None`` = the module's random init.
-  """
-  build: Callable[[nnx.Rngs], nnx.Module]
-  loss_fn: Callable[..., tuple[jax.Array, dict]]
-  make_data: Callable[[], Iterator[dict]]
-  frozen: nnx.Module | None = None
-  batch_axes: Mapping[str, tuple] | None = None
-  init_params: Callable[[dict, dict], dict] | None = None
 
 
 TASKS: dict[str, str] = {
@@ -88,7 +73,6 @@ TASKS: dict[str, str] = {
 
 def get_task(config, mesh: Mesh, workdir: str) -> Task:
   """``TASKS[config.task](config, mesh, workdir)``."""
-  import importlib
   require(config.task in TASKS, f"task must be one of {sorted(TASKS)}, got {config.task!r}.")
   mod, fn = TASKS[config.task].split(":")
   return getattr(importlib.import_module(mod), fn)(config, mesh, workdir)
@@ -132,8 +116,7 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
 @contextlib.contextmanager
 def step_context(mesh: Mesh, strategy: str = "allgather"):
   """Where the train step is traced and run: the mesh is active (``jax.set_mesh``) and attention is
-  context-parallel over the mesh axis ``context`` when it is > 1 (:mod:`gen3r_jax.parallel.context`)."""
-  from gen3r_jax.parallel.context import use_context_parallel
+  context-parallel over the mesh axis ``context`` when it is > 1 (:mod:`gen3r_jax.nn.context_parallel`)."""
   with jax.set_mesh(mesh), use_context_parallel(mesh, strategy):
     yield
 
@@ -296,7 +279,6 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
                                max_consecutive_skips=max_skips, skip_steps=skip_steps)
   key = jax.random.PRNGKey(int(config.seed))
   # lazy: clu is a training-run dependency only (make_train_step is also used where clu is absent, bench/)
-  from gen3r_jax.training.metrics import Progress, create_writer
   writer = create_writer(workdir, tensorboard=bool(config.tensorboard))
   progress = Progress(step, num_steps)
   profile = _ProfileWindow(config.profile, workdir)
@@ -394,7 +376,6 @@ def dry_run_configs(config_arg: str, config) -> list[tuple[str, object]]:
     require(config.task == "stage2", f"the dry run estimates stage-2 (DiT) training memory; {config_arg} is task "
                                      f"{config.task!r}. Name a stage-2 entry ({path}:<entry>).")
     return [(config_arg, config)]
-  import importlib.util
   spec = importlib.util.spec_from_file_location("_gen3r_dry_run_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -407,5 +388,4 @@ def dry_run_configs(config_arg: str, config) -> list[tuple[str, object]]:
 
 def dry_run(configs) -> str:
   """The per-device memory table of ``[(name, config)]`` on each config's ``hardware`` (nothing allocated)."""
-  from gen3r_jax.training.memory import estimate, format_table
   return format_table([estimate(cfg, name=name) for name, cfg in configs])

@@ -37,15 +37,25 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
+import optax
 
+from gen3r_jax.compat import value_of
 from gen3r_jax.errors import require
-from gen3r_jax.nn.compat import value_of
+from gen3r_jax.models.clip.model import CLIPVision
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter
+from gen3r_jax.models.umt5.t5 import UMT5Encoder
+from gen3r_jax.models.vggt import VGGT
+from gen3r_jax.models.wan_dit.transformer import WanDiT
+from gen3r_jax.models.wan_vae.vae import WanVAE
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, spec_for
+from gen3r_jax.training.optimizer import make_optimizer
+from gen3r_jax.training.stage2_task import check_config, latent_grid, model_configs, num_tokens
+
 
 GIB = 2 ** 30
 FUSED = ("cudnn", "fa3", "splash")
@@ -137,7 +147,6 @@ class _Spec:
 
 def optimizer_bytes(tx, state, mesh, rules=DEFAULT_RULES) -> int:
   """Per-device bytes of ``tx.init`` on the float32 params (moments sharded like their parameter)."""
-  import optax
   f32 = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating)  # noqa: E731
                                        else x.dtype)
   abs_pure = jax.tree.map(f32, nnx.to_pure_dict(state))
@@ -209,7 +218,6 @@ def activation_parts(cfg, *, batch: int, grid: tuple[int, int, int], frames: int
 
 def batch_bytes(config, models, batch: int) -> int:
   """Per-device bytes of the host batch (online frames + tokens, or the pre-encoded arrays)."""
-  from gen3r_jax.training.stage2_task import latent_grid
   dc = config.data
   nf, hh, ww = int(dc.num_frames), int(dc.height), int(dc.width)
   cams = nf * (16 + 9) * 4
@@ -225,14 +233,6 @@ def batch_bytes(config, models, batch: int) -> int:
 def estimate(config, *, name: str = "", models=None) -> Estimate:
   """The per-device memory of ``config`` (a stage-2 config) on ``config.hardware``; allocates nothing.
   ``models`` (``stage2_task.Stage2Models``) replaces the model sizes of ``config.model``."""
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter
-  from gen3r_jax.models.vggt import VGGT
-  from gen3r_jax.models.wan.clip import CLIPVision
-  from gen3r_jax.models.wan.t5 import UMT5Encoder
-  from gen3r_jax.models.wan.transformer import WanDiT
-  from gen3r_jax.models.wan.vae import WanVAE
-  from gen3r_jax.training.optimizer import make_optimizer
-  from gen3r_jax.training.stage2_task import check_config, latent_grid, model_configs, num_tokens
   require(config.task == "stage2", f"the memory estimate covers stage 2 (the DiT); got task {config.task!r}.")
   hw = config.hardware
   require(int(hw.num_devices) >= 1 and float(hw.hbm_gib) > 0,

@@ -18,11 +18,15 @@ loss = 0.5 L_rec + 0.1 L_sim + 2.0 * (0.1 * a) * KL(q || p),  a = adaptive power
 
 from __future__ import annotations
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from gen3r_jax.models.init import random_params
+from gen3r_jax.models.vggt import VGGT
+from gen3r_jax.models.wan_vae.vae import WanVAE
+from gen3r_jax.parallel.rules import state_shardings
 from gen3r_jax.training import losses as L
 from gen3r_jax.training.losses import Stage1LossConfig
 
@@ -174,8 +178,6 @@ def random_on_mesh(cls, cfg, seed: int, mesh=None):
   """A model of ``cls(cfg)`` with host-drawn random weights (:func:`gen3r_jax.models.init.random_params`: numpy, no
   jitted init program, which takes tens of seconds to compile on a small CPU), placed by its logical axes when
   ``mesh`` is given. Same seed on every process: multi-process safe."""
-  from gen3r_jax.models.init import random_params
-  from gen3r_jax.parallel.rules import state_shardings
   model = random_params(cls, cfg, seed=seed)
   if mesh is not None:
     state = nnx.state(model)
@@ -189,8 +191,6 @@ def build_frozen(vggt_cfg, wan_cfg, *, mesh=None, seed: int = 0, vggt_checkpoint
   """VGGT and the Wan VAE from Orbax checkpoints (``launch/convert.py``) or, without one, seeded random weights
   drawn on the host (debug configs; :func:`random_on_mesh`). Parameters land directly on their shards when
   ``mesh`` is given."""
-  from gen3r_jax.models.vggt import VGGT
-  from gen3r_jax.models.wan.vae import WanVAE
 
   if vggt_checkpoint:
     vggt = VGGT.from_checkpoint(vggt_checkpoint, mesh=mesh)

@@ -9,12 +9,20 @@ configs use ``token_grid`` 8 (112 x 112 frames, 8 x 8 tokens <-> 14 x 14 latents
 
 from __future__ import annotations
 
-import os
+from flax import nnx
+import jax
+import numpy as np
 
 from gen3r_jax.errors import require
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.init import random_params
+from gen3r_jax.models.vggt import VGGTConfig
+from gen3r_jax.models.wan_vae.vae import WanVAEConfig
 from gen3r_jax.training.losses import Stage1LossConfig
-from gen3r_jax.training.loop import Task
 from gen3r_jax.training.stage1 import Frozen, build_frozen, stage1_task_loss
+from gen3r_jax.training.task import Task
+from gen3r_jax.training.task_data import check_validate, data_pipeline
+
 
 TOKEN_GRID = 40   # the release's VGGT token grid (560 x 560 frames); config.model.token_grid overrides it
 
@@ -26,9 +34,6 @@ def token_grid(mc) -> int:
 
 def model_configs(mc):
   """``(vggt_cfg, wan_cfg, adapter_cfg)`` for ``config.model``."""
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapterConfig
-  from gen3r_jax.models.vggt import VGGTConfig
-  from gen3r_jax.models.wan.vae import WanVAEConfig
   require(mc.size in ("release", "tiny"), f"model.size must be 'release' or 'tiny', got {mc.size!r}.")
   grid = token_grid(mc)
   require(grid >= 4 and grid % 4 == 0, f"model.token_grid must be a positive multiple of 4 (40: 560x560 frames, "
@@ -63,61 +68,6 @@ def check_data_config(dc, patch: int, grid: int = TOKEN_GRID) -> None:
           "data.synthetic_scenes > 0.")
 
 
-def check_validate(dc) -> None:
-  """``data.validate`` is a mode :func:`gen3r_jax.data.pipeline.validate_sources` knows (checked before any model
-  is built)."""
-  from gen3r_jax.data.layout import VALIDATE_IMAGES
-  from gen3r_jax.data.pipeline import VALIDATE_MODES
-  mode, images = dc.get("validate", "strict"), dc.get("validate_images", "all")
-  require(mode in VALIDATE_MODES, f"data.validate must be one of {VALIDATE_MODES} ('strict': one error listing "
-          f"every bad scene; 'skip': drop them with a warning), got {mode!r}.")
-  require(images in VALIDATE_IMAGES, f"data.validate_images must be one of {VALIDATE_IMAGES} ('all': the header "
-          f"of every frame; 'first': of each scene's first frame only), got {images!r}.")
-
-
-def data_root(dc, workdir: str) -> str:
-  """The dataset root; synthetic scenes are generated once under ``<workdir>/synthetic`` (process 0 writes,
-  the others wait on the marker file)."""
-  if dc.root:
-    return dc.root
-  import jax
-  root = os.path.join(workdir, "synthetic")
-  marker = os.path.join(root, "DONE")
-  if jax.process_index() == 0 and not os.path.exists(marker):
-    from gen3r_jax.data.synthetic import generate
-    generate(root, scenes=int(dc.synthetic_scenes), frames=int(dc.synthetic_frames),
-             height=int(dc.synthetic_size), width=int(dc.synthetic_size), seed=0)
-    open(marker, "w").close()
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("synthetic data ready")
-  return root
-
-
-def data_pipeline(config, workdir: str, stage: int):
-  """The grain pipeline of ``config.data`` for ``stage`` 1 or 2 (this process's share of each global batch): scene
-  folders (``data.root``, else synthetic scenes under ``workdir``), TFDS records (``data.records``) or, for stage
-  2, pre-encoded records (``data.preencoded``)."""
-  import jax
-  from gen3r_jax.data.clips import ClipConfig
-  from gen3r_jax.data.pipeline import (PipelineConfig, make_pipeline, sources_from_preencoded,
-                                       sources_from_records, sources_from_root)
-  dc = config.data
-  clip = ClipConfig(num_frames=int(dc.num_frames), height=int(dc.height), width=int(dc.width),
-                    strides=tuple(int(s) for s in dc.strides), order="images" if stage == 1 else "cameras")
-  if stage == 2 and dc.get("preencoded"):
-    sources = sources_from_preencoded(dc.preencoded)
-  elif dc.records:
-    sources = sources_from_records(dc.records, stage=stage)
-  else:
-    sources = sources_from_root(data_root(dc, workdir), stage=stage)
-  pc = PipelineConfig(stage=stage, batch_size=int(dc.batch_size) // jax.process_count(), seed=int(config.seed),
-                      clip=clip, read_threads=int(dc.read_threads), prefetch=int(dc.prefetch),
-                      mp_workers=int(dc.mp_workers), validate=str(dc.get("validate", "strict")),
-                      validate_images=str(dc.get("validate_images", "all")))
-  return make_pipeline(sources, pc)
-
-
 def make_data(config, workdir: str):
   return iter(data_pipeline(config, workdir, stage=1))
 
@@ -129,11 +79,6 @@ def adapter_init_params(adapter_cfg, mc, *, seed: int):
     return None
 
   def host_random(abstract, shardings):
-    import jax
-    import numpy as np
-    from flax import nnx
-    from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter
-    from gen3r_jax.models.init import random_params
     del abstract
     params = nnx.to_pure_dict(nnx.state(random_params(GeometryAdapter, adapter_cfg, seed=seed), nnx.Param))
     return jax.device_put(jax.tree.map(np.asarray, params), shardings)
@@ -141,7 +86,6 @@ def adapter_init_params(adapter_cfg, mc, *, seed: int):
 
 
 def make_task(config, mesh, workdir: str) -> Task:
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter
   vcfg, wcfg, acfg = model_configs(config.model)
   check_data_config(config.data, vcfg.patch_size, acfg.token_grid)
   loss_cfg = Stage1LossConfig(**config.loss.to_dict())

@@ -61,17 +61,19 @@ from __future__ import annotations
 
 import dataclasses
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gen3r_jax.errors import check_array, fmt_list, require
-from gen3r_jax.models.wan.vae import DiagonalGaussian, unit_to_vae_range
+from gen3r_jax.models.wan_vae.vae import DiagonalGaussian, unit_to_vae_range
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.sampling.cameras import check_num_frames
 from gen3r_jax.sampling.schedulers.schedules import shift_sigmas
+from gen3r_jax.sampling.stages import encode_text
 from gen3r_jax.training.stage1 import target_tokens
+
 
 MODES = ("first", "all", "first_last")   # official draw u: u < 1/3 first, u > 2/3 first_last, else all
 CAMERA_DROPS = ("example", "batch")
@@ -132,7 +134,6 @@ class Stage2Frozen(nnx.Module):
 
 def empty_caption_context(tokenizer, text_encoder, max_length: int) -> jax.Array:
   """The umT5 encoding of ``""`` as the training loop builds it: ``[max_length, Dt]``, zeros past its length."""
-  from gen3r_jax.sampling.stages import encode_text
   emb = encode_text(tokenizer, text_encoder, "", max_length)["embeds"]          # [len, Dt]
   return jnp.pad(emb.astype(jnp.float32), ((0, max_length - emb.shape[0]), (0, 0)))
 

@@ -25,13 +25,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 from typing import Any, Sequence
+import zlib
 
+from flax import nnx
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
+from gen3r_jax.data.preencoded import read_metadata
 from gen3r_jax.errors import fmt_list, require
-from gen3r_jax.training.loop import Task
+from gen3r_jax.models.checkpoint import PARAMS_DIR, read_config
+from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter
+from gen3r_jax.models.init import random_params
+from gen3r_jax.models.umt5.t5 import UMT5Config, UMT5Encoder
+from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
+from gen3r_jax.models.vggt import VGGT
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model
+from gen3r_jax.models.wan_vae.vae import WanVAE
+from gen3r_jax.sampling.cameras import check_num_frames
+from gen3r_jax.training.stage1 import random_on_mesh
+from gen3r_jax.training.stage1_task import model_configs as stage1_models
+from gen3r_jax.training.stage2 import Stage2Config, Stage2Frozen, empty_caption_context, stage2_loss
+from gen3r_jax.training.task import Task
+from gen3r_jax.training.task_data import check_validate, data_pipeline
+
 
 DIT_SIZES = ("1.3b", "14b")
 
@@ -48,10 +68,6 @@ class Stage2Models:
 
 def model_configs(mc) -> Stage2Models:
   """Model configs of ``config.model`` (checked for consistency: the DiT's text/CLIP widths match the encoders)."""
-  from gen3r_jax.models.wan.clip import CLIPVisionConfig
-  from gen3r_jax.models.wan.dit_config import WanDiTConfig
-  from gen3r_jax.models.wan.t5 import UMT5Config
-  from gen3r_jax.training.stage1_task import model_configs as stage1_models
   vggt, wan, adapter = stage1_models(mc)
   require(mc.dit_size in DIT_SIZES, f"model.dit_size must be one of {DIT_SIZES}, got {mc.dit_size!r}.")
   kw = dict(dtype=mc.dtype, remat=mc.dit_remat, attention=mc.attention)
@@ -86,8 +102,6 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
   ``online`` (default: no ``data.preencoded``): frames go through the frozen encoders, so they must be
   ``model.token_grid x patch`` square (560x560 at the release grid);
   pre-encoded latents are ``data.height / 8 x data.width / 8``."""
-  from gen3r_jax.sampling.cameras import check_num_frames
-  from gen3r_jax.training.stage2 import Stage2Config
   dc = config.data
   Stage2Config(**config.stage2.to_dict()).validate()
   online = not dc.preencoded if online is None else online
@@ -112,7 +126,6 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
 
 def check_inputs(config) -> None:
   """Exactly one data source; at the release size (online) every frozen checkpoint and the tokenizer."""
-  from gen3r_jax.training.stage1_task import check_validate
   dc, mc = config.data, config.model
   check_validate(dc)
   sources = bool(dc.root) + bool(dc.records) + (dc.synthetic_scenes > 0) + bool(dc.preencoded)
@@ -128,7 +141,6 @@ def check_inputs(config) -> None:
 
 # ------------------------------------------------------------------------------------------------------ DiT
 def _flat_shapes(tree) -> dict[str, tuple]:
-  import jax
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
@@ -138,8 +150,6 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 def check_checkpoint_shapes(directory: str, abstract_params, what: str = "DiT") -> None:
   """Compare the parameter shapes stored in an Orbax checkpoint (metadata only) with the model of the config."""
-  import orbax.checkpoint as ocp
-  from gen3r_jax.convert.checkpoint import PARAMS_DIR
   path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
   require(os.path.isdir(path), f"{what} checkpoint {directory} has no {PARAMS_DIR}/ folder; write it with "
                                "launch/convert.py.")
@@ -150,7 +160,6 @@ def check_checkpoint_shapes(directory: str, abstract_params, what: str = "DiT") 
   wrong = [f"{k}: stored {stored[k]}, config {want[k]}" for k in sorted(want) if k in stored and stored[k] != want[k]]
   info = ""
   try:
-    from gen3r_jax.convert.checkpoint import read_config
     c = read_config(directory)
     info = f" (the checkpoint's config: dim {c.get('dim')}, {c.get('num_layers')} layers)"
   except FileNotFoundError:
@@ -165,9 +174,6 @@ def check_checkpoint_shapes(directory: str, abstract_params, what: str = "DiT") 
 def dit_init_params(dit_cfg, mc, *, seed: int):
   """``init_params(abstract, shardings)`` for :func:`gen3r_jax.training.state.create_train_state`: the DiT
   checkpoint, host-drawn random weights for the tiny size, or ``None`` (jitted random init)."""
-  import jax
-  from flax import nnx
-  from gen3r_jax.models.wan.transformer import WanDiT, abstract_model
 
   if mc.dit_checkpoint:
     check_checkpoint_shapes(mc.dit_checkpoint, nnx.to_pure_dict(nnx.state(abstract_model(dit_cfg), nnx.Param)))
@@ -179,7 +185,6 @@ def dit_init_params(dit_cfg, mc, *, seed: int):
       return nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return restore
   if mc.size == "tiny":
-    from gen3r_jax.models.init import random_params
 
     def host_random(abstract, shardings):
       del abstract
@@ -192,7 +197,6 @@ def dit_init_params(dit_cfg, mc, *, seed: int):
 # --------------------------------------------------------------------------------------------------- frozen
 def _random_on_mesh(cls, cfg, seed: int, mesh):
   """Host-drawn random weights (``models.init.random_params``) placed by their logical axes."""
-  from gen3r_jax.training.stage1 import random_on_mesh
   return random_on_mesh(cls, cfg, seed, mesh)
 
 
@@ -204,20 +208,13 @@ def _load(cls, directory: str, cfg, seed: int, mesh, dtype: str):
 
 def build_frozen(models: Stage2Models, config, mesh, tokenizer):
   """:class:`Stage2Frozen` on the mesh (see the module docstring)."""
-  from gen3r_jax.training.stage2 import Stage2Frozen, empty_caption_context
   dc, mc = config.data, config.model
   if dc.preencoded:
-    from gen3r_jax.data.preencoded import read_metadata
     empty = np.asarray(read_metadata(dc.preencoded)["empty_context"], np.float32)
     want = (models.dit.text_len, models.dit.text_dim)
     require(empty.shape == want, f"data.preencoded {dc.preencoded}: empty_context {empty.shape} does not match the "
                                  f"DiT's text input {want}; pre-encode with the matching umT5 and max_length.")
     return Stage2Frozen(None, None, None, empty_context=empty)
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter
-  from gen3r_jax.models.vggt import VGGT
-  from gen3r_jax.models.wan.clip import CLIPVision
-  from gen3r_jax.models.wan.t5 import UMT5Encoder
-  from gen3r_jax.models.wan.vae import WanVAE
   seed, dt = int(config.seed) + 1000, mc.dtype
   vggt = _load(VGGT, mc.vggt_checkpoint, models.vggt, seed, mesh, dt)
   adapter = _load(GeometryAdapter, mc.adapter_checkpoint, models.adapter, seed + 1, mesh, dt)
@@ -231,7 +228,7 @@ def build_frozen(models: Stage2Models, config, mesh, tokenizer):
 # ---------------------------------------------------------------------------------------------- tokenisation
 class DebugTokenizer:
   """Deterministic stand-in for the umT5 tokenizer of the TINY debug models only (a 64-token vocabulary no real
-  tokenizer has). Same interface and layout as :class:`gen3r_jax.models.wan.tokenizer.UMT5Tokenizer`: each
+  tokenizer has). Same interface and layout as :class:`gen3r_jax.models.umt5.tokenizer.UMT5Tokenizer`: each
   lower-cased whitespace-separated word becomes ``3 + crc32(word) % (vocab - 3)`` (ids 0-2 are pad / eos / unk),
   truncated to ``max_length - 1``, then eos (1) and pad (0); ``attention_mask`` is 1 on the tokens and the eos."""
 
@@ -257,7 +254,6 @@ class DebugTokenizer:
 def make_tokenizer(mc, models: Stage2Models):
   if mc.size == "tiny":
     return DebugTokenizer(models.text_encoder.vocab, models.dit.text_len)
-  from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
   return UMT5Tokenizer.from_pretrained(mc.tokenizer, max_length=models.dit.text_len)
 
 
@@ -274,7 +270,6 @@ class Tokenize:
       if self.kind == "debug":
         self._tok = DebugTokenizer(self.arg, self.max_length)
       else:
-        from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
         self._tok = UMT5Tokenizer.from_pretrained(self.arg, max_length=self.max_length)
     return self._tok
 
@@ -289,7 +284,6 @@ class Tokenize:
 # ------------------------------------------------------------------------------------------------------ data
 def make_data(config, workdir: str, models: Stage2Models):
   """A checkpointable grain iterator of this process's share of each global batch."""
-  from gen3r_jax.training.stage1_task import data_pipeline
   dc, mc = config.data, config.model
   ds = data_pipeline(config, workdir, stage=2).dataset
   if not dc.preencoded:
@@ -302,8 +296,6 @@ def make_data(config, workdir: str, models: Stage2Models):
 def make_task(config, mesh, workdir: str, *, frozen=None, data=None, models: Stage2Models | None = None) -> Task:
   """The stage-2 :class:`Task`. ``frozen`` (a ``Stage2Frozen``), ``data`` (``() -> iterator``) and ``models``
   replace the ones the config describes (tests, custom pipelines); with ``data`` no data source is needed."""
-  from gen3r_jax.models.wan.transformer import WanDiT
-  from gen3r_jax.training.stage2 import Stage2Config, stage2_loss
   check_config(config, dict(mesh.shape), online=data is None and not config.data.preencoded)
   if data is None:
     check_inputs(config)

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gen3r_jax.nn.compat import to_pure_dict
+from gen3r_jax.compat import to_pure_dict
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 
 

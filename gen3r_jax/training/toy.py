@@ -8,13 +8,13 @@ module (the target function), a grain iterator over synthetic arrays (checkpoint
 
 from __future__ import annotations
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from gen3r_jax.nn.linear import Dense
-from gen3r_jax.training.loop import Task
+from gen3r_jax.training.task import Task
 
 
 class MLP(nnx.Module):
@@ -40,7 +40,7 @@ class Poison:
 
 def make_data(config, seed: int):
   """A grain iterator over ``num_examples`` fixed random inputs, shuffled, repeated, batched per process."""
-  import grain
+  import grain  # heavy optional dependency: imported on first use
   d = config.toy
   rng = np.random.default_rng(seed)
   xs = rng.normal(size=(d.num_examples, d.dim)).astype(np.float32)

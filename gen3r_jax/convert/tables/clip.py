@@ -19,7 +19,7 @@ from __future__ import annotations
 from gen3r_jax.convert import transforms as T
 from gen3r_jax.convert.registry import ModelSpec
 from gen3r_jax.convert.table import MappingTable, TableBuilder
-from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig
+from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig
 
 
 def table(cfg: CLIPVisionConfig) -> MappingTable:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gen3r_jax.convert import registry
 from gen3r_jax.convert.table import MappingTable, TableBuilder
 from gen3r_jax.convert.tables.wan_vae import autoencoder_core
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
 
 
 def table(cfg: GeometryAdapterConfig) -> MappingTable:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from gen3r_jax.convert import transforms as T
 from gen3r_jax.convert.registry import ModelSpec
 from gen3r_jax.convert.table import MappingTable, TableBuilder
-from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder
+from gen3r_jax.models.umt5.t5 import UMT5Config, UMT5Encoder
 
 
 def table(cfg: UMT5Config) -> MappingTable:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from gen3r_jax.convert import transforms as T
 from gen3r_jax.convert.registry import ModelSpec
 from gen3r_jax.convert.table import MappingTable, TableBuilder
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import WanDiT
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import WanDiT
 
 FULL_SIZES = {
     "wan_dit_1_3b_control_camera": WanDiTConfig.wan_1_3b,

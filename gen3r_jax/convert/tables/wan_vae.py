@@ -11,8 +11,8 @@ from __future__ import annotations
 from gen3r_jax.convert import registry
 from gen3r_jax.convert import transforms as T
 from gen3r_jax.convert.table import MappingTable, TableBuilder
-from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
-from gen3r_jax.models.wan.vae_blocks import decoder_plan, encoder_plan
+from gen3r_jax.models.wan_vae.blocks import decoder_plan, encoder_plan
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
 
 
 def causal_conv(tb: TableBuilder, torch_prefix: str, path: str) -> None:

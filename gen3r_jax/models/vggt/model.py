@@ -20,8 +20,8 @@ from flax import nnx
 
 from gen3r_jax.nn.params import abstract_module
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.init import sharded_init
 from gen3r_jax.models.vggt.aggregator import Aggregator
 from gen3r_jax.models.vggt.camera_head import CameraHead

@@ -12,7 +12,7 @@ from gen3r_jax.nn.params import abstract_module
 
 from gen3r_jax.convert import load_torch_weights
 from gen3r_jax.convert.tables.clip import table
-from gen3r_jax.models.wan.clip import CLIPVision, CLIPVisionConfig, _preprocess, encode_videos
+from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig, _preprocess, encode_videos
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check
 

@@ -24,7 +24,7 @@ from gen3r_jax.convert.core import convert, param_targets, update_model
 from gen3r_jax.convert.sources import PrefixedSource
 from gen3r_jax.convert.tables import geometry_adapter as adapter_table
 from gen3r_jax.convert.tables import vggt as vggt_table
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
 from gen3r_jax.models.vggt import VGGT, VGGTConfig
 from gen3r_jax.sampling.geometry_decode import decode_geometry
 from gen3r_jax.testing.fixture import Fixture

@@ -10,8 +10,8 @@ import numpy as np
 
 from gen3r_jax.convert.core import load_torch_weights
 from gen3r_jax.convert.tables.wan_dit import table
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import abstract_model
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import abstract_model
 from gen3r_jax.sampling.denoise import cfg_context, denoise
 from gen3r_jax.sampling.schedulers import scheduler_from_config
 from gen3r_jax.testing.parity import Check

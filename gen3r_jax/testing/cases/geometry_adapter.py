@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from gen3r_jax.convert.tables.geometry_adapter import table
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
 from gen3r_jax.testing.cases.wan_vae import load_abstract, run_autoencoder_calls
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gen3r_jax.convert.bundle import COMPONENTS, convert_bundle, load_bundle
+from gen3r_jax.apps.bundle import COMPONENTS, convert_bundle, load_bundle
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES
 from gen3r_jax.sampling.pipeline import SampleOptions, generate
 from gen3r_jax.testing.parity import Check

@@ -21,10 +21,10 @@ from gen3r_jax.convert.sources import PrefixedSource
 from gen3r_jax.convert.tables import geometry_adapter as adapter_table
 from gen3r_jax.convert.tables import vggt as vggt_table
 from gen3r_jax.convert.tables import wan_vae as wan_table
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
 from gen3r_jax.models.vggt import VGGTConfig, abstract_model
-from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
-from gen3r_jax.nn.compat import value_of
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
+from gen3r_jax.compat import value_of
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check
 from gen3r_jax.training.losses import Stage1LossConfig

@@ -35,12 +35,12 @@ from gen3r_jax.convert.tables import geometry_adapter as adapter_table
 from gen3r_jax.convert.tables import vggt as vggt_table
 from gen3r_jax.convert.tables import wan_dit as dit_table
 from gen3r_jax.convert.tables import wan_vae as wan_table
-from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapter, GeometryAdapterConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapter, GeometryAdapterConfig
 from gen3r_jax.models.vggt import VGGT, VGGTConfig
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import abstract_model as abstract_dit
-from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
-from gen3r_jax.nn.compat import value_of
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import abstract_model as abstract_dit
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
+from gen3r_jax.compat import value_of
 from gen3r_jax.sampling import conditioning as cond
 from gen3r_jax.testing.cases.decode_path import load_used
 from gen3r_jax.testing.fixture import Fixture

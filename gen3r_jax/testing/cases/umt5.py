@@ -12,7 +12,7 @@ from gen3r_jax.nn.params import abstract_module
 
 from gen3r_jax.convert import load_torch_weights
 from gen3r_jax.convert.tables.umt5 import table
-from gen3r_jax.models.wan.t5 import UMT5Config, UMT5Encoder, relative_position_buckets
+from gen3r_jax.models.umt5.t5 import UMT5Config, UMT5Encoder, relative_position_buckets
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check
 

@@ -11,8 +11,8 @@ from flax import nnx
 
 from gen3r_jax.convert.core import load_torch_weights
 from gen3r_jax.convert.tables.wan_dit import table
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.transformer import abstract_model
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.transformer import abstract_model
 from gen3r_jax.nn.rope import axis_pairs, rope_tables
 from gen3r_jax.testing.parity import Check
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gen3r_jax.convert.core import convert, param_targets, update_model
 from gen3r_jax.convert.tables.wan_vae import table
-from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
 from gen3r_jax.testing.fixture import Fixture
 from gen3r_jax.testing.parity import Check
 

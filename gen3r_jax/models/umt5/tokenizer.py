@@ -18,6 +18,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+import sentencepiece as spm
 
 from gen3r_jax.errors import Gen3RInputError, require
 
@@ -29,8 +30,6 @@ class UMT5Tokenizer:
 
   def __init__(self, model_file: str, *, max_length: int = 512, pad_token: str = "<pad>",
                eos_token: str = "</s>", unk_token: str = "<unk>"):
-    import sentencepiece as spm
-
     if not os.path.isfile(model_file):
       raise Gen3RInputError(f"SentencePiece model {model_file} not found")
     require(max_length >= 1, f"max_length must be >= 1, got {max_length}")

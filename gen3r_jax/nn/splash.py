@@ -22,6 +22,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
 from gen3r_jax.errors import Gen3RInputError
 
@@ -68,7 +69,6 @@ def _block(length: int, forced: int | None, what: str) -> int:
 def _kernel(heads: int, lq: int, lk: int, bq: int, bkv: int, interpret: bool):
   """The splash kernel for ``[heads, lq, D] x [heads, lk, D]`` (full mask). Built at trace time, per call: its
   mask tables become constants of the current trace (a cached kernel would leak shard_map tracers)."""
-  from jax.experimental.pallas.ops.tpu import splash_attention as sa
   mask = sa.MultiHeadMask([sa.FullMask((lq, lk)) for _ in range(heads)])
   blocks = sa.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                          block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
@@ -85,7 +85,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, 
     raise SplashUnavailableError(
         f"attention implementation 'splash' is the TPU splash-attention kernel; the backend is "
         f"{jax.default_backend()!r}. Use implementation='auto' (cudnn on GPU, xla elsewhere), or Pallas "
-        "interpret mode for tests: `with gen3r_jax.parallel.splash.splash_options(interpret=True):`.")
+        "interpret mode for tests: `with gen3r_jax.nn.splash.splash_options(interpret=True):`.")
   if bias is not None or mask is not None:
     raise Gen3RInputError("splash attention supports neither an additive bias nor a mask (it runs the full "
                           "bidirectional mask); use implementation='xla' or 'cudnn' for masked attention.")

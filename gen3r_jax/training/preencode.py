@@ -31,17 +31,34 @@ import gc
 import json
 import math
 import os
-import time
-import zlib
 from pathlib import Path
+import time
 from typing import Any, Callable
+import zlib
 
+import jax.numpy as jnp
 import numpy as np
 
-from gen3r_jax.data.preencoded import (CONDITIONS, EMPTY_CONTEXT_FILE, FORMAT, NAME, POSTERIOR_KEYS, SETTINGS_FILE,
-                                       SHARD_DIR, SIZE, STORAGE_DTYPES, features, pad_rows, record_shapes,
-                                       storage_round, to_storage)
+from gen3r_jax.data import layout, pipeline, tfds_builder
+from gen3r_jax.data.clips import official_clip_config
+from gen3r_jax.data.layout import split_name
+from gen3r_jax.data.pipeline import ClipTransform, check_sources
+from gen3r_jax.data.preencoded import (
+    CONDITIONS, EMPTY_CONTEXT_FILE, FORMAT, LATENT, NAME, POSTERIOR_KEYS, SETTINGS_FILE, SHARD_DIR, SIZE,
+    STORAGE_DTYPES, features, pad_rows, storage_round, to_storage
+)
 from gen3r_jax.errors import fmt_list, require
+from gen3r_jax.models.bundle_layout import INDEX_FILE, load_component
+from gen3r_jax.models.checkpoint import read_config
+from gen3r_jax.models.clip.model import encode_videos
+from gen3r_jax.models.umt5.t5 import encode_prompts
+from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
+from gen3r_jax.models.wan_vae.vae import unit_to_vae_range
+from gen3r_jax.nn.jit import module_jit
+from gen3r_jax.sampling.cameras import check_num_frames
+from gen3r_jax.sampling.conditioning import clip_image_input
+from gen3r_jax.training.stage1 import target_tokens
+
 
 COMPUTE_DTYPES = ("bfloat16", "float32")
 NEEDED = ("vggt", "geo_adapter", "wan_vae", "text_encoder", "clip_image_encoder")
@@ -91,7 +108,6 @@ class PreencodeConfig:
 # ---------------------------------------------------------------- checks, sources, plan
 
 def check_config(cfg: PreencodeConfig) -> None:
-  from gen3r_jax.sampling.cameras import check_num_frames
   require(cfg.dtype in STORAGE_DTYPES, f"dtype {cfg.dtype!r} is not a storage dtype; use one of {STORAGE_DTYPES}.")
   require(cfg.compute_dtype in COMPUTE_DTYPES,
           f"compute_dtype {cfg.compute_dtype!r} is not supported; use one of {COMPUTE_DTYPES}.")
@@ -105,7 +121,6 @@ def check_config(cfg: PreencodeConfig) -> None:
 
 def check_bundle_parts(bundle: str) -> None:
   """The converted bundle holds every encoder pre-encoding needs (the DiT is not needed)."""
-  from gen3r_jax.convert.bundle import INDEX_FILE
   require(os.path.isfile(os.path.join(bundle, INDEX_FILE)),
           f"--bundle {bundle}: not a converted gen3r_jax checkpoint (no {INDEX_FILE}); convert the official one "
           "with `python launch/convert.py --source <Gen3R checkpoint> --out <dir>`.")
@@ -116,7 +131,6 @@ def check_bundle_parts(bundle: str) -> None:
 
 def open_sources(source: str, split: str) -> tuple[dict[str, Any], str]:
   """``({dataset: scene source}, kind)`` for an official root or an array_record dataset folder."""
-  from gen3r_jax.data import layout, pipeline, tfds_builder
   p = Path(source)
   require(p.is_dir(), f"--source {source}: no such folder; pass an official layout root or an array_record "
           "dataset folder (python -m gen3r_jax.data.tfds_builder).")
@@ -133,13 +147,11 @@ def open_sources(source: str, split: str) -> tuple[dict[str, Any], str]:
 
 
 def clip_config(cfg: PreencodeConfig):
-  from gen3r_jax.data.clips import official_clip_config
   return official_clip_config(2, "train" if cfg.split == "train" else "val", num_frames=cfg.num_frames,
                               height=SIZE, width=SIZE, pad=cfg.pad)
 
 
 def split_of(dataset: str, split: str) -> str:
-  from gen3r_jax.data.layout import split_name
   return f"train_{split_name(dataset)}" if split == "train" else split_name(split)
 
 
@@ -173,7 +185,6 @@ def clip_rng(seed: int, dataset: str, scene: int, clip: int) -> np.random.Genera
 
 def cut(sources: dict[str, Any], shard: Shard, cfg: PreencodeConfig, names: list[str]) -> list[dict]:
   """The shard's clips (``pipeline.ClipTransform``, the online stage-2 transform, with frame ids)."""
-  from gen3r_jax.data.pipeline import ClipTransform
   t = ClipTransform(clip_config(cfg), names, True, cfg.clean_captions, with_frame_ids=True)
   k = names.index(shard.dataset)
   out, recs = [], {}
@@ -198,8 +209,6 @@ def keep_masks(num_frames: int) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _tokens_jit():
-  from gen3r_jax.nn.jit import module_jit   # no parameter copies out (nnx.jit would return VGGT's parameters)
-  from gen3r_jax.training.stage1 import target_tokens
   return module_jit(lambda vggt, frames: target_tokens(vggt, frames)[0])
 
 
@@ -210,7 +219,6 @@ def geo_posterior(vggt, adapter, x):
 
 def wan_posterior(vae, x):
   """frames ``[B, F, H, W, 3]`` in [0, 1] -> Wan VAE posterior of ``clamp(2x - 1)``."""
-  from gen3r_jax.models.wan.vae import unit_to_vae_range
   return vae.encode(unit_to_vae_range(x))
 
 
@@ -226,7 +234,6 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
 def encode_posteriors(fn, models: tuple, frames: np.ndarray, name: str, batch: int) -> dict[str, np.ndarray]:
   """``{<cond><name>_{mean,logvar}: [N, f, 70, 70, z] float32}`` of the three conditions (``x · keep``);
   conditions with the same mask (all of them when F = 1) are encoded once."""
-  import jax.numpy as jnp
   out: dict[str, np.ndarray] = {}
   seen: dict[bytes, str] = {}
   for cond, keep in keep_masks(frames.shape[1]).items():
@@ -247,7 +254,6 @@ def encode_posteriors(fn, models: tuple, frames: np.ndarray, name: str, batch: i
 
 def encode_captions(tokenizer, t5, texts: list[str], batch: int, max_length: int) -> list[np.ndarray]:
   """umT5 output of each caption, trimmed to its token count (eos included): ``[n_i, Dt]`` float32."""
-  from gen3r_jax.models.wan.t5 import encode_prompts
   out = []
   for idx in _batches(len(texts), batch):
     chunk = [texts[i] for i in idx] + [""] * (batch - len(idx))
@@ -258,9 +264,6 @@ def encode_captions(tokenizer, t5, texts: list[str], batch: int, max_length: int
 
 def encode_clip(clip, frames: np.ndarray, batch: int) -> np.ndarray:
   """CLIP tokens of frame 0 of each clip ``[N, 257, Dc]`` (``sampling.conditioning.clip_image_input``)."""
-  import jax.numpy as jnp
-  from gen3r_jax.models.wan.clip import encode_videos
-  from gen3r_jax.sampling.conditioning import clip_image_input
   out = []
   for idx in _batches(len(frames), batch):
     x = clip_image_input(jnp.asarray(_padded(frames[idx, 0], batch)))        # [B, H, W, 3] in [-1, 1]
@@ -277,16 +280,12 @@ class Models:
     self.tokenizer = None
 
   def get(self, comps: tuple[str, ...]) -> tuple:
-    from gen3r_jax.convert.bundle import COMPONENTS, _model_class
     for c in comps:
       if c not in self.loaded:
-        cls = _model_class(COMPONENTS[c][1])
-        self.loaded[c] = cls.from_checkpoint(os.path.join(self.bundle, c), dtype=self.dtype,
-                                             param_dtype=self.dtype)
+        self.loaded[c] = load_component(self.bundle, c, dtype=self.dtype, param_dtype=self.dtype)
     return tuple(self.loaded[c] for c in comps)
 
   def get_tokenizer(self):
-    from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
     if self.tokenizer is None:
       self.tokenizer = UMT5Tokenizer.from_pretrained(os.path.join(self.bundle, "tokenizer"))
     return self.tokenizer
@@ -356,7 +355,9 @@ def _write_json(path: Path, obj) -> None:
 
 def write_shard(out: Path, shard: Shard, examples: list[dict], spec) -> None:
   """The array_record file, then its marker ``shards/<file>.json`` (clip table); both atomic."""
-  from array_record.python.array_record_module import ArrayRecordWriter
+  from array_record.python.array_record_module import (  # heavy optional dependency: imported on first use
+      ArrayRecordWriter
+  )
 
   def write(tmp):
     w = ArrayRecordWriter(tmp, "group_size:1")
@@ -383,7 +384,6 @@ def shard_done(out: Path, shard: Shard) -> bool:
 
 def settings(cfg: PreencodeConfig, kind: str, sizes: dict[str, int]) -> dict:
   """What fixes the output: a rerun with other settings must not mix into the same folder."""
-  from gen3r_jax.convert.bundle import INDEX_FILE
   with open(os.path.join(cfg.bundle, INDEX_FILE)) as f:
     comps = json.load(f).get("components", {})
   clip = clip_config(cfg)
@@ -394,6 +394,18 @@ def settings(cfg: PreencodeConfig, kind: str, sizes: dict[str, int]) -> dict:
               clean_captions=cfg.clean_captions, dtype=cfg.dtype, compute_dtype=cfg.compute_dtype,
               max_length=cfg.max_length, shard_size=cfg.shard_size,
               clip_rng="np.random.default_rng([seed, zlib.crc32(dataset), scene_index, clip_index])")
+
+
+def record_shapes(bundle: str, num_frames: int) -> dict[str, list]:
+  """Static shapes of the stored arrays, from the bundle's component configs (no weights loaded)."""
+  rc = lambda c: read_config(os.path.join(bundle, c))                         # noqa: E731
+  f = (num_frames - 1) // 4 + 1
+  clip = rc("clip_image_encoder")
+  shapes = {k: [f, LATENT, LATENT, int(rc("wan_vae" if "wan" in k else "geo_adapter")["z_dim"])]
+            for k in POSTERIOR_KEYS}
+  shapes["context"] = [None, int(rc("text_encoder")["dim"])]
+  shapes["clip_fea"] = [(int(clip["image_size"]) // int(clip["patch_size"])) ** 2 + 1, int(clip["dim"])]
+  return shapes
 
 
 def claim_output(out: Path, s: dict, shapes: dict) -> None:
@@ -416,7 +428,7 @@ def claim_output(out: Path, s: dict, shapes: dict) -> None:
 
 def finalize(out: Path, shards: list[Shard], s: dict, shapes: dict, spec) -> bool:
   """Once every shard is done: TFDS metadata and the complete ``preencode.json``. False while some are missing."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy optional dependency: imported on first use
   if not all(shard_done(out, sh) for sh in shards) or not (out / EMPTY_CONTEXT_FILE).is_file():
     return False
   markers = {sh: json.loads(_marker(out, sh).read_text()) for sh in shards}
@@ -430,7 +442,7 @@ def finalize(out: Path, shards: list[Shard], s: dict, shapes: dict, spec) -> boo
                                            filename_template=template))
     records[split] = dict(dataset=mine[0].dataset, clips=[c for m in mine for c in markers[m]["clips"]])
   tfds.folder_dataset.write_metadata(data_dir=out, features=spec, split_infos=split_infos, check_data=False,
-                                     description="Gen3R stage-2 pre-encoded clips (gen3r_jax.data.preencode).")
+                                     description="Gen3R stage-2 pre-encoded clips (gen3r_jax.training.preencode).")
   _write_json(out / SETTINGS_FILE, dict(format=FORMAT, complete=True, settings=s, shapes=shapes, splits=records))
   return True
 
@@ -443,7 +455,6 @@ def preencode(cfg: PreencodeConfig, log: Callable = print) -> Path:
   names = sorted(sources)
   sizes = {d: len(sources[d]) for d in names}
   require(sum(sizes.values()) > 0, f"--source {cfg.source} split {cfg.split!r} lists no scenes.")
-  from gen3r_jax.data.pipeline import check_sources
   check_sources(sources, clip_config(cfg))
   out = Path(cfg.out)
   s, shapes = settings(cfg, kind, sizes), record_shapes(cfg.bundle, cfg.num_frames)
@@ -475,17 +486,4 @@ def _eta(seconds: float) -> str:
   return f"{m // 60}:{m % 60:02d}:{sec:02d}"
 
 
-# ---------------------------------------------------------------- tiny demo inputs
-
-def demo_inputs(cache_dir: str, *, scenes: int = 1, frames: int = 5, log: Callable = print) -> tuple[str, str]:
-  """``(source root, bundle)`` for ``--tiny``: synthetic 560x560 scenes and the cached random tiny bundle."""
-  from gen3r_jax.data import synthetic
-  from gen3r_jax.sampling.demo import ensure_demo_bundle
-  root = os.path.join(cache_dir, f"scenes_{scenes}x{frames}")
-  if not os.path.isfile(os.path.join(root, "train_videos_dirs.txt")):
-    log(f"[preencode] rendering {scenes} synthetic scenes per dataset to {root}")
-    synthetic.generate(root, scenes, frames=frames, height=SIZE, width=SIZE, test_scenes=0)
-  return root, ensure_demo_bundle(cache_dir, log=log)
-
-
-__all__ = ("PreencodeConfig", "preencode", "demo_inputs", "keep_masks", "plan_shards", "clip_rng")
+__all__ = ("PreencodeConfig", "preencode", "record_shapes", "keep_masks", "plan_shards", "clip_rng")

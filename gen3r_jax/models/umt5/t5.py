@@ -10,7 +10,7 @@
 * FFN: ``fc2(fc1(x) * gelu_tanh(gate(x)))``.
 
 The full-size model is umT5-XXL (:meth:`UMT5Config.umt5_xxl`); checkpoint names in
-``gen3r_jax/convert/tables/umt5.py``; the tokenizer in :mod:`gen3r_jax.models.wan.tokenizer`.
+``gen3r_jax/convert/tables/umt5.py``; the tokenizer in :mod:`gen3r_jax.models.umt5.tokenizer`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import ModelConfig, dtype_of
 from gen3r_jax.nn.attention import IMPLEMENTATIONS, attention
 from gen3r_jax.nn.linear import Dense
@@ -206,7 +206,7 @@ def _check_ids(input_ids, attention_mask, vocab: int) -> None:
   check_array(input_ids, "input_ids", ndim=2, layout="[B, L]")
   require(jnp.issubdtype(input_ids.dtype, jnp.integer),
           f"input_ids: expected integer token ids, got dtype {input_ids.dtype}; tokenize the prompt first "
-          "(gen3r_jax.models.wan.tokenizer.UMT5Tokenizer)")
+          "(gen3r_jax.models.umt5.tokenizer.UMT5Tokenizer)")
   if attention_mask is not None:
     check_array(attention_mask, "attention_mask", ndim=2, layout="[B, L]")
     require(tuple(attention_mask.shape) == tuple(input_ids.shape),

@@ -25,14 +25,14 @@ from flax import nnx
 
 from gen3r_jax.nn.params import abstract_module
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import dtype_of
 from gen3r_jax.models.init import sharded_init
-from gen3r_jax.models.wan.camera_adapter import CameraAdapter
-from gen3r_jax.models.wan.dit_blocks import DiTBlock, Head
-from gen3r_jax.models.wan.dit_config import WanDiTConfig
-from gen3r_jax.models.wan.dit_embed import ImageEmbedding, TextEmbedding, TimeEmbedding
-from gen3r_jax.models.wan.dit_inputs import batch_of, check_inputs, pad_text
+from gen3r_jax.models.wan_dit.blocks import DiTBlock, Head
+from gen3r_jax.models.wan_dit.camera_adapter import CameraAdapter
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_dit.embed import ImageEmbedding, TextEmbedding, TimeEmbedding
+from gen3r_jax.models.wan_dit.inputs import batch_of, check_inputs, pad_text
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.rope import rope_tables
 from gen3r_jax.nn.stack import scan, stack

@@ -14,10 +14,10 @@ of the logical ``batch`` rule, heads over those of ``heads`` when they divide, e
 
 Model hook (models need no change): inside ``with use_context_parallel(mesh, "ring"):`` every
 ``gen3r_jax.nn.attention.attention`` call traced with ``bias=None, mask=None`` and ``Lq`` divisible by the
-``context`` size goes through :func:`context_attention`: ``Lk == Lq`` as self-attention with ``strategy``,
-otherwise with ``"replicate_kv"``. Other calls (masked umT5, lengths that do not divide) run the plain dispatch
-under GSPMD, or raise with ``strict=True``. The hook is read at trace time: trace (``jit``) the step inside the
-block; a function traced before stays cached without it.
+``context`` size goes through :func:`context_attention` (the hook ``nn.attention.route_attention``): ``Lk == Lq``
+as self-attention with ``strategy``, otherwise with ``"replicate_kv"``. Other calls (masked umT5, lengths that do
+not divide) run the plain dispatch under GSPMD, or raise with ``strict=True``. The hook is read at trace time:
+trace (``jit``) the step inside the block; a function traced before stays cached without it.
 
 How the Wan DiT uses it: its activations are constrained to logical ``(batch, length, embed)`` at block
 boundaries, and the rules map ``length -> context``, so under ``jax.set_mesh(mesh)`` the residual stream is
@@ -39,7 +39,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.nn.attention import local_attention, resolve_implementation, route_attention
 from gen3r_jax.parallel.rules import DEFAULT_RULES, spec_for
+
+if not hasattr(jax, "shard_map"):  # pragma: no cover - older jax
+  from jax.experimental.shard_map import shard_map as _legacy_shard_map
 
 AXIS = "context"
 STRATEGIES = ("allgather", "ring", "replicate_kv")
@@ -51,8 +55,8 @@ def _shard_map(f, mesh, in_specs, out_specs, check: bool):
   vary over manual axes, so their shard_maps run unchecked (gradients are tested equal either way)."""
   if hasattr(jax, "shard_map"):
     return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check)
-  from jax.experimental.shard_map import shard_map  # pragma: no cover - older jax
-  return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=check)
+  return _legacy_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,  # pragma: no cover
+                           check_rep=check)
 
 
 def context_size(mesh: Mesh | None) -> int:
@@ -136,7 +140,6 @@ def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, i
   ``attention(q, k, v)``. Works inside or outside ``jit``; the inputs may carry any sharding.
   """
   _check(q, k, v, mesh, strategy)
-  from gen3r_jax.nn.attention import local_attention, resolve_implementation
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
   n = context_size(mesh)
@@ -177,9 +180,11 @@ def use_context_parallel(mesh: Mesh, strategy: str = "allgather", *, rules=DEFAU
   """
   if strategy not in STRATEGIES[:2]:
     raise Gen3RInputError(f"use_context_parallel: strategy must be one of {STRATEGIES[:2]}, got {strategy!r}")
-  token = _ACTIVE.set(ContextParallel(mesh, strategy, tuple(rules), strict) if context_size(mesh) > 1 else None)
+  cp = ContextParallel(mesh, strategy, tuple(rules), strict) if context_size(mesh) > 1 else None
+  token = _ACTIVE.set(cp)
   try:
-    yield
+    with route_attention(maybe_context_attention if cp is not None else None):
+      yield
   finally:
     _ACTIVE.reset(token)
 

@@ -18,15 +18,16 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from gen3r_jax.convert.atomic import partial_path, refuse_partial, swap_in
-from gen3r_jax.convert.table import Path
-from gen3r_jax.nn.compat import to_pure_dict, value_of
+from gen3r_jax.atomic import partial_path, refuse_partial, swap_in
+from gen3r_jax.compat import to_pure_dict, value_of
 from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "conversion_report.json"
+
+Path = tuple[str | int, ...]  # an NNX state path, as gen3r_jax.convert.table.Path
 
 
 def _nested(flat: Mapping[Path, Any]) -> dict:

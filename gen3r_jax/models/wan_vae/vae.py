@@ -10,7 +10,7 @@ Layout: video ``[B, T, H, W, 3]`` in ``[-1, 1]`` with ``T = 1 + 4k`` and ``H, W`
 
 Time is processed causally in chunks (frame 0, then 4 frames at a time when encoding; one latent frame at a
 time when decoding) with a ``jax.lax.scan`` over chunks, so compile time does not depend on the number of
-frames and activations stay bounded by one chunk (see :mod:`gen3r_jax.models.wan.vae_blocks` for why this
+frames and activations stay bounded by one chunk (see :mod:`gen3r_jax.models.wan_vae.blocks` for why this
 equals the whole-clip computation; ``chunked=False`` runs the whole clip at once as a reference).
 
 Peak memory of the chunked design at 560x560, base width 96, float32 (bf16 halves it), per batch element: the
@@ -39,10 +39,11 @@ import numpy as np
 from flax import nnx
 
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import check_array, require
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import ModelConfig, dtype_of
-from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, run_decoder, run_encoder
+from gen3r_jax.models.init import random_params
+from gen3r_jax.models.wan_vae.blocks import Decoder3d, Encoder3d, run_decoder, run_encoder
 from gen3r_jax.nn.causal_conv import CausalConv3d
 from gen3r_jax.nn.jit import FAST_COMPILE, module_jit
 
@@ -247,7 +248,6 @@ def host_init(model_cls, cfg, *, seed: int = 0):
   Kept for the VAE-family tests and demos; see :func:`gen3r_jax.models.init.random_params` (PyTorch-style
   ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` kernels, norm gains ``1 + U(-0.1, 0.1)``).
   """
-  from gen3r_jax.models.init import random_params
   return random_params(model_cls, cfg, seed=seed)
 
 

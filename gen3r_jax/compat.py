@@ -25,6 +25,16 @@ def metadata_of(var: nnx.Variable) -> dict:
   return var.get_metadata() if hasattr(var, "get_metadata") else {}
 
 
+def logical_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
+  """The logical axis names of a variable, whatever flax version stored them."""
+  meta = metadata_of(var)
+  for key in ("out_sharding", "sharding_names", "sharding"):
+    axes = meta.get(key)
+    if axes is not None:
+      return tuple(axes)
+  return None
+
+
 def from_flat_state(pairs: Iterable[tuple[tuple, Any]]) -> nnx.State:
   """An ``nnx.State`` from ``(path, value)`` pairs (the inverse of ``nnx.to_flat_state``)."""
   pairs = list(pairs)

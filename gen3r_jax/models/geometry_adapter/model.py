@@ -2,7 +2,7 @@
 
 ``tokens [B, T, 40, 40, input_dim]`` (``T = 1 + 4k``) -> posterior over ``[B, 1 + k, 70, 70, 16]`` and back to
 ``[B, 1 + 4(t-1), 40, 40, output_dim]``. The encoder/decoder bodies are the Wan VAE's blocks
-(:mod:`gen3r_jax.models.wan.vae_blocks`) with stage resamplers that keep the spatial size (``spatial="none"``);
+(:mod:`gen3r_jax.models.wan_vae.blocks`) with stage resamplers that keep the spatial size (``spatial="none"``);
 the spatial change lives in two hard-wired per-frame ends:
 
 * encoder ``init_block``: nearest-exact upsample with PyTorch ``scale_factor=1.75`` semantics (40 -> 70), then
@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.config import ModelConfig, dtype_of
-from gen3r_jax.models.wan.vae import (CausalLatentCodec, DiagonalGaussian, check_frames, decode_raw_jit,
+from gen3r_jax.models.wan_vae.vae import (CausalLatentCodec, DiagonalGaussian, check_frames, decode_raw_jit,
                                       encode_params_jit)
-from gen3r_jax.models.wan.vae_blocks import Decoder3d, Encoder3d, per_frame
+from gen3r_jax.models.wan_vae.blocks import Decoder3d, Encoder3d, per_frame
 from gen3r_jax.nn.causal_conv import CausalConv3d
 from gen3r_jax.nn.linear import Conv
 from gen3r_jax.nn.resample import nearest_exact

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gen3r_jax.data.synthetic import render_clip
+from gen3r_jax.eval.image import psnr
+from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig, host_init
+from gen3r_jax.sampling.export import write_video
+
 
 def run(out: str, *, checkpoint: str | None = None, frames: int = 9, size: int = 64, seed: int = 0,
         dtype: str = "float32", log=print) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
 
-  from gen3r_jax.data.synthetic import render_clip
-  from gen3r_jax.eval.image import psnr
-  from gen3r_jax.models.wan.vae import WanVAE, WanVAEConfig, host_init
-  from gen3r_jax.sampling.export import write_video
 
   t0 = time.time()
   if checkpoint:

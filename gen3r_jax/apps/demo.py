@@ -10,12 +10,28 @@ real frame geometry: 560x560 frames, 70x70 latents per half, 40x40 VGGT tokens, 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
+from PIL import Image
+import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 
+from gen3r_jax.apps.bundle import RECORD_FILE, save_random_bundle
+from gen3r_jax.data import synthetic
+from gen3r_jax.data.preencoded import SIZE
+from gen3r_jax.data.synthetic import render_clip
 from gen3r_jax.errors import require
+from gen3r_jax.models.clip.model import CLIPVisionConfig
+from gen3r_jax.models.geometry_adapter.model import GeometryAdapterConfig
+from gen3r_jax.models.umt5.t5 import UMT5Config
+from gen3r_jax.models.vggt import VGGT
+from gen3r_jax.models.vggt.config import VGGTConfig
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.models.wan_vae.vae import WanVAEConfig
+
 
 VOCAB = 100
 CORPUS = (
@@ -33,9 +49,7 @@ DONE = "gen3r_demo_ready.json"
 
 def train_tokenizer(out_dir: str, vocab_size: int = VOCAB) -> str:
   """A unigram SentencePiece model with umT5's special ids (pad 0, eos 1, unk 2) in ``out_dir/spiece.model``."""
-  import io
 
-  import sentencepiece as spm
   os.makedirs(out_dir, exist_ok=True)
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
@@ -50,12 +64,6 @@ def train_tokenizer(out_dir: str, vocab_size: int = VOCAB) -> str:
 
 def tiny_configs(vocab: int = VOCAB) -> dict:
   """Component -> config object of the demo's tiny models (consistent widths, see module docstring)."""
-  from gen3r_jax.models.adapter.geometry_adapter import GeometryAdapterConfig
-  from gen3r_jax.models.vggt.config import VGGTConfig
-  from gen3r_jax.models.wan.clip import CLIPVisionConfig
-  from gen3r_jax.models.wan.dit_config import WanDiTConfig
-  from gen3r_jax.models.wan.t5 import UMT5Config
-  from gen3r_jax.models.wan.vae import WanVAEConfig
   t5 = UMT5Config.tiny(vocab=vocab)
   clip = CLIPVisionConfig.tiny(image_size=224)                  # 16x16 + 1 = 257 tokens, as the DiT expects
   vggt = VGGTConfig.tiny()
@@ -68,7 +76,6 @@ def tiny_configs(vocab: int = VOCAB) -> dict:
 
 def ensure_demo_bundle(cache_dir: str, *, seed: int = 0, log=print) -> str:
   """Write (once) a random tiny bundle under ``cache_dir/bundle`` and return its path."""
-  from gen3r_jax.convert.bundle import RECORD_FILE, save_random_bundle
   ckpt = os.path.join(cache_dir, "bundle")
   marker = os.path.join(ckpt, DONE)
   if os.path.exists(marker) and os.path.exists(os.path.join(ckpt, RECORD_FILE)):   # else rewritten
@@ -89,9 +96,7 @@ def fix_camera_head(vggt_dir: str) -> None:
   """Keep a random VGGT's field of view positive (as the parity fixture does): the FoV outputs of the camera
   head's last layer get a small kernel and a positive bias, so the relu'd FoV never collapses to 0 (which would
   give infinite focal lengths)."""
-  import jax.numpy as jnp
 
-  from gen3r_jax.models.vggt import VGGT
   model = VGGT.from_checkpoint(vggt_dir)
   fc2 = model.camera_head.pose_branch.fc2
   fc2.kernel[...] = fc2.kernel[...].at[:, 7:].multiply(0.05)
@@ -101,14 +106,12 @@ def fix_camera_head(vggt_dir: str) -> None:
 
 def example_image(seed: int = 0, size: int = 560) -> np.ndarray:
   """A rendered synthetic room ``[size, size, 3]`` uint8 (first frame of :func:`render_clip`)."""
-  from gen3r_jax.data.synthetic import render_clip
   rgb, _, _, _ = render_clip(seed=seed, frames=1, hw=(size, size))
   return rgb[0]
 
 
 def ensure_example_image(cache_dir: str, *, seed: int = 0, size: int = 560) -> str:
   """Write (once) the example image to ``cache_dir/example_<seed>.png`` and return its path."""
-  from PIL import Image
   path = os.path.join(cache_dir, f"example_{seed}.png")
   if not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
@@ -116,5 +119,15 @@ def ensure_example_image(cache_dir: str, *, seed: int = 0, size: int = 560) -> s
   return path
 
 
+def preencode_inputs(cache_dir: str, *, scenes: int = 1, frames: int = 5, log=print) -> tuple[str, str]:
+  """``(source root, bundle)`` for ``launch/preencode.py --tiny``: synthetic 560x560 scenes and the cached random
+  tiny bundle."""
+  root = os.path.join(cache_dir, f"scenes_{scenes}x{frames}")
+  if not os.path.isfile(os.path.join(root, "train_videos_dirs.txt")):
+    log(f"[preencode] rendering {scenes} synthetic scenes per dataset to {root}")
+    synthetic.generate(root, scenes, frames=frames, height=SIZE, width=SIZE, test_scenes=0)
+  return root, ensure_demo_bundle(cache_dir, log=log)
+
+
 __all__ = ("CORPUS", "VOCAB", "train_tokenizer", "tiny_configs", "ensure_demo_bundle", "fix_camera_head", "example_image",
-           "ensure_example_image")
+           "ensure_example_image", "preencode_inputs")

@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from gen3r_jax.convert.lpips import load_lpips
 from gen3r_jax.errors import require
 from gen3r_jax.eval import camera as cam_metrics
 from gen3r_jax.eval import image as img_metrics
 from gen3r_jax.eval import io as eio
+from gen3r_jax.eval import lpips
 from gen3r_jax.eval import pointcloud as pc
 from gen3r_jax.eval import scene as sc
 
@@ -83,8 +85,7 @@ def _image_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> dic
   per = {"psnr": np.asarray(img_metrics.psnr(x, y)),
          "ssim": np.asarray(img_metrics.ssim(x, y, convention=opts.ssim_convention))}
   if opts.lpips_weights:
-    from gen3r_jax.eval import lpips
-    per["lpips"] = lpips.lpips_distance(lpips.load_lpips(opts.lpips_weights), x, y)
+    per["lpips"] = lpips.lpips_distance(load_lpips(opts.lpips_weights), x, y)
   else:
     out["notes"] = ["lpips skipped: no --lpips_weights given"]
   for k, v in per.items():

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gen3r_jax.convert.checkpoint import CheckpointMixin
 from gen3r_jax.errors import Gen3RInputError, check_array, require
+from gen3r_jax.models.checkpoint import CheckpointMixin
 from gen3r_jax.models.config import ModelConfig, dtype_of
 from gen3r_jax.nn.attention import IMPLEMENTATIONS, attention
 from gen3r_jax.nn.jit import FAST_COMPILE, module_jit

@@ -19,9 +19,19 @@ from __future__ import annotations
 import os
 import time
 
+import jax
+
+from gen3r_jax.apps import demo
+from gen3r_jax.apps.bundle import check_bundle, load_bundle
 from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
+from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
 from gen3r_jax.sampling import inputs
-from gen3r_jax.sampling.pipeline import SampleOptions, check_options
+from gen3r_jax.sampling.denoise import check_parallel
+from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
+from gen3r_jax.sampling.pipeline import SampleOptions, check_options, generate
+from gen3r_jax.sampling.placement import check_placement
+
 
 DTYPES = ("float32", "bfloat16")
 
@@ -42,7 +52,6 @@ def resolve_demo(cfg, log=print):
   """Demo config: fill ``checkpoint`` / ``images`` with the cached random bundle and example image."""
   if not cfg.demo.enabled:
     return cfg.checkpoint, image_paths(cfg.images)
-  from gen3r_jax.sampling import demo
   cache = cfg.demo.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gen3r_jax_demo")
   images = image_paths(cfg.images) or [demo.ensure_example_image(cache, seed=int(cfg.demo.seed))]
   if inputs.expected_views(cfg.task, cfg.num_frames) != len(images) and not cfg.images:
@@ -53,7 +62,6 @@ def resolve_demo(cfg, log=print):
 
 def parse_mesh(spec: str) -> dict[str, int] | None:
   """``"fsdp=2,context=2"`` -> ``{"fsdp": 2, "context": 2}`` (``""`` -> None: no mesh)."""
-  from gen3r_jax.parallel.rules import MESH_AXES
   spec = (spec or "").strip()
   if not spec:
     return None
@@ -91,7 +99,6 @@ def check_prompt_length(checkpoint: str, texts: dict[str, str], max_length: int 
                         warn=inputs.print_warning) -> dict[str, int]:
   """Tokenize each prompt with the checkpoint's tokenizer (when it has one) and warn for any longer than
   ``max_length`` tokens (eos included), which the text encoder cuts as ``infer.py`` does. Returns the counts."""
-  from gen3r_jax.models.wan.tokenizer import SPIECE_FILE, UMT5Tokenizer
   tok_dir = os.path.join(checkpoint, "tokenizer")
   if not os.path.isfile(os.path.join(tok_dir, SPIECE_FILE)):
     return {}      # load_bundle names what is missing
@@ -108,10 +115,6 @@ def check_prompt_length(checkpoint: str, texts: dict[str, str], max_length: int 
 
 def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   """All checks that need no model (module docstring): ``(options, views as read, prompt)``."""
-  from gen3r_jax.convert.bundle import check_bundle
-  from gen3r_jax.sampling.denoise import check_parallel
-  from gen3r_jax.sampling.export import output_bytes, prepare_output_dir
-  from gen3r_jax.sampling.placement import check_placement
   require(bool(cfg.out), "no output directory: pass --config.out=<dir>.")
   require(isinstance(cfg.prompt, str) and cfg.prompt.strip() != "", 'no prompt: pass --config.prompt="...".')
   require(cfg.dtype in DTYPES, f"dtype {cfg.dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
@@ -153,11 +156,7 @@ def check_config(cfg, checkpoint: str, paths: list[str], *, log=lambda s: None,
 def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, str]:
   """Run ``launch/sample.py`` for a config; returns ``{output file name: path}``. ``warn`` gets the one-line
   warnings (default: ``warning: ...`` on stderr)."""
-  import jax
 
-  from gen3r_jax.convert.bundle import load_bundle
-  from gen3r_jax.sampling.export import export_all
-  from gen3r_jax.sampling.pipeline import generate
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
@@ -168,7 +167,6 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   shape = parse_mesh(cfg.mesh)
   mesh = None
   if shape:
-    from gen3r_jax.parallel.rules import make_mesh
     mesh = make_mesh(shape)
   placement = cfg.placement
   t0 = time.perf_counter()

@@ -28,9 +28,17 @@ import os
 import time
 from typing import Sequence
 
+from PIL import Image, UnidentifiedImageError
+import jax.numpy as jnp
 import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.models.vggt import VGGT, validate_images
+from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
+from gen3r_jax.sampling import export
+from gen3r_jax.sampling.geometry_decode import extrinsics_to_c2w, unproject_batch
+from gen3r_jax.sampling.inputs import image_array, print_warning, to_unit
+
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MODES = ("crop", "pad")
@@ -59,7 +67,6 @@ def check_size(size) -> int:
 
 
 def _open_rgb(path: str):
-  from PIL import Image, UnidentifiedImageError
   try:
     with Image.open(path) as im:
       im.load()
@@ -68,7 +75,6 @@ def _open_rgb(path: str):
     raise Gen3RInputError(f"cannot read image {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                           ) from None
   if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):   # convert("RGB") would clip these to white
-    from gen3r_jax.sampling.inputs import image_array, to_unit
     try:
       arr, _ = image_array(img)
     except Gen3RInputError as e:
@@ -81,7 +87,6 @@ def _open_rgb(path: str):
 
 def preprocess_image(img, size: int = 518, mode: str = "crop") -> np.ndarray:
   """One PIL RGB image -> ``[size, size, 3]`` float32 in [0, 1] (VGGT's ``load_and_preprocess_images``)."""
-  from PIL import Image
   width, height = img.size
   if mode == "pad":
     if width >= height:
@@ -121,11 +126,7 @@ def reconstruct_arrays(model, images, *, frames_chunk_size: int | None = None, m
   """VGGT on ``images [S, H, W, 3]`` (one scene) -> host arrays: ``depth [S, H, W]``, ``depth_conf``,
   ``pose_enc [S, 9]``, ``extrinsics [S, 3, 4]``, ``intrinsics [S, 3, 3]``, ``c2w [S, 4, 4]``, ``world_points``,
   ``world_points_conf`` (point head), ``pcds [S, H, W, 3]`` (depth unprojection), ``masks [S, H, W]`` bool."""
-  import jax.numpy as jnp
 
-  from gen3r_jax.models.vggt import validate_images
-  from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
-  from gen3r_jax.sampling.geometry_decode import extrinsics_to_c2w, unproject_batch
 
   images = validate_images(np.asarray(images, np.float32), model.cfg.patch_size)   # [1, S, H, W, 3]
   require(images.shape[0] == 1, f"images: one scene [S, H, W, 3] at a time, got batch {images.shape[0]}.")
@@ -162,8 +163,6 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   and writable) before the model runs. ``warn`` (default: ``warning: ...`` on stderr) gets one-line warnings, e.g.
   that ``out`` holds a previous run's outputs, replaced at the end.
   """
-  from gen3r_jax.sampling import export
-  from gen3r_jax.sampling.inputs import print_warning
   warn = print_warning if warn is None else warn
 
   size = check_size(size)
@@ -180,14 +179,13 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   log(f"[reconstruct] {len(paths)} image(s) -> {x.shape[1]}x{x.shape[2]} ({mode})")
   export.prepare_output_dir(out, expected_bytes=export.output_bytes(len(paths), size, size, max_points), warn=warn)
   if isinstance(checkpoint, str):
-    from gen3r_jax.models.vggt import VGGT
     model = VGGT.from_checkpoint(checkpoint, dtype=dtype)
     log(f"[reconstruct] VGGT from {checkpoint} ({dtype})")
   else:
     model = checkpoint
   pred = reconstruct_arrays(model, x, frames_chunk_size=frames_chunk_size, min_max_depth_mask=min_max_depth_mask)
   log(f"[reconstruct] VGGT done ({time.time() - t0:.1f} s); {int(pred['masks'].sum())} valid points")
-  meta = {"source": "VGGT feed-forward reconstruction (gen3r_jax.sampling.reconstruct)",
+  meta = {"source": "VGGT feed-forward reconstruction (gen3r_jax.apps.reconstruct)",
           "images": [os.path.abspath(p) for p in paths], "size": size, "mode": mode, "dtype": dtype,
           "checkpoint": os.path.abspath(checkpoint) if isinstance(checkpoint, str) else None,
           "min_max_depth_mask": bool(min_max_depth_mask)}

@@ -13,9 +13,11 @@ Converted layout (written by :func:`convert_bundle` / ``launch/convert.py --sour
     <out>/scheduler/scheduler_config.json   copied as is
     <out>/gen3r_jax_complete.json           the completeness record, written last (see below)
 
+(folder names, component classes, index and record file names: :mod:`gen3r_jax.models.bundle_layout`)
+
 Conversion is atomic: the whole bundle is written into a sibling ``.<out>.partial-<pid>`` directory, verified (each
 component's Orbax metadata against the converted parameters, then the record) and only then swapped in for the
-previous output (:mod:`gen3r_jax.convert.atomic`). A failed or killed run leaves the previous output as it was; the
+previous output (:mod:`gen3r_jax.atomic`). A failed or killed run leaves the previous output as it was; the
 report of a component that failed goes to ``<out>.<component>.failed_conversion_report.json``. The record lists
 each component's status (``ok``; ``forced``: converted with ``--nostrict`` or ``--allow_nonfinite`` despite the
 problems its report lists, loaded with a warning; ``random``: random demo weights) and the size of every file;
@@ -36,18 +38,24 @@ import json
 import os
 import shutil
 import time
-import warnings
 from typing import Any, Callable
+import warnings
 
-from gen3r_jax.convert.atomic import is_partial, refuse_partial, staged_dir
-from gen3r_jax.convert.checkpoint import CONFIG_FILE, PARAMS_DIR, REPORT_FILE, save_params, verify_params
+from gen3r_jax.atomic import is_partial, refuse_partial, staged_dir
 from gen3r_jax.convert.core import ConversionError, Report, convert, param_targets
 from gen3r_jax.convert.registry import get_spec
 from gen3r_jax.convert.sources import TensorSource, open_source
+from gen3r_jax.convert.tables import wan_dit
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.models.bundle_layout import COMPONENTS, COPIED, INDEX_FILE, RECORD_FILE, model_class
+from gen3r_jax.models.checkpoint import CONFIG_FILE, PARAMS_DIR, REPORT_FILE, save_params, verify_params
+from gen3r_jax.models.config import DTYPES
+from gen3r_jax.models.init import random_params
+from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
+from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.sampling import placement as pl
 
-INDEX_FILE = "gen3r_jax_index.json"
-RECORD_FILE = "gen3r_jax_complete.json"
+
 RECORD_FORMAT = "gen3r_jax bundle record v1"
 # statuses a loadable component may have in the record
 STATUSES = {"ok": "converted, every key accounted for",
@@ -56,23 +64,7 @@ STATUSES = {"ok": "converted, every key accounted for",
 FAILED_REPORT_SUFFIX = "failed_conversion_report.json"
 _RECONVERT = "re-run `python launch/convert.py --source <Gen3R checkpoint> --out {d} --overwrite`"
 
-# component folder -> (manifest / registry name, model class path)
-COMPONENTS: dict[str, tuple[str, str]] = {
-    "text_encoder": ("umt5_xxl_encoder", "gen3r_jax.models.wan.t5:UMT5Encoder"),
-    "clip_image_encoder": ("clip_xlm_roberta_vit_h_14", "gen3r_jax.models.wan.clip:CLIPVision"),
-    "transformer": ("wan_dit_1_3b_control_camera", "gen3r_jax.models.wan.transformer:WanDiT"),
-    "wan_vae": ("wan_vae", "gen3r_jax.models.wan.vae:WanVAE"),
-    "geo_adapter": ("geometry_adapter", "gen3r_jax.models.adapter.geometry_adapter:GeometryAdapter"),
-    "vggt": ("vggt_1b", "gen3r_jax.models.vggt.model:VGGT"),
-}
-COPIED = ("tokenizer", "scheduler")
 _META_KEYS = ("_class_name", "_diffusers_version", "note")
-
-
-def _model_class(path: str):
-  import importlib
-  mod, name = path.split(":")
-  return getattr(importlib.import_module(mod), name)
 
 
 def _read_json(path: str) -> dict:
@@ -157,8 +149,6 @@ def official_config(component: str, folder: str, src: TensorSource, override: di
 def _spec(component: str, config):
   name, _ = COMPONENTS[component]
   if component == "transformer":
-    from gen3r_jax.convert.tables import wan_dit
-    from gen3r_jax.models.wan.dit_config import WanDiTConfig
     cfg, extra = config
     dit_cfg = WanDiTConfig.from_fixture(cfg, **extra)
     if dit_cfg.dim == 5120:
@@ -400,9 +390,6 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
       into host memory, same shardings; each sampling stage moves its model to the device and back, see
       :mod:`gen3r_jax.sampling.placement`).
   """
-  from gen3r_jax.models.config import DTYPES
-  from gen3r_jax.models.wan.tokenizer import UMT5Tokenizer
-  from gen3r_jax.sampling import placement as pl
   pl.check_placement(placement)
   for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
     if value is not None and value not in DTYPES:
@@ -413,7 +400,7 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
   out.scheduler_config = _read_json(os.path.join(directory, "scheduler", "scheduler_config.json"))
   host_kind = pl.host_memory_kind() if placement == "sequential" else None
   for comp in components or COMPONENTS:
-    cls = _model_class(COMPONENTS[comp][1])
+    cls = model_class(COMPONENTS[comp][1])
     kw = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
     t0 = time.time()
     model = cls.from_checkpoint(os.path.join(directory, comp), mesh=mesh, memory_kind=host_kind, **kw)
@@ -434,11 +421,10 @@ def save_random_bundle(out_dir: str, configs: dict[str, Any], *, tokenizer_dir: 
   Like a conversion, the bundle is staged beside ``out_dir`` and swapped in (replacing a previous bundle there)
   with its completeness record; ``postprocess(staged_dir)`` may change the weights before the record is written.
   """
-  from gen3r_jax.models.init import random_params
   index = {"format": "gen3r_jax bundle v1", "source": "random", "components": {}}
   with staged_dir(out_dir, overwrite=True, is_ours=_is_bundle_dir, what="bundle", log=log) as tmp:
     for i, comp in enumerate(COMPONENTS):
-      cls = _model_class(COMPONENTS[comp][1])
+      cls = model_class(COMPONENTS[comp][1])
       model = random_params(cls, configs[comp], seed=seed + i)
       model.save_checkpoint(os.path.join(tmp, comp))
       verify_params(os.path.join(tmp, comp), {p: t.shape for p, t in param_targets(model).items()})
