@@ -18,11 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gen3r_jax.compat import logical_axes, value_of
 from gen3r_jax.errors import Gen3RInputError
 
-try:  # the legacy ``with mesh:`` context has no public reader (a private JAX module; read in active_mesh)
-  from jax._src.mesh import thread_resources as _thread_resources
-except ImportError:  # pragma: no cover - jax internals moved
-  _thread_resources = None
-
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # logical name -> mesh axis / axes (None = replicated)
@@ -140,15 +135,13 @@ ACT_AXES = ("batch", "length", "embed")
 
 
 def active_mesh():
-  """The mesh set by ``jax.set_mesh`` / ``jax.sharding.use_mesh`` or a ``with mesh:`` block, else ``None``."""
+  """The mesh set by ``jax.set_mesh`` / ``jax.sharding.use_abstract_mesh`` (public API), else ``None``.
+
+  The legacy ``with mesh:`` context is not read (JAX has no public reader for it): enter a mesh with
+  ``jax.set_mesh(mesh)``, as the trainer, the sampler and the benchmarks do.
+  """
   m = jax.sharding.get_abstract_mesh()
-  if m is not None and not m.empty:
-    return m
-  try:  # legacy ``with mesh:`` context
-    pm = _thread_resources.env.physical_mesh
-    return None if pm.empty else pm
-  except Exception:  # pragma: no cover - jax internals moved
-    return None
+  return None if m is None or m.empty else m
 
 
 def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:

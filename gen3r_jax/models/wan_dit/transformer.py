@@ -13,7 +13,7 @@ geometry latents side by side along width) uses the width-shared "concatenated" 
 
 Blocks are stacked with ``nnx.vmap`` at init (leading ``layers`` axis) and run with ``lax.scan`` over the split
 block state under the remat policy ``cfg.remat``. Activations are constrained to ``(batch, length, embed)`` at
-block boundaries when a mesh is active (``jax.set_mesh`` / ``with mesh:``), so the sequence can be sharded
+block boundaries when a mesh is active (``jax.set_mesh``), so the sequence can be sharded
 without touching this file.
 """
 
