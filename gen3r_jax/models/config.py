@@ -9,6 +9,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from gen3r_jax.errors import Gen3RInputError
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -51,6 +53,13 @@ class ModelConfig:
 
   def replace(self, **kw):
     return dataclasses.replace(self, **kw)
+
+  def require_choice(self, field: str, choices) -> None:
+    """A one-line :class:`Gen3RInputError` unless ``self.<field>`` is one of ``choices``."""
+    value = getattr(self, field)
+    if value not in choices:
+      shown = sorted(choices) if isinstance(choices, (dict, set, frozenset)) else tuple(choices)
+      raise Gen3RInputError(f"{type(self).__name__}: {field} must be one of {shown}, got {value!r}")
 
 
 def _to_tuple(v):

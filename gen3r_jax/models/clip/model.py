@@ -63,12 +63,9 @@ class CLIPVisionConfig(ModelConfig):
     require(self.image_size % self.patch_size == 0,
             f"CLIPVisionConfig: image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
     require(self.num_blocks >= 1, f"CLIPVisionConfig: {self.num_layers} layer(s) leave no block to run")
-    require(self.activation in ACTIVATIONS,
-            f"CLIPVisionConfig: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-    require(self.attention in IMPLEMENTATIONS,
-            f"CLIPVisionConfig: attention must be one of {IMPLEMENTATIONS}, got {self.attention!r}")
-    require(self.remat in REMAT_POLICIES,
-            f"CLIPVisionConfig: remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+    self.require_choice("activation", ACTIVATIONS)
+    self.require_choice("attention", IMPLEMENTATIONS)
+    self.require_choice("remat", REMAT_POLICIES)
 
   @property
   def num_blocks(self) -> int:

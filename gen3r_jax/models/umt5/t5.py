@@ -56,10 +56,8 @@ class UMT5Config(ModelConfig):
     require(self.dim_attn % self.num_heads == 0,
             f"UMT5Config: dim_attn {self.dim_attn} must be divisible by num_heads {self.num_heads}")
     require(self.num_layers >= 1, "UMT5Config: num_layers must be >= 1")
-    require(self.attention in IMPLEMENTATIONS,
-            f"UMT5Config: attention must be one of {IMPLEMENTATIONS}, got {self.attention!r}")
-    require(self.remat in REMAT_POLICIES,
-            f"UMT5Config: remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+    self.require_choice("attention", IMPLEMENTATIONS)
+    self.require_choice("remat", REMAT_POLICIES)
 
   @property
   def head_dim(self) -> int:

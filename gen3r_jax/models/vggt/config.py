@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from gen3r_jax.models.config import ModelConfig
+from gen3r_jax.nn.attention import IMPLEMENTATIONS
 from gen3r_jax.nn.stack import REMAT_POLICIES as _POLICIES
 
 REMAT_POLICIES = tuple(_POLICIES)  # gen3r_jax.nn.stack
@@ -69,8 +70,8 @@ class VGGTConfig(ModelConfig):
   attention: str = "auto"      # gen3r_jax.nn.attention implementation
 
   def __post_init__(self):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    self.require_choice("remat", REMAT_POLICIES)
+    self.require_choice("attention", IMPLEMENTATIONS)
     if len(self.dpt_out_channels) != 4 or len(self.intermediate_layer_idx) != 4:
       raise ValueError("the DPT heads read exactly 4 layers: dpt_out_channels and intermediate_layer_idx need "
                        "4 entries each")

@@ -7,6 +7,7 @@ from typing import Any
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.models.config import ModelConfig
+from gen3r_jax.nn.attention import IMPLEMENTATIONS
 from gen3r_jax.nn.stack import REMAT_POLICIES as _POLICIES
 
 REMAT_POLICIES = tuple(_POLICIES)  # gen3r_jax.nn.stack
@@ -53,8 +54,8 @@ class WanDiTConfig(ModelConfig):
   def __post_init__(self):
     if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
       raise Gen3RInputError(f"WanDiTConfig: dim {self.dim} must split into {self.num_heads} heads of even size")
-    if self.remat not in REMAT_POLICIES:
-      raise Gen3RInputError(f"WanDiTConfig: remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    self.require_choice("remat", REMAT_POLICIES)
+    self.require_choice("attention", IMPLEMENTATIONS)
     if self.in_dim <= self.out_dim:
       raise Gen3RInputError(f"WanDiTConfig: i2v needs in_dim > out_dim (conditioning channels), got in_dim "
                             f"{self.in_dim}, out_dim {self.out_dim}")
