@@ -1,6 +1,8 @@
 """Every registered parity case, run through the same code as ``python -m gen3r_jax.testing.parity``."""
 
+import importlib
 import importlib.util
+import warnings
 
 import jax
 import pytest
@@ -17,10 +19,12 @@ SLOW = {
     # clean + control encodes (VGGT global attention over 5 x 1605 tokens, Wan VAE) at 560x560, DiT backward
     "training_stage2_tiny": "stage-2 loss + DiT gradients, 2 calls (~2 min on 2 cores, ~110 s of CPU time)",
 }
-# Known, documented differences (issue notes), kept visible as xfail rather than hidden.
+# Known, documented differences (issue notes): (condition, the outputs allowed to miss, why). Under the condition
+# only those outputs may fail; every other output of the fixture must still pass.
 KNOWN = {
     "training_stage1_tiny": (
         _JAX < (0, 11),
+        {"grad_norm", "grad.model.conv1.bias", "grad.model.decoder.head.2.bias"},
         "3 gradient outputs (grad_norm, grad conv1.bias, grad decoder.head.2.bias) differ by ~1% on jax < 0.11 "
         "(all 39 outputs pass with jax 0.11.2 on CPU); every loss term and intermediate passes. Not a semantic "
         "difference: the same code in float64 matches the stored float32 gradients (grad_norm 9.5e-5 relative). "
@@ -35,9 +39,6 @@ def _param(name):
   marks = []
   if name in SLOW:
     marks.append(pytest.mark.slow)
-  if name in KNOWN:
-    cond, reason = KNOWN[name]
-    marks.append(pytest.mark.xfail(cond, reason=reason, strict=False))
   return pytest.param(name, marks=marks, id=name)
 
 
@@ -48,7 +49,13 @@ REGISTERED = sorted(n for n, mod in parity.CASES.items() if importlib.util.find_
 def test_parity(name):
   results = parity.run_fixture(fixture_path(name), verbose=True)
   assert results, f"{name}: no outputs compared"
-  failed = [r.line() for r in results if not r.passed]
+  cond, allowed, reason = KNOWN.get(name, (False, set(), ""))
+  if cond:
+    assert allowed <= {r.name for r in results}, (name, allowed)
+    missed = [r.line() for r in results if not r.passed and r.name in allowed]
+    if missed:
+      warnings.warn(f"{name}: known differences ({reason}):\n" + "\n".join(missed))
+  failed = [r.line() for r in results if not r.passed and not (cond and r.name in allowed)]
   assert not failed, "\n".join(failed)
 
 
