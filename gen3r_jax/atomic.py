@@ -23,11 +23,30 @@ import os
 import re
 import shutil
 from typing import Callable, Iterator
+import uuid
 
 from gen3r_jax.errors import Gen3RInputError
 
+
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yield a temporary path beside ``path`` (same folder and extension); on success it is flushed to disk and
+  renamed over ``path`` (one atomic step), on failure removed. Readers never see a partly written ``path``."""
+  folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+  root, ext = os.path.splitext(name)
+  tmp = os.path.join(folder, f".{root}.partial-{uuid.uuid4().hex[:12]}{ext}")
+  try:
+    yield tmp
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 def partial_path(target: str, kind: str = "partial", pid: int | None = None) -> str:
   target = os.path.abspath(os.fspath(target))

@@ -4,12 +4,12 @@ per vertex. numpy only; a file format, no model."""
 
 from __future__ import annotations
 
-import os
-import uuid
 
 import numpy as np
 
+from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import require
+
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
@@ -35,17 +35,8 @@ def write_ply(path: str, points: np.ndarray, colors: np.ndarray) -> int:
   p = np.asarray(points, np.float32).reshape(-1, 3)
   c = np.asarray(colors).reshape(-1, 3).astype(np.uint8)
   keep = np.isfinite(p).all(-1)
-  folder, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(folder, f".{name}.partial-{uuid.uuid4().hex[:12]}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(ply_bytes(p[keep], c[keep]))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    f.write(ply_bytes(p[keep], c[keep]))
   return int(keep.sum())
 
 

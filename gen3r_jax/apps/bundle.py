@@ -41,7 +41,7 @@ import time
 from typing import Any, Callable
 import warnings
 
-from gen3r_jax.atomic import is_partial, refuse_partial, staged_dir
+from gen3r_jax.atomic import atomic_path, is_partial, refuse_partial, staged_dir
 from gen3r_jax.convert.core import ConversionError, Report, convert, param_targets
 from gen3r_jax.convert.registry import get_spec
 from gen3r_jax.convert.sources import TensorSource, open_source
@@ -244,12 +244,8 @@ def write_record(directory: str, components: dict[str, dict]) -> dict:
   for comp, info in components.items():
     files = _inventory(directory, comp)
     record["components"][comp] = {**info, "files": files, "bytes": sum(files.values())}
-  tmp = os.path.join(directory, f".{RECORD_FILE}.partial-{os.getpid()}")
-  with open(tmp, "w") as f:
+  with atomic_path(os.path.join(directory, RECORD_FILE)) as tmp, open(tmp, "w") as f:
     json.dump(record, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(directory, RECORD_FILE))
   return record
 
 

@@ -12,16 +12,17 @@ import os
 import shutil
 from typing import Any, Callable, Mapping
 
+from flax import nnx
 import jax
+from jax.sharding import Mesh, SingleDeviceSharding
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
 
-from gen3r_jax.atomic import partial_path, refuse_partial, swap_in
+from gen3r_jax.atomic import atomic_path, partial_path, refuse_partial, swap_in
 from gen3r_jax.compat import to_pure_dict, value_of
 from gen3r_jax.nn.params import abstract_module
 from gen3r_jax.parallel.rules import DEFAULT_RULES, state_shardings
+
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -64,10 +65,8 @@ def save_params(directory: str, params: Mapping[Path, np.ndarray] | nnx.State, *
     shutil.rmtree(staging, ignore_errors=True)
     raise
   if config is not None:
-    tmp = os.path.join(directory, f".{CONFIG_FILE}.partial-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_path(os.path.join(directory, CONFIG_FILE)) as tmp, open(tmp, "w") as f:
       json.dump(config, f, indent=1)
-    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
   return directory
 
 

@@ -38,7 +38,6 @@ does not write (:data:`OUTPUT_NAMES`, e.g. a ``prompt.txt``) are then removed, s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ import uuid
 from PIL import Image
 import numpy as np
 
+from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import Gen3RInputError, check_array, require
 from gen3r_jax.ply import PLY_DTYPE, ply_bytes  # noqa: F401  (PLY_DTYPE: the vertex layout of points.ply)
 from gen3r_jax.sampling import visualize as vis
@@ -63,27 +63,6 @@ STAGING_PREFIX = ".gen3r-partial-"
 
 
 # ------------------------------------------------------------------------------------------ safe writing
-def _fsync(path: str) -> None:
-  with open(path, "rb") as f:
-    os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str):
-  """Yield a temporary path beside ``path`` (same folder and extension); on success it is flushed to disk and
-  renamed over ``path`` (one atomic step), on failure removed. Readers never see a partly written ``path``."""
-  folder, name = os.path.split(os.path.abspath(path))
-  root, ext = os.path.splitext(name)
-  tmp = os.path.join(folder, f".{root}.partial-{uuid.uuid4().hex[:12]}{ext}")
-  try:
-    yield tmp
-    _fsync(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def save_npz(path: str, **arrays) -> str:
   """``np.savez`` written atomically (:func:`atomic_path`). Returns ``path``."""
   require(path.endswith(".npz"), f"{path}: an .npz file name is expected.")

@@ -39,6 +39,7 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 
+from gen3r_jax.atomic import atomic_path
 from gen3r_jax.data import layout, pipeline, tfds_builder
 from gen3r_jax.data.clips import official_clip_config
 from gen3r_jax.data.layout import split_name
@@ -334,9 +335,8 @@ def shard_examples(clips: list[dict], res: dict, shard: Shard, dtype: str) -> li
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  write(tmp)
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    write(tmp)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
