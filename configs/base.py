@@ -60,11 +60,11 @@ def get_config() -> ConfigDict:
   c.checkpoint = ConfigDict(dict(every=1000, keep=3, async_save=True))
   c.profile = ConfigDict(dict(start=10, steps=0))   # steps > 0: trace [start, start + steps) to <workdir>/profile
 
-  # models of stages 1 and 2
+  # models of stages 1 and 2. Each model's sub-dict uses its config dataclass's field names and is laid over the
+  # size preset (<Config>.from_dict(config.model.<name>, base=<preset>)); fields not set keep the preset's.
   c.model = ConfigDict(dict(
       size="release",             # "release" | "tiny" (random frozen models, for debugging)
-      dtype="bfloat16",           # compute dtype (parameters stay float32)
-      remat="none",               # VGGT scanned stacks' remat policy
+      dtype="bfloat16",           # compute dtype of every model (parameters stay float32); a sub-dict's dtype wins
       vggt_checkpoint="",         # Orbax dirs written by launch/convert.py (empty: random init, debug only)
       wan_vae_checkpoint="",
       adapter_checkpoint="",      # stage 2: frozen geometry adapter, umT5, CLIP, and the umT5 spiece.model folder
@@ -73,11 +73,18 @@ def get_config() -> ConfigDict:
       tokenizer="",
       dit_size="1.3b",            # stage 2: "1.3b" | "14b" (release size)
       dit_checkpoint="",          # stage 2: the DiT to start from (empty: random init)
-      dit_remat="full",           # "none" | "full" | "attention" | "dots" | "dots_no_batch" per DiT block
-      attention="auto",           # DiT attention: "auto" | "xla" | "cudnn" | "splash"
-      token_grid=40,              # VGGT token grid = frames / 14 (the release: 40 <-> 70x70 latents, 560x560
-                                  # frames; a multiple of 4; the debug configs use 8: 112x112 frames)
+      # gen3r_jax.models.wan_dit.config.WanDiTConfig: remat per block "none" | "full" | "attention" | "dots" |
+      # "dots_no_batch"; attention "auto" | "xla" | "cudnn" | "fa3" | "splash"
+      dit=ConfigDict(dict(remat="full", attention="auto")),
+      vggt=ConfigDict(dict(remat="none")),     # gen3r_jax.models.vggt.VGGTConfig: scanned stacks' remat policy
+      # gen3r_jax.models.geometry_adapter.model.GeometryAdapterConfig: token_grid = frames / 14 (the release: 40 <->
+      # 70x70 latents, 560x560 frames; a multiple of 4; the debug configs use 8: 112x112 frames)
+      adapter=ConfigDict(dict(token_grid=40)),
+      wan_vae=ConfigDict(),       # gen3r_jax.models.wan_vae.vae.WanVAEConfig
+      text_encoder=ConfigDict(),  # gen3r_jax.models.umt5.t5.UMT5Config
+      clip=ConfigDict(),          # gen3r_jax.models.clip.model.CLIPVisionConfig
   ))
+  c.sharding = sharding()
   # stage 2 (gen3r_jax.training.stage2.Stage2Config; official values, our draws per example)
   c.stage2 = ConfigDict(dict(
       num_train_timesteps=1000, shift=2.0, text_drop_prob=0.2, camera_drop_prob=0.5,
@@ -97,6 +104,32 @@ def get_config() -> ConfigDict:
   return c
 
 
+def sharding() -> ConfigDict:
+  """``config.sharding``: where parameters and activations go on the mesh (:mod:`gen3r_jax.parallel.rules`).
+
+  ``rules`` maps every logical axis name to mesh axes (``()``: replicated): parameter axes (``embed``, ``mlp``,
+  ...) and activation axes (``act_*``; distinct names, so a rule for weights never moves activations).
+  ``model_rules.<model>`` (``dit``, ``vggt``, ``wan_vae``, ``adapter``, ``text_encoder``, ``clip``) is laid over
+  ``rules`` for that model only. A parameter above ``replicated_limit_mib`` whose rules shard it over mesh axes
+  that divide none of its dimensions is an error (it would silently be replicated on every device) unless a pattern
+  of ``allow_replicated`` (``fnmatch`` on its path, e.g. ``"blocks.*.cross_attn.*"``, or ``"*"``) matches it.
+  Command line: ``--config.sharding.rules.embed="('fsdp', 'tensor')"``, ``--config.sharding.rules.kv="()"``.
+  """
+  return ConfigDict(dict(
+      rules=ConfigDict(dict(
+          # parameters
+          embed=("fsdp",), mlp=("tensor",), heads=("tensor",), kv=(), vocab=("tensor",), conv_in=(),
+          conv_out=("fsdp",), layers=(), norm=(),
+          # activations
+          act_batch=("data", "fsdp"), act_length=("context",), act_embed=(), act_heads=("tensor",), act_kv=(),
+      )),
+      model_rules=ConfigDict({m: ConfigDict() for m in ("dit", "vggt", "wan_vae", "adapter", "text_encoder",
+                                                        "clip")}),
+      allow_replicated=(),
+      replicated_limit_mib=1.0,
+  ))
+
+
 def release_stage1(batch_size: int, read_threads: int, mp_workers: int) -> ConfigDict:
   """Stage 1 at the release size on accelerators: data parallel, bf16 compute, remat, the release's 3k
   optimiser steps (x 8 accumulation). The hardware configs set only the input pipeline and batch size."""
@@ -109,7 +142,7 @@ def release_stage1(batch_size: int, read_threads: int, mp_workers: int) -> Confi
   c.data.mp_workers = mp_workers
   c.model.size = "release"
   c.model.dtype = "bfloat16"
-  c.model.remat = "full"
+  c.model.vggt.remat = "full"
   c.num_train_steps = 8 * 3_000        # micro-steps: 3k optimiser steps (grad_accum_steps 8)
   c.checkpoint.every = 500
   c.log_every = 20
@@ -135,7 +168,8 @@ def release_stage2(dit_size: str, *, hardware: dict, mesh: dict, batch_size: int
   c.optimizer.update(dict(learning_rate=1e-5, eps=1e-8, weight_decay=3e-2, schedule="deepspeed_warmup_cosine",
                           min_lr_ratio=1e-4, warmup_steps=50, grad_clip_norm=0.25, grad_clip_initial_ratio=2.0,
                           grad_clip_ramp_fraction=0.1, grad_accum_steps=grad_accum_steps))
-  c.model.update(dict(size="release", dtype="bfloat16", dit_size=dit_size, dit_remat=remat, attention=attention))
+  c.model.update(dict(size="release", dtype="bfloat16", dit_size=dit_size))
+  c.model.dit.update(dict(remat=remat, attention=attention))
   c.num_train_steps = 8_000 * grad_accum_steps
   c.checkpoint.every = 250 * grad_accum_steps
   c.log_every = 10

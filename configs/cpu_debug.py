@@ -6,7 +6,7 @@
 
 Entries:
 
-* ``stage1`` (default) and ``stage2`` run on a laptop: 112x112 frames (``model.token_grid`` 8: 8x8 VGGT tokens
+* ``stage1`` (default) and ``stage2`` run on a laptop: 112x112 frames (``model.adapter.token_grid`` 8: 8x8 VGGT tokens
   <-> 14x14 latents), single-frame clips of 4 synthetic scenes, the parity fixtures' tiny model sizes with random
   weights drawn on the host. Stage 1 is data parallel over the 8 devices (as the release); stage 2 runs on fsdp 2 x
   context 2 x tensor 2: the DiT's embed axes sharded over ``fsdp``, heads and MLP over ``tensor``, its 98-token
@@ -53,7 +53,7 @@ def stage1_full():
 
 def small_frames(c, grid: int = 8):
   """Frames ``14 * grid`` square (the VGGT / adapter token grid ``grid``, latents ``1.75 * grid``)."""
-  c.model.token_grid = grid
+  c.model.adapter.token_grid = grid
   c.data.height = c.data.width = 14 * grid
   c.data.synthetic_size = 56
   return c
@@ -77,7 +77,7 @@ def stage2():
   c.data.batch_size = 4
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = "constant"
-  c.model.dit_remat = "full"
+  c.model.dit.remat = "full"
   return c
 
 

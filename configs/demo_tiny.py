@@ -17,7 +17,7 @@ def get_config():
   c = sample.get_config()
   c.prompt = "The palace of Knossos on Crete as it would have stood in its glorious heyday."
   c.num_frames = 5
-  c.steps = 4
+  c.num_steps = 4
   c.dtype = "float32"
   c.demo.enabled = True
   c.demo.cache_dir = os.path.join(tempfile.gettempdir(), "gen3r_jax_demo_cache")

@@ -18,7 +18,7 @@ attention, every block rematerialised:
 
 * ``stage2_1p3b``: one host, FSDP over its 8 GPUs, 1 clip per GPU x 24 accumulation steps, remat ``attention``
   (keeps each block's attention outputs and projections, ~59 GiB on one H100: 2.20 s per clip instead of 2.59 s
-  with ``full``, bench/RESULTS.md); ``--config.model.dit_remat=full`` for 2 clips per GPU.
+  with ``full``, bench/RESULTS.md); ``--config.model.dit.remat=full`` for 2 clips per GPU.
 * ``stage2_14b``: two hosts (16 GPUs), FSDP 8 x context 2 (each clip's 31,850 tokens over two GPUs, all-gather
   context attention), 8 clips x 24 accumulation steps.
 Online encoding also needs the frozen models (``--config.model.{vggt,adapter,wan_vae,text_encoder,clip}_checkpoint``

@@ -1,18 +1,23 @@
 """Gen3R sampling (``infer.py`` defaults): images + prompt + camera trajectory -> video, depth, points, cameras.
 
     python launch/sample.py --config configs/sample.py --config.checkpoint=ckpt/gen3r --config.task=1view \\
-        --config.images=first.png --config.prompt="A palace on Crete" --config.trajectory=zoom_out \\
+        --config.images=first.png --config.prompt="A palace on Crete" --config.cameras=zoom_out \\
         --config.out=outputs/palace
     python launch/sample.py --config configs/sample.py ... --config.task=2view --config.images=a.png,b.png
-    python launch/sample.py --config configs/sample.py ... --config.trajectory=my_cameras.json
+    python launch/sample.py --config configs/sample.py ... --config.cameras=my_cameras.json
     python launch/sample.py --config configs/sample.py ... --config.task=allview --config.images=garden.mp4
     python launch/sample.py --config configs/sample.py ... --config.task=allview --config.images=frames/
 
 Small GPUs (24 GiB): ``--config.placement=sequential --config.param_dtype=bfloat16`` (peak = the largest stage,
 the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/sampling.md).
 
+The sampling options carry the field names of :class:`gen3r_jax.sampling.pipeline.SampleOptions` (``num_steps``,
+``cameras``, ``guidance_scale``, ``size``, ...), so a config is passed on with no renaming; the old names
+(``steps``, ``trajectory``, ``guidance``, ``resolution``) are refused with the new one named (``configs/renamed.py``).
+``sharding`` holds the sharding rules of a ``mesh`` run (``configs/base.py``'s ``sharding()``).
+
 ``checkpoint`` is a converted bundle (``python launch/convert.py --source <Gen3R dir> --out ckpt/gen3r``).
-``trajectory`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
+``cameras`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
 free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
 rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
 (docs/sampling.md). ``images`` for ``allview`` may also be one video file or one folder of .png/.jpg frames (sorted
@@ -22,31 +27,38 @@ by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt
 
 from ml_collections import ConfigDict
 
+from configs import base
+
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
+  # the tool's own settings
   c.checkpoint = ""              # converted bundle directory
   c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
   c.images = ""                  # comma-separated image paths (1, 2 or num_frames); allview: or a video / a folder
   c.prompt = ""                  # the prompt, or the path of a text file whose first line is the prompt
-  c.negative_prompt = "bad detailed"
-  c.trajectory = "zoom_out"      # built-in trajectory name or cameras JSON path
   c.out = ""                     # output directory (created and probed for writing before any compute)
   c.overwrite = True             # replace a previous run's outputs in `out` (with a warning); False: refuse
+  # SampleOptions (gen3r_jax.sampling.pipeline), same names
+  c.negative_prompt = "bad detailed"
+  c.cameras = "zoom_out"         # built-in trajectory name or cameras JSON path
   c.seed = 0
   c.num_frames = 49              # 1 + 4k
-  c.steps = 50
-  c.guidance = 5.0               # classifier-free guidance scale (<= 1: off)
+  c.num_steps = 50
+  c.guidance_scale = 5.0         # classifier-free guidance scale (<= 1: off)
   c.shift = 5.0
   c.scheduler = ""               # "" = the checkpoint's scheduler_config.json (UniPC); unipc | dpmpp | euler
+  c.posterior = "sample"         # VAE posterior of the control video: sample (official) | mode
+  c.size = 560                   # Gen3R works on 560x560 frames only (inputs are resized + centre-cropped)
+  c.min_max_depth_mask = True
+  c.max_sequence_length = 512    # umT5 tokens (longer prompts are cut, with a warning)
+  # models, devices, outputs
   c.dtype = "bfloat16"           # compute dtype of every model (infer.py casts the pipeline to bfloat16)
   c.param_dtype = ""             # "" = as converted (float32); bfloat16 halves the weights (as infer.py's cast)
   c.placement = "resident"       # resident | sequential (weights in host memory, one model on the device at a time)
   c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices
   c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring
-  c.posterior = "sample"         # VAE posterior of the control video: sample (official) | mode
-  c.resolution = 560             # Gen3R works on 560x560 frames only (inputs are resized + centre-cropped)
-  c.min_max_depth_mask = True
+  c.sharding = base.sharding()   # sharding rules of a mesh run (gen3r_jax.parallel.rules)
   c.fps = 16
   c.max_points = 0               # > 0: subsample points.ply to at most this many points
   c.release = True               # drop each model once no later stage needs it

@@ -32,16 +32,25 @@ def stage1():
   return base.release_stage1(batch_size=32, read_threads=16, mp_workers=8)
 
 
+# fsdp=64 divides none of the frozen Wan VAE encoder's last conv (384 -> 32 channels, 1.3 MiB): it stays replicated
+# on every chip, said here so that the sharding check (config.sharding, parallel/rules.py) does not refuse it
+REPLICATED_AT_FSDP_64 = ("wan_vae.encoder.head.conv.conv.kernel",)
+
+
 def stage2_1p3b():
-  return base.release_stage2("1.3b", hardware=dict(V5P, name="TPU v5p-128", num_devices=64),
-                             mesh=dict(data=1, fsdp=-1, context=1, tensor=1), batch_size=192, grad_accum_steps=1,
-                             attention="splash", read_threads=16, mp_workers=8)
+  c = base.release_stage2("1.3b", hardware=dict(V5P, name="TPU v5p-128", num_devices=64),
+                          mesh=dict(data=1, fsdp=-1, context=1, tensor=1), batch_size=192, grad_accum_steps=1,
+                          attention="splash", read_threads=16, mp_workers=8)
+  c.sharding.allow_replicated = REPLICATED_AT_FSDP_64
+  return c
 
 
 def stage2_14b():
-  return base.release_stage2("14b", hardware=dict(V5P, name="TPU v5p-512", num_devices=256),
-                             mesh=dict(data=1, fsdp=-1, context=2, tensor=2), batch_size=64, grad_accum_steps=3,
-                             attention="splash", read_threads=16, mp_workers=8)
+  c = base.release_stage2("14b", hardware=dict(V5P, name="TPU v5p-512", num_devices=256),
+                          mesh=dict(data=1, fsdp=-1, context=2, tensor=2), batch_size=64, grad_accum_steps=3,
+                          attention="splash", read_threads=16, mp_workers=8)
+  c.sharding.allow_replicated = REPLICATED_AT_FSDP_64
+  return c
 
 
 ENTRIES = {"stage1": stage1, "stage2_1p3b": stage2_1p3b, "stage2_14b": stage2_14b}

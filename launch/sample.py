@@ -1,9 +1,9 @@
 """Sample a 3D scene with Gen3R: conditioning image(s) + prompt + camera trajectory -> video, depth, points, cameras.
 
     python launch/sample.py --config configs/sample.py --config.checkpoint=ckpt/gen3r --config.task=1view \\
-        --config.images=first.png --config.prompt="A palace on Crete" --config.trajectory=zoom_out \\
-        --config.out=outputs/palace [--config.seed=0 --config.num_frames=49 --config.steps=50 \\
-        --config.guidance=5 --config.shift=5 --config.scheduler=unipc --config.dtype=bfloat16]
+        --config.images=first.png --config.prompt="A palace on Crete" --config.cameras=zoom_out \\
+        --config.out=outputs/palace [--config.seed=0 --config.num_frames=49 --config.num_steps=50 \\
+        --config.guidance_scale=5 --config.shift=5 --config.scheduler=unipc --config.dtype=bfloat16]
     python launch/sample.py --config configs/sample.py --config.checkpoint=ckpt/gen3r --config.task=allview \\
         --config.images=examples/all-view/garden.mp4 --config.prompt=examples/all-view/prompts.txt \\
         --config.out=outputs/garden          # a video or a folder of frames; the first num_frames are used
@@ -13,7 +13,9 @@ All logic lives in :mod:`gen3r_jax.apps.sample` (checks, loading, generation, ex
 one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled; the
 output directory is created and probed for writing first. Inputs used in a way you may not expect (a prompt cut
 at 512 tokens, a small or very elongated image, frames left out of a long video, a previous run's outputs about
-to be replaced) print one ``warning: ...`` line each on stderr.
+to be replaced) print one ``warning: ...`` line each on stderr. The options carry ``SampleOptions``' field names;
+an old name (``--config.steps``, ``trajectory``, ``guidance``, ``resolution``) exits with status 2 and one line
+naming the new one (``configs/renamed.py``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ import sys
 from absl import app
 from ml_collections import config_flags
 
+from configs import renamed
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config (configs/sample.py, configs/demo_tiny.py)")
 
 
 def main(argv) -> int:
   del argv
+  renamed.exit_on_renamed((), renamed.SAMPLE, _CONFIG.value)   # a config file still setting an old name
   from gen3r_jax.apps.cli import run_tool
   from gen3r_jax.apps.sample import sample_from_config
   return run_tool(sample_from_config, _CONFIG.value)
 
+
 if __name__ == "__main__":
+  renamed.exit_on_renamed(sys.argv, renamed.SAMPLE)   # old flag names: one line naming the new one, exit 2
   app.run(lambda argv: sys.exit(main(argv)))

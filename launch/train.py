@@ -27,6 +27,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import renamed  # noqa: E402  (after the path: the repository's configs package)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events and profiles go here")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (cluster auto-detect)")
@@ -90,6 +92,7 @@ def main(argv) -> int:
   if config is None or not _WORKDIR.value:
     print("error: --config and --workdir are required (see --helpfull)", file=sys.stderr)
     return 2
+  renamed.exit_on_renamed((), renamed.TRAIN, config)   # a config file still setting an old name
   if _DRY_RUN.value:
     return dry_run(config)
   setup_devices(config)
@@ -114,5 +117,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  renamed.exit_on_renamed(sys.argv, renamed.TRAIN)   # old flag names: one line naming the new one, exit 2
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: sys.exit(main(argv)))

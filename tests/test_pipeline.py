@@ -46,7 +46,7 @@ def test_same_seed_same_outputs_and_release(bundle_dir):
     (dict(task="allview", num_frames=5), 2, "task 'allview' takes 5 conditioning images"),
     (dict(task="3view"), 1, "unknown task '3view'"),
     (dict(num_frames=6), 1, "num_frames must be 1 \\+ 4k"),
-    (dict(size=512), 1, "resolution 512 is not supported"),
+    (dict(size=512), 1, "size 512 is not supported"),
     (dict(cameras="spiral"), 1, "unknown camera trajectory 'spiral'"),
     (dict(cameras="missing.json"), 1, "cameras file 'missing.json' not found"),
     (dict(num_steps=0), 1, "steps \\(num_steps\\) must be a positive integer"),

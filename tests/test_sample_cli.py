@@ -35,7 +35,7 @@ def cache(tmp_path_factory):
 def test_demo_cli_writes_every_output(tmp_path, cache):
   out = tmp_path / "out"
   r = _run("--config", os.path.join(ROOT, "configs", "demo_tiny.py"), f"--config.out={out}",
-           f"--config.demo.cache_dir={cache}", "--config.num_frames=1", "--config.steps=2", "--config.fps=8")
+           f"--config.demo.cache_dir={cache}", "--config.num_frames=1", "--config.num_steps=2", "--config.fps=8")
   assert r.returncode == 0, r.stderr[-3000:]
   names = {"rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png",
            "prompt.txt", "latents.npz"}
@@ -77,8 +77,8 @@ def _fake_checkpoint(path, missing=()):
     (dict(images="nope.png"), "image 'nope.png' not found"),
     (dict(task="2view"), "task '2view' takes 2 conditioning images"),
     (dict(num_frames=8), "num_frames must be 1 \\+ 4k"),
-    (dict(resolution=480), "resolution 480 is not supported"),
-    (dict(trajectory="orbit"), "unknown camera trajectory 'orbit'"),
+    (dict(size=480), "size 480 is not supported"),
+    (dict(cameras="orbit"), "unknown camera trajectory 'orbit'"),
     (dict(dtype="float16"), "dtype 'float16' is not supported"),
     (dict(prompt=""), "no prompt"),
 ])
@@ -98,7 +98,7 @@ def test_unreadable_image_and_bad_cameras_json(tmp_path):
   cams = tmp_path / "cams.json"
   cams.write_text("{not json")
   with pytest.raises(Gen3RInputError, match="is not valid JSON"):
-    sample_from_config(_cfg(tmp_path, trajectory=str(cams)), log=lambda *a: None)
+    sample_from_config(_cfg(tmp_path, cameras=str(cams)), log=lambda *a: None)
 
 
 def test_checkpoint_with_a_missing_part(tmp_path):

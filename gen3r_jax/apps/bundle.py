@@ -53,6 +53,7 @@ from gen3r_jax.models.config import DTYPES
 from gen3r_jax.models.init import random_params
 from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
 from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.parallel.rules import as_rules
 from gen3r_jax.sampling import placement as pl
 
 
@@ -373,7 +374,8 @@ def check_bundle(directory: str) -> None:
 
 
 def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | None = None, mesh=None,
-                components=None, placement: str = "resident", log: Callable = lambda s: None) -> Gen3RBundle:
+                rules=None, components=None, placement: str = "resident",
+                log: Callable = lambda s: None) -> Gen3RBundle:
   """Load a converted bundle.
 
   Args:
@@ -382,6 +384,8 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
       ``infer.py`` casting the pipeline does; None keeps the converted float32).
     mesh: shard every model's parameters over this mesh by their logical axes (``gen3r_jax.parallel.rules``);
       the DiT's denoising step then runs sharded (``generate`` reads the mesh from its parameters).
+    rules: the sharding rules (:class:`gen3r_jax.parallel.rules.Rules`, e.g. ``Rules.from_config(config.sharding)``;
+      default the library's); each component gets its ``model_rules`` (``transformer`` -> ``dit``, ...).
     placement: ``"resident"`` (parameters restored into device memory) or ``"sequential"`` (restored straight
       into host memory, same shardings; each sampling stage moves its model to the device and back, see
       :mod:`gen3r_jax.sampling.placement`).
@@ -391,6 +395,7 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
     if value is not None and value not in DTYPES:
       raise Gen3RInputError(f"{name} {value!r} is not supported; use one of {', '.join(DTYPES)}")
   check_bundle(directory)
+  rules = as_rules(rules)
   out = Gen3RBundle()
   out.tokenizer = UMT5Tokenizer.from_pretrained(os.path.join(directory, "tokenizer"))
   out.scheduler_config = _read_json(os.path.join(directory, "scheduler", "scheduler_config.json"))
@@ -399,7 +404,8 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
     cls = model_class(COMPONENTS[comp][1])
     kw = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
     t0 = time.time()
-    model = cls.from_checkpoint(os.path.join(directory, comp), mesh=mesh, memory_kind=host_kind, **kw)
+    model = cls.from_checkpoint(os.path.join(directory, comp), mesh=mesh, rules=rules.for_model(comp),
+                                memory_kind=host_kind, **kw)
     if placement == "sequential" and host_kind is None:     # no host memory space: numpy copies
       model = pl.to_host(model)
     setattr(out, _FIELDS[comp], model)

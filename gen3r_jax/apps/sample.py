@@ -2,20 +2,25 @@
 
 Every user error is a one-line :class:`Gen3RInputError` raised before any model is loaded or compiled:
 missing / unreadable image or video, image or frame count not matching the task, ``num_frames`` not ``1 + 4k``,
-a resolution the models cannot take, an unknown trajectory, a malformed cameras JSON (or one whose rotations are
-not orthonormal), a checkpoint directory with a missing part, an output directory that cannot be created or
+a ``size`` the models cannot take, unknown ``cameras`` (trajectory name), a malformed cameras JSON (or one whose
+rotations are not orthonormal), a checkpoint directory with a missing part, an output directory that cannot be created or
 written (it is created and probed before anything is computed). Inputs used in a way their author may not expect
 get a one-line ``warning: ...`` (``warn``): a prompt longer than the text encoder's 512 tokens, images far smaller
 than the model's input or of extreme aspect ratio, frames left out of a long video, outputs of a previous run
 about to be replaced (see :mod:`gen3r_jax.sampling.inputs` and :func:`gen3r_jax.sampling.export.prepare_output_dir`).
 
 As ``infer.py``: ``prompt`` may be the path of a text file (its first line is the prompt), and for ``allview``
-``images`` may be a video or a folder of frames; ``allview`` ignores the trajectory (its camera map is zero), so
+``images`` may be a video or a folder of frames; ``allview`` ignores ``cameras`` (its camera map is zero), so
 it runs as ``free`` (no VGGT camera estimate).
+
+The config's sampling options carry :class:`SampleOptions`' field names (``num_steps``, ``cameras``,
+``guidance_scale``, ``size``, ...: :func:`options_from_config`); ``config.sharding`` gives the sharding rules of a
+``mesh`` run (:class:`gen3r_jax.parallel.rules.Rules`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -25,7 +30,7 @@ from gen3r_jax.apps import demo
 from gen3r_jax.apps.bundle import check_bundle, load_bundle
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
-from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
+from gen3r_jax.parallel.rules import MESH_AXES, Rules, make_mesh
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
@@ -40,12 +45,16 @@ def image_paths(spec: str) -> list[str]:
   return [p.strip() for p in str(spec or "").split(",") if p.strip()]
 
 
+OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(SampleOptions))
+
+
 def options_from_config(cfg) -> SampleOptions:
-  cameras = "free" if cfg.task == "allview" else cfg.trajectory   # infer.py: allview's camera map is zero
-  return SampleOptions(task=cfg.task, cameras=cameras, num_frames=cfg.num_frames, num_steps=cfg.steps,
-                       guidance_scale=float(cfg.guidance), shift=cfg.shift, negative_prompt=cfg.negative_prompt,
-                       seed=int(cfg.seed), scheduler=cfg.scheduler or None, posterior=cfg.posterior,
-                       min_max_depth_mask=bool(cfg.min_max_depth_mask), size=cfg.resolution)
+  """The :class:`SampleOptions` of a sampling config: its fields named as ``SampleOptions`` names them (one
+  vocabulary, no renaming; the other fields, ``checkpoint``, ``images``, ``out``, ..., are the tool's)."""
+  kw = {name: cfg[name] for name in OPTION_FIELDS if name in cfg}
+  if kw.get("task") == "allview":
+    kw["cameras"] = "free"                                      # infer.py: allview's camera map is zero
+  return SampleOptions(**kw)
 
 
 def resolve_demo(cfg, log=print):
@@ -123,6 +132,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
           f"{', '.join(DTYPES)}.")
   check_placement(cfg.placement)
   parse_mesh(cfg.mesh)
+  Rules.from_config(cfg.get("sharding"))
   check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
   require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png] (allview: also a video file or "
@@ -131,9 +141,8 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   inputs.check_task(opts.task)
   inputs.check_num_frames(opts.num_frames)
   inputs.check_size(opts.size)
-  if opts.task == "allview" and cfg.trajectory != "free":
-    log(f"[sample] task allview: the trajectory ({cfg.trajectory}) is not used; the camera map is zero, as in "
-        "infer.py")
+  if opts.task == "allview" and cfg.cameras != "free":
+    log(f"[sample] task allview: the cameras ({cfg.cameras}) are not used; the camera map is zero, as in infer.py")
   views = inputs.read_views(paths, opts.task, opts.num_frames, size=opts.size, warn=warn)
   check_options(opts, len(views))
   check_bundle(checkpoint)
@@ -161,6 +170,7 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
   opts, views, prompt = _check(cfg, checkpoint, paths, log=log, warn=warn)
+  rules = Rules.from_config(cfg.get("sharding"))
   images = inputs.preprocess_views(views, opts.size)
   if views.source != "images":
     log(f"[sample] {len(views)} conditioning frames from {views.source} {paths[0]}")
@@ -170,16 +180,16 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
     mesh = make_mesh(shape)
   placement = cfg.placement
   t0 = time.perf_counter()
-  bundle = load_bundle(checkpoint, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None, mesh=mesh,
+  bundle = load_bundle(checkpoint, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None, mesh=mesh, rules=rules,
                        placement=placement, log=log)
   log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
       f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
   out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
-                 context_parallel=cfg.context_parallel, log=log)
+                 context_parallel=cfg.context_parallel, rules=rules, log=log)
   k = out["intrinsics"]
-  meta = {"task": opts.task, "trajectory": opts.cameras if isinstance(opts.cameras, str) else "json",
-          "seed": opts.seed, "num_frames": opts.num_frames, "steps": opts.num_steps,
-          "guidance": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
+  meta = {"task": opts.task, "cameras": opts.cameras if isinstance(opts.cameras, str) else "json",
+          "seed": opts.seed, "num_frames": opts.num_frames, "num_steps": opts.num_steps,
+          "guidance_scale": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
           "posterior": opts.posterior, "dtype": cfg.dtype, "images": paths, "checkpoint": checkpoint,
           "views": views.source, "num_views": len(views),
           "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},

@@ -1,11 +1,16 @@
-"""Base class for the frozen per-model config dataclasses (JSON round trip, dtype fields as strings)."""
+"""Base class for the frozen per-model config dataclasses (JSON round trip, dtype fields as strings).
+
+One vocabulary: a config file's model sub-dict (``config.model.dit``, ``config.model.vggt``, ...) is keyed by the
+dataclass's field names, so ``WanDiTConfig.from_dict(config.model.dit, base=WanDiTConfig.wan_1_3b())`` builds the
+model config with no renaming in between.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
-from typing import Any
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 
@@ -32,24 +37,29 @@ class ModelConfig:
     return json.dumps(self.to_dict(), indent=1)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]):
+  def from_dict(cls, d: Mapping[str, Any], *, base: "ModelConfig | None" = None):
+    """A config from ``d`` (a dict or ``ConfigDict`` keyed by this dataclass's field names), over ``base`` (a
+    preset, e.g. ``WanDiTConfig.wan_1_3b()``; default: the dataclass defaults). An unknown key is a one-line
+    :class:`Gen3RInputError` listing the valid ones; lists become tuples, nested dicts nested configs."""
+    d = dict(d.items())
     hints = typing.get_type_hints(cls)
-    kw = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
     if unknown:
-      raise ValueError(f"{cls.__name__}: unknown config field(s) {sorted(unknown)}")
-    for f in dataclasses.fields(cls):
-      if f.name not in d:
+      raise Gen3RInputError(f"{cls.__name__}: unknown config field(s) {', '.join(map(repr, unknown))}; valid fields: "
+                            f"{', '.join(names)}.")
+    kw = {}
+    for name in names:
+      if name not in d:
         continue
-      v = d[f.name]
+      v = d[name]
       if isinstance(v, list):
         v = _to_tuple(v)
-      hint = hints.get(f.name)
-      if isinstance(v, dict) and dataclasses.is_dataclass(hint):
-        v = hint.from_dict(v)
-      kw[f.name] = v
-    return cls(**kw)
+      hint = hints.get(name)
+      if hasattr(v, "items") and dataclasses.is_dataclass(hint):
+        v = hint.from_dict(v, base=getattr(base, name) if base is not None else None)
+      kw[name] = v
+    return base.replace(**kw) if base is not None else cls(**kw)
 
   def replace(self, **kw):
     return dataclasses.replace(self, **kw)

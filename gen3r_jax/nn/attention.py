@@ -170,7 +170,7 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
   """cuDNN flash attention.
 
   * cuDNN's partitioner needs q, k and v sharded alike (text/CLIP keys arrive replicated while the video
-    queries are batch-sharded), so under a mesh all three are constrained to ``(batch, -, heads, -)``.
+    queries are batch-sharded), so under a mesh all three are constrained to ``(act_batch, -, act_heads, -)``.
   * cuDNN's backward rejects odd sequence lengths (the DiT's 257 CLIP tokens, VGGT's 1605-token frames): an odd
     query or key length is padded by one row; a sequence-length mask gives the padded key exactly zero weight
     and the padded query row is sliced off, so the values are unchanged.
@@ -178,11 +178,11 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
   b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
   odd = (lq % 2 or lk % 2) and bias is None and mask is None
   same = lambda x, n=0: constrain(jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if odd else x,
-                                  ("batch", None, "heads", None))
+                                  ("act_batch", None, "act_heads", None))
   q, k, v = same(q, lq), same(k, lk), same(v, lk)
   if not odd:
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn")
-  lengths = lambda n: constrain(jnp.full((b,), n, jnp.int32), ("batch",))
+  lengths = lambda n: constrain(jnp.full((b,), n, jnp.int32), ("act_batch",))
   out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn",
                                      query_seq_lengths=lengths(lq), key_value_seq_lengths=lengths(lk))
   return out[:, :lq]
@@ -224,11 +224,11 @@ def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
   never used: under differentiation this implementation runs cuDNN's forward and backward instead
   (:func:`forward_with_training_kernel`), without running the FA3 forward as well. Sampling (no gradient) runs
   FA3's forward. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a mesh all three are
-  constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they pass unchanged.
+  constrained to ``(act_batch, -, act_heads, -)``; inside ``shard_map`` (context parallelism) they pass unchanged.
   """
   if bias is not None or mask is not None:
     raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
-  q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
+  q, k, v = (constrain(x, ("act_batch", None, "act_heads", None)) for x in (q, k, v))
   f = forward_with_training_kernel(functools.partial(fa3_forward, scale=scale),
                                    functools.partial(cudnn_attention, scale=scale))
   return f(q, k, v)

@@ -2,7 +2,7 @@
 
 ``context_attention(q, k, v, mesh=mesh, strategy=...)`` computes exactly ``attention(q, k, v)`` for
 ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]`` with the sequence split over ``context`` (batch over the mesh axes
-of the logical ``batch`` rule, heads over those of ``heads`` when they divide, else replicated):
+of the ``act_batch`` rule, heads over those of ``act_heads`` when they divide, else replicated):
 
 * ``"allgather"``: each shard all-gathers K/V over ``context`` (``[B, Lk, H_local, D]``) and runs the local
   dispatch (``xla | cudnn | splash``) on its query block. Simple, any kernel; K/V memory is the full sequence.
@@ -19,9 +19,9 @@ as self-attention with ``strategy``, otherwise with ``"replicate_kv"``. Other ca
 not divide) run the plain dispatch under GSPMD, or raise with ``strict=True``. The hook is read at trace time:
 trace (``jit``) the step inside the block; a function traced before stays cached without it.
 
-How the Wan DiT uses it: its activations are constrained to logical ``(batch, length, embed)`` at block
-boundaries, and the rules map ``length -> context``, so under ``jax.set_mesh(mesh)`` the residual stream is
-already split along the sequence. Wrap the jitted train/sample step in ``use_context_parallel(mesh)``: the
+How the Wan DiT uses it: its activations are constrained to logical ``(act_batch, act_length, act_embed)`` at
+block boundaries, and the rules map ``act_length -> context``, so under ``jax.set_mesh(mesh)`` the residual stream
+is already split along the sequence. Wrap the jitted train/sample step in ``use_context_parallel(mesh)``: the
 per-token work (projections, RoPE, norms, FFN) stays sharded by GSPMD, self-attention becomes the shard_map
 above (no re-layout: its in_specs match), cross-attention splits the queries and replicates the text/image K/V.
 """
@@ -40,7 +40,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.nn.attention import local_attention, resolve_implementation, route_attention
-from gen3r_jax.parallel.rules import DEFAULT_RULES, spec_for
+from gen3r_jax.parallel.rules import DEFAULT_RULES, Rules, as_rules, current_rules, spec_for
 
 if not hasattr(jax, "shard_map"):  # pragma: no cover - older jax
   from jax.experimental.shard_map import shard_map as _legacy_shard_map
@@ -64,14 +64,14 @@ def context_size(mesh: Mesh | None) -> int:
 
 
 def qkv_spec(shape, mesh: Mesh, rules=DEFAULT_RULES, *, split_length: bool = True) -> P:
-  """``PartitionSpec`` of one ``[B, L, H, D]`` operand: batch and heads by ``rules`` (replicated where they do
-  not divide), ``L`` over ``context`` (or replicated with ``split_length=False``)."""
+  """``PartitionSpec`` of one ``[B, L, H, D]`` operand: batch and heads by the ``act_batch`` / ``act_heads`` rules
+  (replicated where they do not divide), ``L`` over ``context`` (or replicated with ``split_length=False``)."""
   b, _, h, _ = shape
   names = lambda e: set() if e is None else ({e} if isinstance(e, str) else set(e))
-  batch = spec_for(("batch",), (b,), mesh, rules)[0]
-  heads = spec_for(("heads",), (h,), mesh, rules)[0]
+  batch = spec_for(("act_batch",), (b,), mesh, rules)[0]
+  heads = spec_for(("act_heads",), (h,), mesh, rules)[0]
   require(AXIS not in names(batch) | names(heads),
-          f"the rules map batch/heads onto '{AXIS}'; context parallelism needs it for the sequence only")
+          f"the rules map act_batch/act_heads onto '{AXIS}'; context parallelism needs it for the sequence only")
   if names(batch) & names(heads):  # one mesh axis cannot split two dimensions
     heads = None
   return P(batch, AXIS if split_length else None, heads, None)
@@ -163,7 +163,7 @@ def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, i
 class ContextParallel:
   mesh: Mesh
   strategy: str = "allgather"
-  rules: tuple = DEFAULT_RULES
+  rules: Rules = DEFAULT_RULES
   strict: bool = False
 
 
@@ -172,15 +172,17 @@ _ACTIVE: contextvars.ContextVar[ContextParallel | None] = contextvars.ContextVar
 
 
 @contextlib.contextmanager
-def use_context_parallel(mesh: Mesh, strategy: str = "allgather", *, rules=DEFAULT_RULES, strict: bool = False):
+def use_context_parallel(mesh: Mesh, strategy: str = "allgather", *, rules=None, strict: bool = False):
   """Route ``nn.attention.attention`` through :func:`context_attention` for calls traced in this block.
 
   No-op when ``mesh`` has ``context == 1``. ``strict=True`` raises for an attention call that cannot be routed
-  (mask/bias or a length that does not divide) instead of running it unsharded-by-sequence.
+  (mask/bias or a length that does not divide) instead of running it unsharded-by-sequence. ``rules``: the
+  sharding rules of the batch and head axes (default: the active ones, :func:`gen3r_jax.parallel.rules.use_rules`).
   """
   if strategy not in STRATEGIES[:2]:
     raise Gen3RInputError(f"use_context_parallel: strategy must be one of {STRATEGIES[:2]}, got {strategy!r}")
-  cp = ContextParallel(mesh, strategy, tuple(rules), strict) if context_size(mesh) > 1 else None
+  rules = current_rules() if rules is None else as_rules(rules)
+  cp = ContextParallel(mesh, strategy, rules, strict) if context_size(mesh) > 1 else None
   token = _ACTIVE.set(cp)
   try:
     with route_attention(maybe_context_attention if cp is not None else None):

@@ -18,8 +18,9 @@ parity fixtures record them). :func:`denoise_scan` runs the same step inside one
 
 Sharded sampling: a DiT whose parameters are sharded over a mesh (``load_bundle(..., mesh=mesh)`` or
 ``transformer.create(cfg, mesh=mesh)``) runs the same step under ``jax.set_mesh(mesh)``: activations follow the
-logical rules (batch over ``data``/``fsdp`` — the CFG pair splits over ``fsdp=2`` —, tokens over ``context``),
-and with ``mesh.context > 1`` self-attention goes through ``use_context_parallel`` (``"allgather"`` by default:
+sharding rules (``act_batch`` over ``data``/``fsdp`` — the CFG pair splits over ``fsdp=2`` —, ``act_length``
+over ``context``; ``rules``, default the library's), and with ``mesh.context > 1`` self-attention goes through
+``use_context_parallel`` (``"allgather"`` by default:
 K/V all-gathered, the local kernel is cuDNN flash on GPU; ``"ring"`` keeps one K/V block per device but uses
 einsum blocks). The latents and scheduler state stay replicated. :func:`time_denoise_step` times one step of a
 random-weight DiT created directly on its shards (the 14B benchmark).
@@ -43,6 +44,7 @@ from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.wan_dit.inputs import pad_text
 from gen3r_jax.models.wan_dit.transformer import create
 from gen3r_jax.nn.context_parallel import STRATEGIES, context_size, use_context_parallel
+from gen3r_jax.parallel.rules import as_rules, use_rules
 from gen3r_jax.sampling import placement
 from gen3r_jax.sampling.schedulers import get_scheduler
 
@@ -116,9 +118,10 @@ def denoise_step(params, graphdef, latents, sched_state, i, timesteps, context, 
   """One full step: ``(latents, sched_state, guided_noise)`` after step ``i`` (latents and state donated).
 
   ``timesteps [S]`` float32 (the model's ``t``), ``i`` int32 scalar, ``guidance`` float32 scalar.
-  ``parallel``: ``(mesh, context_strategy)`` for a sharded DiT (call under ``jax.set_mesh(mesh)``); the
-  attention hook is installed while tracing, and the carried latents / state / guided noise come out replicated
-  so every step sees the same input shardings (one compile).
+  ``parallel``: ``(mesh, context_strategy, rules)`` for a sharded DiT (call under ``jax.set_mesh(mesh)``); the
+  sharding rules of the activation constraints and the attention hook are installed while tracing (the rules are
+  part of the static argument, so other rules compile another step), and the carried latents / state / guided
+  noise come out replicated so every step sees the same input shardings (one compile).
   """
   model = nnx.merge(graphdef, params)
   t = timesteps[i]
@@ -126,8 +129,8 @@ def denoise_step(params, graphdef, latents, sched_state, i, timesteps, context, 
     guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
     latents, sched_state = scheduler.step(sched_state, guided, i, latents)
     return latents, sched_state, guided
-  mesh, strategy = parallel
-  with use_context_parallel(mesh, strategy):
+  mesh, strategy, rules = parallel
+  with use_rules(rules), use_context_parallel(mesh, strategy, rules=rules):
     guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
   replicated = lambda tree: jax.tree.map(                                        # noqa: E731
       lambda a: jax.lax.with_sharding_constraint(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
@@ -206,7 +209,7 @@ class Progress:
 def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_camera=None,
             guidance_scale: float = 5.0, record: bool = False, progress: bool = True,
             callback: Callable[[int, jax.Array], Any] | None = None, mesh=None,
-            context_parallel: str = "allgather") -> DenoiseOutput:
+            context_parallel: str = "allgather", rules=None) -> DenoiseOutput:
   """Run the whole denoising loop (compiled step driven from Python).
 
   Args:
@@ -219,7 +222,9 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
     record: keep the latents and the guided noise after every step (host copies).
     callback: called as ``callback(i, latents)`` after each step.
     mesh: run the step sharded over this mesh (default: the mesh the parameters are sharded over, if any);
-      ``context_parallel`` (``"allgather"`` | ``"ring"``) is the self-attention strategy when ``context > 1``.
+      ``context_parallel`` (``"allgather"`` | ``"ring"``) is the self-attention strategy when ``context > 1``;
+      ``rules``: the sharding rules of its activations (:class:`gen3r_jax.parallel.rules.Rules`, default the
+      library's; ``config.sharding`` in ``launch/sample.py``).
   """
   use_cfg = float(guidance_scale) > 1.0
   check_denoise_inputs(model.cfg, latents, context, clip_fea, y, y_camera, use_cfg)
@@ -228,7 +233,7 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
   mesh = mesh if mesh is not None else param_mesh(params)
   if mesh is not None:
     _check_context_split(mesh, latents, model.cfg)
-  parallel = None if mesh is None else (mesh, context_parallel)
+  parallel = None if mesh is None else (mesh, context_parallel, as_rules(rules))
   timesteps = jnp.asarray(np.asarray(schedule.timesteps, np.float32))
   x = jnp.array(latents, jnp.float32)                                  # a fresh buffer: it is donated
   state = scheduler.init_state(jnp.asarray(schedule.sigmas, jnp.float32), x)
@@ -294,14 +299,15 @@ def denoise_scan(model, scheduler, schedule, latents, *, context, clip_fea, y, y
 
 def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width: int = 560, iters: int = 5, *,
                       seed: int = 0, context_parallel: str = "allgather", guidance_scale: float = 5.0,
-                      scheduler: str = "unipc", shift: float = 5.0) -> dict:
+                      scheduler: str = "unipc", shift: float = 5.0, rules=None) -> dict:
   """Time the sampler's CFG step (:func:`denoise`, the production loop) for a random-weight DiT of ``cfg``.
 
   The parameters come from one jitted init whose outputs land on their shards over ``mesh``
   (:func:`gen3r_jax.models.wan_dit.transformer.create`): no full copy of the weights exists anywhere, so the 14B
   (33.8 GB of bfloat16) fits two 80 GB GPUs with ``fsdp=2``. The inputs (latents ``[1, f, h, 2w, 16]`` of
   ``frames`` x ``height`` x ``width`` video, text / CLIP / control / camera conditioning) are random, made on the
-  devices. Runs ``iters + 1`` steps: the first includes compilation.
+  devices. Runs ``iters + 1`` steps: the first includes compilation. ``rules``: the sharding rules (parameters
+  and activations; default the library's).
 
   Returns a dict: ``first_step_s`` (compile + one step), ``median_s`` / ``min_s`` / ``max_s`` of the other steps,
   ``tokens``, ``params``, ``mesh``, ``context_parallel``, ``peak_bytes`` (max over the local devices, None on
@@ -313,7 +319,8 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
   require(isinstance(iters, int) and iters >= 1, f"iters must be a positive integer, got {iters!r}.")
   check_parallel(mesh, context_parallel)
   t0 = time.perf_counter()
-  model = create(cfg, seed=seed, mesh=mesh, rng_impl="rbg")
+  rules = as_rules(rules)
+  model = create(cfg, seed=seed, mesh=mesh, rules=rules.for_model("dit"), rng_impl="rbg")
   params = nnx.state(model, nnx.Param)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
@@ -334,7 +341,7 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
   sched = get_scheduler(scheduler)
   schedule = sched.set_timesteps(iters + 1, shift)
   out = denoise(model, sched, schedule, guidance_scale=guidance_scale, progress=False, mesh=mesh,
-                context_parallel=context_parallel, **inputs)
+                context_parallel=context_parallel, rules=rules.for_model("dit"), **inputs)
   steady = out.seconds[1:]
   pt, ph, pw = cfg.patch_size
   mem = placement.memory_stats(mesh.devices.flat if mesh is not None else None) or {}

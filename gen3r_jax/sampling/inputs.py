@@ -83,8 +83,8 @@ def check_views(task: str, num_views: int, num_frames: int) -> None:
 def check_size(size, model_size: int = SIZE) -> int:
   """Frames must be ``model_size`` square (the geometry adapter and VGGT heads hard-code a 40x40 token grid)."""
   require(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and int(size) == model_size,
-          f"resolution {size!r} is not supported: Gen3R's geometry decoder works on {model_size}x{model_size} "
-          f"frames (40x40 tokens of patch 14); set the resolution to {model_size} (inputs are resized and "
+          f"size {size!r} is not supported: Gen3R's geometry decoder works on {model_size}x{model_size} "
+          f"frames (40x40 tokens of patch 14); set size to {model_size} (inputs are resized and "
           "centre-cropped to it).")
   return int(size)
 

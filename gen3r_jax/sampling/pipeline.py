@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen3r_jax.errors import require
+from gen3r_jax.parallel.rules import as_rules
 from gen3r_jax.sampling import inputs, stages
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES, check_num_frames, load_cameras_json, parse_cameras
 from gen3r_jax.sampling.denoise import cfg_context, check_parallel, denoise
@@ -59,7 +60,7 @@ class SampleOptions:
   shift: float = 5.0
   negative_prompt: str = "bad detailed"
   seed: int = 0
-  scheduler: str | None = None             # None: the checkpoint's scheduler_config.json; else unipc|dpmpp|euler
+  scheduler: str | None = None             # None or "": the checkpoint's scheduler_config.json; else unipc|dpmpp|euler
   posterior: str = "sample"                # VAE posterior of the control video: sample (official) | mode
   min_max_depth_mask: bool = True
   max_sequence_length: int = 512
@@ -70,7 +71,7 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
   """Every user-settable value, before anything compiles."""
   inputs.check_views(opts.task, num_views, check_num_frames(opts.num_frames))
   ok = isinstance(opts.num_steps, (int, np.integer)) and not isinstance(opts.num_steps, bool)
-  require(ok and opts.num_steps >= 1, f"steps (num_steps) must be a positive integer (50 in infer.py), got "
+  require(ok and opts.num_steps >= 1, f"num_steps must be a positive integer (50 in infer.py), got "
                                       f"{opts.num_steps!r}.")
   check_shift(opts.shift)
   require(isinstance(opts.guidance_scale, (int, float)) and np.isfinite(opts.guidance_scale)
@@ -83,12 +84,12 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
     parse_cameras(opts.cameras, opts.num_frames)
   elif isinstance(opts.cameras, str) and opts.cameras not in BUILTIN_TRAJECTORIES:
     load_cameras_json(opts.cameras, opts.num_frames)
-  if opts.scheduler is not None:
+  if opts.scheduler:
     get_scheduler(opts.scheduler)
 
 
 def make_scheduler(opts: SampleOptions, scheduler_config: dict | None):
-  if opts.scheduler is not None:
+  if opts.scheduler:
     return get_scheduler(opts.scheduler)
   require(scheduler_config is not None, "the checkpoint has no scheduler config; set scheduler=unipc.")
   return scheduler_from_config(scheduler_config)
@@ -107,7 +108,7 @@ def _release(bundle, field: str, release: bool) -> None:
 
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
              release: bool = False, record: bool = False, progress: bool = True, mesh=None,
-             context_parallel: str = "allgather", log: Callable[[str], None] = lambda s: None,
+             context_parallel: str = "allgather", rules=None, log: Callable[[str], None] = lambda s: None,
              probe: Callable[[str, tuple], None] | None = None) -> dict:
   """Run the whole pipeline (module docstring).
 
@@ -121,7 +122,8 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     release: drop each model from ``bundle`` once it is no longer needed.
     record: also return every stage's intermediates and the latents after each step.
     mesh: the mesh of a sharded DiT (default: read from its parameters); ``context_parallel`` (``"allgather"`` |
-      ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``.
+      ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``; ``rules`` the sharding rules
+      of its activations (:class:`gen3r_jax.parallel.rules.Rules`; the DiT's ``model_rules`` apply).
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
   Returns:
     a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
@@ -179,7 +181,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   with stats.stage("denoise", bundle.transformer) as (dit,):
     den = denoise(dit, sched, schedule, x0, context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
                   guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh,
-                  context_parallel=context_parallel)
+                  context_parallel=context_parallel, rules=as_rules(rules).for_model("dit"))
   _release(bundle, "transformer", release)
 
   # 6. appearance half -> Wan VAE decode -> rgb; geometry half -> adapter -> VGGT heads -> depth, points, cameras

@@ -8,9 +8,13 @@ config ─► mesh (data, fsdp, context, tensor) ─► task = TASKS[config.task
 ```
 
 The train step differentiates ``task.loss_fn(module, frozen, batch, rng)`` w.r.t. the trainable parameters only
-(traced under the mesh, ``jax.set_mesh``, so models can constrain activations by logical axes, and with
+(traced under the mesh, ``jax.set_mesh``, so models can constrain activations by logical ``act_*`` axes, and with
 context-parallel attention, ``config.context_strategy``, when the mesh has ``context > 1``), applies the optimiser
 (clipping, AdamW, schedule, optional accumulation) and updates the optional EMA.
+
+Sharding: ``config.sharding`` (``rules``, ``model_rules``, ``allow_replicated``; :mod:`gen3r_jax.parallel.rules`)
+places the trainable parameters (with ``model_rules.<task.model>``), each frozen model (with its own
+``model_rules``), the batch (``act_batch``) and the activations constrained inside the step.
 
 NaN guard (inside the jitted step, no extra host sync): when the loss or the gradient norm is not finite the update
 is dropped (parameters, optimiser state and EMA unchanged; the step counter and the data advance) and counted in
@@ -48,13 +52,13 @@ import optax
 
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.nn.context_parallel import use_context_parallel
-from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
+from gen3r_jax.parallel.rules import MESH_AXES, activation_spec, as_rules, make_mesh, module_shardings, use_rules
 from gen3r_jax.training.checkpointing import Checkpointer
 from gen3r_jax.training.memory import estimate, format_table
 from gen3r_jax.training.metrics import Progress, create_writer
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import StateSpec, create_train_state, merge_params, train_state_spec
-from gen3r_jax.training.task import Task
+from gen3r_jax.training.task import Task, rules_of
 
 
 NAN_POLICIES = ("stop", "skip")
@@ -114,31 +118,33 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
 
 
 @contextlib.contextmanager
-def step_context(mesh: Mesh, strategy: str = "allgather"):
-  """Where the train step is traced and run: the mesh is active (``jax.set_mesh``) and attention is
-  context-parallel over the mesh axis ``context`` when it is > 1 (:mod:`gen3r_jax.nn.context_parallel`)."""
-  with jax.set_mesh(mesh), use_context_parallel(mesh, strategy):
+def step_context(mesh: Mesh, strategy: str = "allgather", rules=None):
+  """Where the train step is traced and run: the mesh is active (``jax.set_mesh``), so are the sharding ``rules``
+  of the activation constraints (:func:`gen3r_jax.parallel.rules.use_rules`; default the library's), and attention
+  is context-parallel over the mesh axis ``context`` when it is > 1 (:mod:`gen3r_jax.nn.context_parallel`)."""
+  rules = as_rules(rules)
+  with jax.set_mesh(mesh), use_rules(rules), use_context_parallel(mesh, strategy, rules=rules):
     yield
 
 
-def batch_sharding(mesh: Mesh, axes: tuple, rules=DEFAULT_RULES) -> NamedSharding:
-  return NamedSharding(mesh, activation_spec(axes, mesh, rules))
+def batch_sharding(mesh: Mesh, axes: tuple, rules=None) -> NamedSharding:
+  return NamedSharding(mesh, activation_spec(axes, mesh, as_rules(rules)))
 
 
-def batch_shardings(task: Task, mesh: Mesh, batch: Mapping) -> dict[str, NamedSharding]:
-  """Shardings of a host ``batch``'s array entries: ``task.batch_axes``, else axis 0 over ``batch``."""
+def batch_shardings(task: Task, mesh: Mesh, batch: Mapping, rules=None) -> dict[str, NamedSharding]:
+  """Shardings of a host ``batch``'s array entries: ``task.batch_axes``, else axis 0 over ``act_batch``."""
   axes = dict(task.batch_axes or {})
-  return {k: batch_sharding(mesh, axes.get(k, ("batch",) + (None,) * (np.ndim(v) - 1)))
+  return {k: batch_sharding(mesh, axes.get(k, ("act_batch",) + (None,) * (np.ndim(v) - 1)), rules)
           for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
 
 
-def place_frozen(task: Task, mesh: Mesh):
-  """``(frozen_state, frozen_shardings)`` of ``task.frozen`` on the mesh by its logical axes (``None``s without
-  frozen models; a no-op for modules built sharded)."""
+def place_frozen(task: Task, mesh: Mesh, rules=None):
+  """``(frozen_state, frozen_shardings)`` of ``task.frozen`` on the mesh by its logical axes, each frozen model
+  with its own ``model_rules`` (``None``s without frozen models; a no-op for modules built sharded)."""
   if task.frozen is None:
     return None, None
   frozen_state = nnx.state(task.frozen)
-  frozen_sh = state_shardings(frozen_state, mesh)
+  frozen_sh = module_shardings(frozen_state, mesh, rules)
   return jax.device_put(frozen_state, frozen_sh), frozen_sh
 
 
@@ -251,19 +257,22 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   logging.info("process %d of %d; %d devices (%d local); mesh %s", jax.process_index(), jax.process_count(),
                jax.device_count(), jax.local_device_count(), dict(mesh.shape))
   check_batch_divides(mesh, config.data.batch_size)
+  rules = rules_of(config)
   task = task or get_task(config, mesh, workdir)
   num_steps = int(config.num_train_steps)
   tx, sched = make_optimizer(config.optimizer, num_steps)
-  frozen_state, frozen_sh = place_frozen(task, mesh)
+  frozen_state, frozen_sh = place_frozen(task, mesh, rules)
 
   data = task.make_data()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
                       async_save=bool(config.checkpoint.async_save), with_data=hasattr(data, "get_state"))
   # resume: the newest checkpoint that restores, straight onto the shards (no random init or pretrained load first)
-  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  model_rules = rules.for_model(task.model or None)
+  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, rules=model_rules,
+                          ema=bool(config.ema.enabled))
   restored = ckpt.restore_newest(spec.abstract, data)
   if restored is None:
-    state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh,
+    state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, rules=model_rules,
                                      ema=bool(config.ema.enabled), init_params=task.init_params)
   else:
     state = restored[0]
@@ -273,7 +282,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   max_skips = int(config.get("max_consecutive_skips", 0))
   skip_steps = skip_steps_of(config)
   first = next(data)
-  batch_sh = batch_shardings(task, mesh, first)
+  batch_sh = batch_shardings(task, mesh, first, rules)
   train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
                                frozen_sh=frozen_sh, mesh=mesh, nan_policy=nan_policy,
                                max_consecutive_skips=max_skips, skip_steps=skip_steps)
@@ -290,7 +299,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   try:
     while step < end:
       profile.before(step)
-      with step_context(mesh, config.get("context_strategy", "allgather")):
+      with step_context(mesh, config.get("context_strategy", "allgather"), rules):
         state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
       step += 1
       if step in skip_steps:
@@ -354,7 +363,8 @@ def _diverged_message(stop_at: int, step: int, g: Mapping, nan_policy: str, max_
 def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | None = None) -> tuple[dict, int]:
   """``(params, step)`` of a checkpoint (newest by default) for evaluation or export."""
   tx, _ = make_optimizer(config.optimizer, int(config.num_train_steps))
-  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled))
+  spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh,
+                          rules=rules_of(config).for_model(task.model or None), ema=bool(config.ema.enabled))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep), with_data=False)
   if step is None:  # the newest that restores; damaged newer ones are reported and left in place
     restored = ckpt.restore_newest(spec.abstract, set_aside_damaged=False)

@@ -52,9 +52,10 @@ from gen3r_jax.models.vggt import VGGT
 from gen3r_jax.models.wan_dit.transformer import WanDiT
 from gen3r_jax.models.wan_vae.vae import WanVAE
 from gen3r_jax.nn.params import abstract_module, logical_axes
-from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, spec_for
+from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, param_spec, path_str, spec_for
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.stage2_task import check_config, latent_grid, model_configs, num_tokens
+from gen3r_jax.training.task import rules_of
 
 
 GIB = 2 ** 30
@@ -125,14 +126,17 @@ def shard_elements(shape, spec, mesh_shape) -> int:
   return n
 
 
-def state_bytes(state, mesh, *, dtype=None, rules=DEFAULT_RULES, where=lambda path: True) -> int:
-  """Per-device bytes of an abstract ``nnx.State`` placed by its logical axes (``dtype`` overrides floats)."""
+def state_bytes(state, mesh, *, dtype=None, rules=DEFAULT_RULES, where=lambda path: True, check: bool = True) -> int:
+  """Per-device bytes of an abstract ``nnx.State`` placed by its logical axes (``dtype`` overrides floats).
+  ``check``: a parameter the rules would silently replicate is the trainer's error here too
+  (:func:`gen3r_jax.parallel.rules.param_spec`), so the dry run finds it without hardware."""
   total = 0
   for path, var in nnx.to_flat_state(state):
     if not where(path):
       continue
     v = value_of(var)
-    spec = spec_for(logical_axes(var), v.shape, mesh, rules)
+    spec = (param_spec(path_str(path), logical_axes(var), v.shape, jnp.dtype(v.dtype).itemsize, mesh, rules)
+            if check else spec_for(logical_axes(var), v.shape, mesh, rules))
     dt = dtype if dtype is not None and jnp.issubdtype(v.dtype, jnp.floating) else v.dtype
     total += shard_elements(v.shape, spec, mesh.shape) * jnp.dtype(dt).itemsize
   return total
@@ -249,20 +253,24 @@ def estimate(config, *, name: str = "", models=None) -> Estimate:
   dit = models.dit
   state = nnx.state(abstract_module(lambda: WanDiT(dit, rngs=nnx.Rngs(0))), nnx.Param)
   n_params = sum(math.prod(v.get_value().shape) for _, v in nnx.to_flat_state(state))
-  params = state_bytes(state, mesh, dtype=jnp.float32)
+  rules = rules_of(config)
+  params = state_bytes(state, mesh, dtype=jnp.float32, rules=rules.for_model("dit"))
   tx, _ = make_optimizer(config.optimizer, int(config.num_train_steps))
-  opt = optimizer_bytes(tx, state, mesh)
+  opt = optimizer_bytes(tx, state, mesh, rules.for_model("dit"))
   tensor_only = abstract_mesh(dict(sizes, data=1, fsdp=1, context=1))
-  layer = state_bytes(state, tensor_only, dtype=jnp.float32, where=lambda p: str(p[0]) == "blocks") // dit.num_layers
+  layer = state_bytes(state, tensor_only, dtype=jnp.float32, rules=rules.for_model("dit"), check=False,
+                      where=lambda p: str(p[0]) == "blocks") // dit.num_layers
   impl = resolve_attention(dit.attention, str(hw.platform), dit.dtype)
   parts = activation_parts(dit, batch=b, grid=latent_grid(config.data), frames=int(config.data.num_frames),
                            mesh_shape=sizes, attention=impl, strategy=str(config.context_strategy),
                            batch_bytes=batch_bytes(config, models, b), gathered_layer_bytes=layer)
   frozen = 0
   if not config.data.preencoded:
-    for cls, cfg in ((VGGT, models.vggt), (GeometryAdapter, models.adapter), (WanVAE, models.wan_vae),
-                     (UMT5Encoder, models.text_encoder), (CLIPVision, models.clip)):
-      frozen += state_bytes(nnx.state(abstract_module(lambda: cls(cfg, rngs=nnx.Rngs(0)))), mesh)
+    for key, cls, cfg in (("vggt", VGGT, models.vggt), ("adapter", GeometryAdapter, models.adapter),
+                          ("wan_vae", WanVAE, models.wan_vae), ("text_encoder", UMT5Encoder, models.text_encoder),
+                          ("clip", CLIPVision, models.clip)):
+      frozen += state_bytes(nnx.state(abstract_module(lambda: cls(cfg, rngs=nnx.Rngs(0)))), mesh,
+                            rules=rules.for_model(key))
   tokens = num_tokens(dit, config.data)
   return Estimate(name=name, hardware=str(hw.name), mesh=sizes, batch=gb, batch_per_device=b, tokens=tokens,
                   tokens_per_device=-(-tokens // sizes["context"]), dit=f"{dit.dim}x{dit.num_layers}",

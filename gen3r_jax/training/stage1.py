@@ -26,7 +26,7 @@ import numpy as np
 from gen3r_jax.models.init import random_params
 from gen3r_jax.models.vggt import VGGT
 from gen3r_jax.models.wan_vae.vae import WanVAE
-from gen3r_jax.parallel.rules import state_shardings
+from gen3r_jax.parallel.rules import as_rules, state_shardings
 from gen3r_jax.training import losses as L
 from gen3r_jax.training.losses import Stage1LossConfig
 
@@ -174,30 +174,35 @@ def stage1_task_loss(adapter, frozen: Frozen, batch: dict, rng: jax.Array, cfg: 
   return stage1_loss(adapter, frozen, frames, eps, cfg)
 
 
-def random_on_mesh(cls, cfg, seed: int, mesh=None):
+def random_on_mesh(cls, cfg, seed: int, mesh=None, rules=None):
   """A model of ``cls(cfg)`` with host-drawn random weights (:func:`gen3r_jax.models.init.random_params`: numpy, no
   jitted init program, which takes tens of seconds to compile on a small CPU), placed by its logical axes when
-  ``mesh`` is given. Same seed on every process: multi-process safe."""
+  ``mesh`` is given (``rules``: the sharding rules, default the library's). Same seed on every process:
+  multi-process safe."""
   model = random_params(cls, cfg, seed=seed)
   if mesh is not None:
     state = nnx.state(model)
     host = jax.tree.map(np.asarray, state)
-    nnx.update(model, jax.device_put(host, state_shardings(state, mesh)))
+    nnx.update(model, jax.device_put(host, state_shardings(state, mesh, rules)))
   return model
 
 
 def build_frozen(vggt_cfg, wan_cfg, *, mesh=None, seed: int = 0, vggt_checkpoint: str | None = None,
-                 wan_checkpoint: str | None = None) -> Frozen:
-  """VGGT and the Wan VAE from Orbax checkpoints (``launch/convert.py``) or, without one, seeded random weights
+                 wan_checkpoint: str | None = None, overrides: dict | None = None, rules=None) -> Frozen:
+  """VGGT and the Wan VAE from Orbax checkpoints (``launch/convert.py``; their stored config with
+  ``overrides["vggt"]`` / ``overrides["wan_vae"]``, config field names) or, without one, seeded random weights
   drawn on the host (debug configs; :func:`random_on_mesh`). Parameters land directly on their shards when
-  ``mesh`` is given."""
-
+  ``mesh`` is given, by ``rules`` (a :class:`~gen3r_jax.parallel.rules.Rules`, each model with its
+  ``model_rules``; default the library's)."""
+  rules, overrides = as_rules(rules), overrides or {}
   if vggt_checkpoint:
-    vggt = VGGT.from_checkpoint(vggt_checkpoint, mesh=mesh)
+    vggt = VGGT.from_checkpoint(vggt_checkpoint, mesh=mesh, rules=rules.for_model("vggt"),
+                                **overrides.get("vggt", {}))
   else:
-    vggt = random_on_mesh(VGGT, vggt_cfg, seed, mesh)
+    vggt = random_on_mesh(VGGT, vggt_cfg, seed, mesh, rules.for_model("vggt"))
   if wan_checkpoint:
-    wan = WanVAE.from_checkpoint(wan_checkpoint, mesh=mesh)
+    wan = WanVAE.from_checkpoint(wan_checkpoint, mesh=mesh, rules=rules.for_model("wan_vae"),
+                                 **overrides.get("wan_vae", {}))
   else:
-    wan = random_on_mesh(WanVAE, wan_cfg, seed + 1, mesh)
+    wan = random_on_mesh(WanVAE, wan_cfg, seed + 1, mesh, rules.for_model("wan_vae"))
   return Frozen(vggt, wan)

@@ -1,7 +1,8 @@
 """Stage-2 task for the trainer: config -> (trainable WanDiT, frozen encoders, flow-matching loss, grain data).
 
 ```
-config.model ─► model_configs: DiT (1.3B | 14B | tiny) + VGGT, adapter, Wan VAE, umT5, CLIP (release | tiny)
+config.model ─► model_configs: DiT (1.3B | 14B | tiny) + VGGT, adapter, Wan VAE, umT5, CLIP (release | tiny),
+               each <Config>.from_dict(config.model.<name>, base=<size preset>)
   DiT: model.dit_checkpoint (Orbax; stored shapes checked against the config first) | random (tiny: host draws)
   frozen: Orbax checkpoints model.*_checkpoint (release) | random (tiny)  ─► Stage2Frozen (+ empty-caption context)
 config.data ─► online: grain stage-2 clips ─► host tokenisation ─► {frames, c2ws, Ks, text_ids, text_mask}
@@ -13,8 +14,11 @@ All transformer parameters train; VGGT, the adapter, the Wan VAE, umT5 and CLIP 
 §3.1). With ``data.preencoded`` only the empty-caption context of the pre-encoding is kept: no frozen model is
 built. Sizes: ``model.size = "release"`` uses the released frozen models (checkpoints required) and
 ``model.dit_size`` picks the DiT; ``"tiny"`` uses fixture-sized random models throughout (debugging and tests; the
-DiT can still come from ``model.dit_checkpoint``). Online frames are ``model.token_grid x 14`` square: 560 x 560
-for the release's grid 40 (40 x 40 VGGT tokens <-> 70 x 70 latents), 112 x 112 for the debug configs' 8.
+DiT can still come from ``model.dit_checkpoint``). Each model's config is its size preset with the fields of its
+``config.model`` sub-dict (``dit``, ``vggt``, ``adapter``, ``wan_vae``, ``text_encoder``, ``clip``; the config
+dataclasses' field names: ``model.dit.remat``, ``model.dit.attention``, ...; ``stage1_task.model_config``).
+Online frames are ``model.adapter.token_grid x 14`` square: 560 x 560 for the release's grid 40 (40 x 40 VGGT
+tokens <-> 70 x 70 latents), 112 x 112 for the debug configs' 8.
 
 Tokenisation runs on the host in the data iterator: the umT5 SentencePiece tokenizer (``model.tokenizer``) at the
 release size; for ``tiny`` :class:`DebugTokenizer`, a documented deterministic stand-in (the tiny umT5 has a
@@ -35,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from gen3r_jax.data.preencoded import read_metadata
 from gen3r_jax.errors import fmt_list, require
+from gen3r_jax.parallel.rules import as_rules
 from gen3r_jax.models.checkpoint import PARAMS_DIR, read_config
 from gen3r_jax.models.clip.model import CLIPVision, CLIPVisionConfig
 from gen3r_jax.models.geometry_adapter.model import GeometryAdapter
@@ -47,9 +52,9 @@ from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model
 from gen3r_jax.models.wan_vae.vae import WanVAE
 from gen3r_jax.sampling.cameras import check_num_frames
 from gen3r_jax.training.stage1 import random_on_mesh
-from gen3r_jax.training.stage1_task import model_configs as stage1_models
+from gen3r_jax.training.stage1_task import model_config, model_configs as stage1_models, model_overrides
 from gen3r_jax.training.stage2 import Stage2Config, Stage2Frozen, empty_caption_context, stage2_loss
-from gen3r_jax.training.task import Task
+from gen3r_jax.training.task import Task, rules_of
 from gen3r_jax.training.task_data import check_validate, data_pipeline
 
 
@@ -70,15 +75,14 @@ def model_configs(mc) -> Stage2Models:
   """Model configs of ``config.model`` (checked for consistency: the DiT's text/CLIP widths match the encoders)."""
   vggt, wan, adapter = stage1_models(mc)
   require(mc.dit_size in DIT_SIZES, f"model.dit_size must be one of {DIT_SIZES}, got {mc.dit_size!r}.")
-  kw = dict(dtype=mc.dtype, remat=mc.dit_remat, attention=mc.attention)
   if mc.size == "release":
-    t5 = UMT5Config.umt5_xxl(dtype=mc.dtype)
-    clip = CLIPVisionConfig.vit_h_14(dtype=mc.dtype)
-    dit = (WanDiTConfig.wan_1_3b if mc.dit_size == "1.3b" else WanDiTConfig.wan_14b)(**kw)
+    t5 = model_config(UMT5Config.umt5_xxl(), mc, "text_encoder")
+    clip = model_config(CLIPVisionConfig.vit_h_14(), mc, "clip")
+    dit = model_config((WanDiTConfig.wan_1_3b if mc.dit_size == "1.3b" else WanDiTConfig.wan_14b)(), mc, "dit")
   else:
-    t5 = UMT5Config.tiny(dtype=mc.dtype)
-    clip = CLIPVisionConfig.tiny(dtype=mc.dtype)
-    dit = WanDiTConfig.tiny(text_dim=t5.dim, clip_dim=clip.dim, clip_tokens=clip.num_tokens, **kw)
+    t5 = model_config(UMT5Config.tiny(), mc, "text_encoder")
+    clip = model_config(CLIPVisionConfig.tiny(), mc, "clip")
+    dit = model_config(WanDiTConfig.tiny(text_dim=t5.dim, clip_dim=clip.dim, clip_tokens=clip.num_tokens), mc, "dit")
   require(dit.text_dim == t5.dim and dit.clip_dim == clip.dim and dit.clip_tokens == clip.num_tokens,
           f"DiT text/CLIP inputs ({dit.text_dim}, {dit.clip_tokens} x {dit.clip_dim}) do not match umT5 ({t5.dim}) "
           f"and CLIP ({clip.num_tokens} x {clip.dim}).")
@@ -108,9 +112,9 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
   models = model_configs(config.model)
   size = models.adapter.token_grid * models.vggt.patch_size
   require(not online or (dc.height == size and dc.width == size),
-          f"stage 2 needs {size}x{size} frames (model.token_grid {models.adapter.token_grid} x patch "
+          f"stage 2 needs {size}x{size} frames (model.adapter.token_grid {models.adapter.token_grid} x patch "
           f"{models.vggt.patch_size}), got {dc.height}x{dc.width}; set data.height = data.width = {size}, or "
-          f"model.token_grid to data.height / {models.vggt.patch_size} (a multiple of 4).")
+          f"model.adapter.token_grid to data.height / {models.vggt.patch_size} (a multiple of 4).")
   require(dc.height % 16 == 0 and dc.width % 16 == 0,
           f"data.height and data.width must be multiples of 16 (latent / 8, patch 2), got {dc.height}x{dc.width}.")
   check_num_frames(int(dc.num_frames))
@@ -171,9 +175,10 @@ def check_checkpoint_shapes(directory: str, abstract_params, what: str = "DiT") 
           "checkpoint of the configured size.")
 
 
-def dit_init_params(dit_cfg, mc, *, seed: int):
+def dit_init_params(dit_cfg, mc, *, seed: int, rules=None):
   """``init_params(abstract, shardings)`` for :func:`gen3r_jax.training.state.create_train_state`: the DiT
-  checkpoint, host-drawn random weights for the tiny size, or ``None`` (jitted random init)."""
+  checkpoint, host-drawn random weights for the tiny size, or ``None`` (jitted random init). ``rules``: the
+  sharding rules of the DiT (``Rules.for_model("dit")``) for the checkpoint restore."""
 
   if mc.dit_checkpoint:
     check_checkpoint_shapes(mc.dit_checkpoint, nnx.to_pure_dict(nnx.state(abstract_model(dit_cfg), nnx.Param)))
@@ -181,7 +186,7 @@ def dit_init_params(dit_cfg, mc, *, seed: int):
     def restore(abstract, shardings):
       del abstract
       mesh = jax.tree.leaves(shardings)[0].mesh
-      model = WanDiT.from_checkpoint(mc.dit_checkpoint, mesh=mesh, config=dit_cfg)
+      model = WanDiT.from_checkpoint(mc.dit_checkpoint, mesh=mesh, config=dit_cfg, rules=as_rules(rules))
       return nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return restore
   if mc.size == "tiny":
@@ -195,15 +200,13 @@ def dit_init_params(dit_cfg, mc, *, seed: int):
 
 
 # --------------------------------------------------------------------------------------------------- frozen
-def _random_on_mesh(cls, cfg, seed: int, mesh):
-  """Host-drawn random weights (``models.init.random_params``) placed by their logical axes."""
-  return random_on_mesh(cls, cfg, seed, mesh)
-
-
-def _load(cls, directory: str, cfg, seed: int, mesh, dtype: str):
+def _load(cls, directory: str, cfg, seed: int, mesh, mc, name: str, rules):
+  """Model ``name`` from its Orbax checkpoint (its stored config with ``config.model``'s overrides for it) or
+  host-drawn random weights (``models.init.random_params``), placed by its logical axes and ``model_rules``."""
+  rules = rules.for_model(name)
   if directory:
-    return cls.from_checkpoint(directory, mesh=mesh, dtype=dtype)
-  return _random_on_mesh(cls, cfg, seed, mesh)
+    return cls.from_checkpoint(directory, mesh=mesh, rules=rules, **model_overrides(mc, name))
+  return random_on_mesh(cls, cfg, seed, mesh, rules)
 
 
 def build_frozen(models: Stage2Models, config, mesh, tokenizer):
@@ -215,12 +218,12 @@ def build_frozen(models: Stage2Models, config, mesh, tokenizer):
     require(empty.shape == want, f"data.preencoded {dc.preencoded}: empty_context {empty.shape} does not match the "
                                  f"DiT's text input {want}; pre-encode with the matching umT5 and max_length.")
     return Stage2Frozen(None, None, None, empty_context=empty)
-  seed, dt = int(config.seed) + 1000, mc.dtype
-  vggt = _load(VGGT, mc.vggt_checkpoint, models.vggt, seed, mesh, dt)
-  adapter = _load(GeometryAdapter, mc.adapter_checkpoint, models.adapter, seed + 1, mesh, dt)
-  wan = _load(WanVAE, mc.wan_vae_checkpoint, models.wan_vae, seed + 2, mesh, dt)
-  t5 = _load(UMT5Encoder, mc.text_encoder_checkpoint, models.text_encoder, seed + 3, mesh, dt)
-  clip = _load(CLIPVision, mc.clip_checkpoint, models.clip, seed + 4, mesh, dt)
+  seed, rules = int(config.seed) + 1000, rules_of(config)
+  vggt = _load(VGGT, mc.vggt_checkpoint, models.vggt, seed, mesh, mc, "vggt", rules)
+  adapter = _load(GeometryAdapter, mc.adapter_checkpoint, models.adapter, seed + 1, mesh, mc, "adapter", rules)
+  wan = _load(WanVAE, mc.wan_vae_checkpoint, models.wan_vae, seed + 2, mesh, mc, "wan_vae", rules)
+  t5 = _load(UMT5Encoder, mc.text_encoder_checkpoint, models.text_encoder, seed + 3, mesh, mc, "text_encoder", rules)
+  clip = _load(CLIPVision, mc.clip_checkpoint, models.clip, seed + 4, mesh, mc, "clip", rules)
   empty = empty_caption_context(tokenizer, t5, models.dit.text_len)
   return Stage2Frozen(vggt, adapter, wan, text_encoder=t5, clip=clip, empty_context=empty)
 
@@ -301,10 +304,10 @@ def make_task(config, mesh, workdir: str, *, frozen=None, data=None, models: Sta
     check_inputs(config)
   models = models or model_configs(config.model)
   cfg = Stage2Config(**config.stage2.to_dict()).validate()
-  init = dit_init_params(models.dit, config.model, seed=int(config.seed))
+  init = dit_init_params(models.dit, config.model, seed=int(config.seed), rules=rules_of(config).for_model("dit"))
   if frozen is None:
     tokenizer = None if config.data.preencoded else make_tokenizer(config.model, models)
     frozen = build_frozen(models, config, mesh, tokenizer)
-  return Task(build=lambda r: WanDiT(models.dit, rngs=r),
+  return Task(build=lambda r: WanDiT(models.dit, rngs=r), model="dit",
               loss_fn=lambda m, f, b, k: stage2_loss(m, f, b, k, cfg),
               make_data=data or (lambda: make_data(config, workdir, models)), frozen=frozen, init_params=init)

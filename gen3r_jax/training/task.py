@@ -12,6 +12,8 @@ from typing import Callable, Iterator, Mapping
 import jax
 from flax import nnx
 
+from gen3r_jax.parallel.rules import Rules
+
 
 @dataclasses.dataclass
 class Task:
@@ -23,7 +25,9 @@ class Task:
     make_data: ``() -> iterator`` of host batches (dicts of numpy arrays, this process's share of the global
       batch); a grain ``DatasetIterator`` makes the data position part of the checkpoint.
     frozen: frozen modules (already on the mesh) or ``None``.
-    batch_axes: logical axes per batch entry (default: axis 0 is ``batch``, the rest replicated).
+    batch_axes: logical activation axes per batch entry (default: axis 0 is ``act_batch``, the rest replicated).
+    model: the trainable model's name in ``config.sharding.model_rules`` (``"dit"``, ``"adapter"``; ``""``: the
+      plain rules).
     init_params: ``(abstract params, shardings) -> params`` (pure dicts) to start from, e.g. a pretrained
       checkpoint; ``None`` = the module's random init.
   """
@@ -33,6 +37,12 @@ class Task:
   frozen: nnx.Module | None = None
   batch_axes: Mapping[str, tuple] | None = None
   init_params: Callable[[dict, dict], dict] | None = None
+  model: str = ""
 
 
-__all__ = ("Task",)
+def rules_of(config) -> Rules:
+  """The sharding rules of a training config (``config.sharding``; the library defaults without one)."""
+  return Rules.from_config(config.get("sharding"))
+
+
+__all__ = ("Task", "rules_of")

@@ -12,9 +12,9 @@ Returns the flow prediction ``[B, F, H, W, out_dim]`` in float32. A token grid w
 geometry latents side by side along width) uses the width-shared "concatenated" RoPE, as the official code does.
 
 Blocks are stacked with ``nnx.vmap`` at init (leading ``layers`` axis) and run with ``lax.scan`` over the split
-block state under the remat policy ``cfg.remat``. Activations are constrained to ``(batch, length, embed)`` at
-block boundaries when a mesh is active (``jax.set_mesh``), so the sequence can be sharded
-without touching this file.
+block state under the remat policy ``cfg.remat``. Activations are constrained to the logical
+``(act_batch, act_length, act_embed)`` at block boundaries when a mesh is active (``jax.set_mesh``), so the
+sequence can be sharded without touching this file.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", 
   """:func:`gen3r_jax.nn.stack.scan` of one block over the layer axis of the split stacked-block ``state``.
 
   Returns ``(x [B, L, D], per_block [layers, B, L, D] or None)``. ``remat`` names a policy of
-  :data:`gen3r_jax.nn.stack.REMAT_POLICIES`; activations are constrained to ``(batch, length, embed)`` after every block.
+  :data:`gen3r_jax.nn.stack.REMAT_POLICIES`; activations are constrained to ``(act_batch, act_length, act_embed)``
+  after every block.
   """
   def body(blk, carry):
     out = constrain(blk(carry, e0, rope, txt, img))
