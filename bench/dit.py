@@ -29,7 +29,7 @@ from gen3r_jax.models.wan_dit.config import WanDiTConfig
 from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model, create
 from gen3r_jax.nn.attention import chosen_implementations
 from gen3r_jax.nn.params import abstract_module, logical_axes
-from gen3r_jax.parallel.rules import MESH_AXES, make_mesh, spec_for
+from gen3r_jax.parallel.rules import MESH_AXES, as_rules, make_mesh, spec_for, use_rules
 
 SIZES = {"tiny": WanDiTConfig.tiny, "1.3b": WanDiTConfig.wan_1_3b, "full": WanDiTConfig.wan_1_3b,
          "14b": WanDiTConfig.wan_14b}
@@ -95,19 +95,21 @@ def run(batch: int = 2, frames: int = 13, h: int = 70, w: int = 140, dtype: str 
         size: str = "1.3b", *, param_dtype: str | None = None, iters: int = 5, repeats: int | None = None,
         warmup: int = 1,
         camera: bool = True, mesh_shape: dict | None = None, num_devices: int | None = None,
-        attention: str = "auto", quick: bool = False) -> dict:
+        attention: str = "auto", quick: bool = False, rules=None) -> dict:
   """Time one jitted forward of the ``size`` DiT on ``[batch, frames, h, w]`` latents; returns a result dict.
 
   The parameters are sharded by their logical axes on a mesh of the first ``num_devices`` devices (default all,
-  shape ``mesh_shape``, default everything on ``fsdp``). ``quick`` changes nothing here (the DiT compiles fast).
+  shape ``mesh_shape``, default everything on ``fsdp``) by ``rules`` (default the library's: ``configs/base.py``'s
+  ``config.sharding``). ``quick`` changes nothing here (the DiT compiles fast).
   """
   del quick
+  rules = as_rules(rules).for_model("dit")
   iters = repeats or iters
   cfg = config_for(size, dtype, param_dtype, attention=attention)
   devices = jax.devices()[:num_devices] if num_devices else None
   mesh = make_mesh(mesh_shape or {"fsdp": -1}, devices)
   t0 = time.perf_counter()
-  graphdef, state = nnx.split(create(cfg, mesh=mesh, rng_impl="rbg"))
+  graphdef, state = nnx.split(create(cfg, mesh=mesh, rules=rules, rng_impl="rbg"))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   n_params = param_count(state)
@@ -117,7 +119,7 @@ def run(batch: int = 2, frames: int = 13, h: int = 70, w: int = 140, dtype: str 
     return nnx.merge(graphdef, state)(**inputs)
 
   flops = forward_flops(cfg, batch, frames, h, w, camera)
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), use_rules(rules):
     t = time_jitted(jax.jit(forward), state, inputs, warmup=warmup, repeats=iters, flops=flops)
   pt, ph, pw = cfg.patch_size
   peak = peak_memory_bytes()
@@ -150,8 +152,9 @@ def attention_agreement(dtype: str = "bfloat16", impls=("xla", "cudnn")) -> dict
           **{f"rel_diff_{k}": float(np.abs(v - ref).max()) / scale for k, v in outs.items()}}
 
 
-def abstract_14b_memory(fsdp: int = 8, param_dtype: str = "bfloat16") -> dict:
-  """Per-device parameter memory of the 14B DiT on a ``fsdp``-way mesh, from ``jax.eval_shape`` only."""
+def abstract_14b_memory(fsdp: int = 8, param_dtype: str = "bfloat16", rules=None) -> dict:
+  """Per-device parameter memory of the 14B DiT on a ``fsdp``-way mesh by ``rules`` (default the library's), from
+  ``jax.eval_shape`` only."""
   cfg = WanDiTConfig.wan_14b(param_dtype=param_dtype)
   state = jax.eval_shape(lambda: nnx.split(WanDiT(cfg, rngs=nnx.Rngs(0)))[1])
   mesh = AbstractMesh((1, fsdp, 1, 1), MESH_AXES)
@@ -159,7 +162,7 @@ def abstract_14b_memory(fsdp: int = 8, param_dtype: str = "bfloat16") -> dict:
   largest = (0, "")
   for path, var in nnx.to_flat_state(state):
     v = var.get_value()
-    spec = spec_for(logical_axes(var), v.shape, mesh)
+    spec = spec_for(logical_axes(var), v.shape, mesh, rules)
     shard = list(v.shape)
     for i, entry in enumerate(tuple(spec)):
       names = () if entry is None else ((entry,) if isinstance(entry, str) else entry)

@@ -37,7 +37,7 @@ import tempfile
 import time
 
 SIZES = ("full", "tiny")
-TINY = dict(steps=2, num_frames=1)   # bench.run --size tiny (CPU smoke): 1 frame, 2 steps
+TINY = dict(num_steps=2, num_frames=1)   # bench.run --size tiny (CPU smoke): 1 frame, 2 steps
 FIELDS = {"text_encoder": "text_encoder", "clip_image_encoder": "clip", "transformer": "transformer",
           "wan_vae": "vae", "geo_adapter": "geo_adapter", "vggt": "vggt"}      # bundle folder -> Gen3RBundle field
 
@@ -169,10 +169,11 @@ def _backend_in_use() -> bool:
   return jax.default_backend() != "cpu"
 
 
-def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None = None, steps: int | None = None,
+def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None = None, num_steps: int | None = None,
         num_frames: int = 49, quick: bool = False, isolate: bool = True, warm: bool = True,
         cache_dir: str | None = None, timeout: float | None = None, xla_flags: str | None = None) -> list[dict]:
-  """The cold row (first + steady sample) and, with ``warm``, the warm-cache row; ``quick``: 10 steps.
+  """The cold row (first + steady sample) and, with ``warm``, the warm-cache row; ``num_steps`` (SampleOptions'
+  name) denoising steps, default 50, ``quick``: 10.
   ``xla_flags``: extra XLA flags for both phases (compile / autotuning variants; needs ``isolate``)."""
   import jax  # noqa: F401  (no backend is initialised here: the phases run in their own processes)
   if size not in SIZES:
@@ -183,7 +184,7 @@ def run(size: str = "full", dtype: str = "bfloat16", *, param_dtype: str | None 
     raise RuntimeError("bench.sample: this process already holds the accelerator (JAX preallocates it), so the cold "
                        "and warm phases could not get its memory; run the sample benchmark in its own process "
                        "(bench.run isolates benchmarks by default) or pass isolate=False")
-  num_steps = int(steps or (10 if quick else 50))
+  num_steps = int(num_steps or (10 if quick else 50))
   kw = dict(size=size, dtype=dtype, param_dtype=param_dtype or dtype, num_steps=num_steps, num_frames=num_frames)
   own_cache = cache_dir is None
   cache_dir = cache_dir or tempfile.mkdtemp(prefix="gen3r_bench_cache_")

@@ -35,8 +35,9 @@ def _config(size: str, dtype: str, param_dtype: str | None, attention: str):
 
 def run(size: str = "14b", dtype: str = "bfloat16", param_dtype: str | None = None, devices: int = 2,
         parallel: str = "fsdp", frames: int = 49, image: int = 560, iters: int = 5,
-        context_parallel: str = "allgather", attention: str = "auto", seed: int = 0) -> list[dict]:
-  """One row per mesh (``parallel``: ``fsdp`` | ``context`` | ``both``) on the first ``devices`` devices."""
+        context_parallel: str = "allgather", attention: str = "auto", seed: int = 0, rules=None) -> list[dict]:
+  """One row per mesh (``parallel``: ``fsdp`` | ``context`` | ``both``) on the first ``devices`` devices; ``rules``:
+  the sharding rules (default the library's, as ``configs/base.py``)."""
   import jax
 
   from gen3r_jax.parallel.rules import make_mesh
@@ -51,7 +52,7 @@ def run(size: str = "14b", dtype: str = "bfloat16", param_dtype: str | None = No
   for kind in kinds:
     mesh = make_mesh({kind: devices}, devices=jax.devices()[:devices])
     r = time_denoise_step(cfg, mesh, frames=frames, height=image, width=image, iters=iters, seed=seed,
-                          context_parallel=context_parallel)
+                          context_parallel=context_parallel, rules=rules)
     dev = jax.devices()[0]
     try:                                       # the DiT's analytic FLOPs (bench/dit.py), CFG batch of 2
       from bench.dit import forward_flops

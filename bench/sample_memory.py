@@ -8,7 +8,7 @@
 A random full-size bundle (``bench.sample.bundle_configs``, weights drawn on device by ``bench.common.device_random``)
 is built model by model; with ``placement="sequential"`` each model goes to host memory
 (``gen3r_jax.sampling.placement.to_host``) right after it is drawn, so building never holds more than one model on
-the device. Then ``generate`` runs once (49 frames at 560x560, ``steps`` denoising steps: memory does not depend on
+the device. Then ``generate`` runs once (49 frames at 560x560, ``num_steps`` denoising steps: memory does not depend on
 the step count) and the row reports its per-stage ``stats``: ``stage_peak_gib`` (``peak_bytes_in_use`` after each
 stage: the process peak so far, so a stage's own peak shows where it grows), ``stage_in_use_gib`` (bytes in use at
 the end of the stage with its weights still on the device), ``stage_weights_gib``, ``stage_s``; ``peak_gib`` (the
@@ -25,11 +25,11 @@ import shutil
 import tempfile
 import time
 
-TINY = dict(num_frames=1, steps=1)
+TINY = dict(num_frames=1, num_steps=1)
 
 
 def run(size: str = "full", dtype: str = "bfloat16", param_dtype: str | None = "bfloat16",
-        placement: str = "sequential", task: str = "1view", num_frames: int = 49, steps: int = 2,
+        placement: str = "sequential", task: str = "1view", num_frames: int = 49, num_steps: int = 2,
         seed: int = 0) -> dict:
   import jax
   import jax.numpy as jnp
@@ -45,7 +45,7 @@ def run(size: str = "full", dtype: str = "bfloat16", param_dtype: str | None = "
   from gen3r_jax.sampling.pipeline import SampleOptions, generate
   pl.check_placement(placement)
   if size == "tiny":
-    num_frames, steps = TINY["num_frames"], TINY["steps"]
+    num_frames, num_steps = TINY["num_frames"], TINY["num_steps"]
   cfgs = bundle_configs(size, dtype, param_dtype or dtype)
   tmp = tempfile.mkdtemp(prefix="gen3r_bench_memory_")
   try:
@@ -71,7 +71,7 @@ def run(size: str = "full", dtype: str = "bfloat16", param_dtype: str | None = "
     img = (demo.example_image(0) / 255.0).astype(np.float32)
     views = expected_views(task, num_frames)
     images = np.stack([np.roll(img, 8 * k, axis=1) for k in range(views)])
-    opts = SampleOptions(task=task, cameras="zoom_out", num_frames=num_frames, num_steps=steps, seed=seed)
+    opts = SampleOptions(task=task, cameras="zoom_out", num_frames=num_frames, num_steps=num_steps, seed=seed)
     t0 = time.perf_counter()
     out = generate(bundle, images, "a palace on a hill, seen from the air", opts, progress=False, log=print)
     sample_s = time.perf_counter() - t0
@@ -85,7 +85,7 @@ def run(size: str = "full", dtype: str = "bfloat16", param_dtype: str | None = "
           "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}", "jax": jax.__version__,
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "size": size, "dtype": dtype, "param_dtype": param_dtype, "placement": placement, "task": task,
-          "num_frames": num_frames, "steps": steps, "build_s": build_s, "median_s": sample_s,
+          "num_frames": num_frames, "num_steps": num_steps, "build_s": build_s, "median_s": sample_s,
           "peak_gib": gib(final.get("peak_bytes_in_use")), "build_peak_gib": gib(build.get("peak_bytes_in_use")),
           "limit_gib": gib(final.get("bytes_limit")),
           "stage_peak_gib": {k: gib(v["peak_bytes_in_use"]) for k, v in st.items()},

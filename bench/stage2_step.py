@@ -33,8 +33,8 @@ from bench.common import param_count, peak_bf16_tflops, row_base, time_jitted
 from bench.dit import SIZES, forward_flops
 from gen3r_jax.models.wan_dit.config import WanDiTConfig
 from gen3r_jax.models.wan_dit.transformer import WanDiT
-from gen3r_jax.parallel.rules import activation_spec, make_mesh
-from gen3r_jax.training.loop import make_train_step
+from gen3r_jax.parallel.rules import activation_spec, as_rules, make_mesh
+from gen3r_jax.training.loop import make_train_step, step_context
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import create_train_state
 from gen3r_jax.training.task import Task
@@ -85,13 +85,17 @@ def _batch(cfg: WanDiTConfig, b: int, f: int, h: int, w: int, sharding) -> dict:
 
 def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = "bfloat16", *,
         frames: int = 49, image: int = 560, batch_per_device: int = 1, repeats: int = 5, warmup: int = 1,
-        attention: str = "auto", peak_tflops: float | None = None, quick: bool = False) -> dict:
+        attention: str = "auto", peak_tflops: float | None = None, quick: bool = False, rules=None) -> dict:
   """Time ``repeats`` consecutive train steps (state donated) on ``devices`` GPUs (fsdp).
+
+  ``rules``: the sharding rules (a :class:`gen3r_jax.parallel.rules.Rules`, a ``config.sharding`` section or a
+  ``{name: mesh axes}`` table; default the library's, which ``configs/base.py`` spells out).
 
   ``peak_tflops``: per-device peak for MFU (default: the card's, :func:`bench.common.peak_bf16_tflops`).
   """
   del quick
   remat = "none" if remat is None else str(remat)   # `--kw remat=none` parses to None
+  rules = as_rules(rules)
   devs = jax.devices()[:devices]
   if len(devs) < devices:
     raise ValueError(f"devices={devices} but only {len(devs)} are visible")
@@ -101,12 +105,14 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   f, h = (frames - 1) // 4 + 1, image // 8
   tx, _ = make_optimizer(OPTIMIZER, 1000)
   t0 = time.perf_counter()
-  state, spec = create_train_state(lambda rngs: WanDiT(cfg, rngs=rngs), tx, seed=0, mesh=mesh)
+  state, spec = create_train_state(lambda rngs: WanDiT(cfg, rngs=rngs), tx, seed=0, mesh=mesh,
+                                   rules=rules.for_model("dit"))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   loss_of, loss_name = _loss_fn()
   ndim = {"x0": 5, "y": 5, "context": 3, "clip_fea": 3, "y_camera": 5, "t_index": 1, "noise": 5}
-  batch_sh = {k: NamedSharding(mesh, activation_spec(("batch",) + (None,) * (n - 1), mesh)) for k, n in ndim.items()}
+  batch_sh = {k: NamedSharding(mesh, activation_spec(("act_batch",) + (None,) * (n - 1), mesh, rules))
+              for k, n in ndim.items()}
   batch = _batch(cfg, b, f, h, h, batch_sh)
   task = Task(build=lambda rngs: WanDiT(cfg, rngs=rngs), loss_fn=lambda m, frozen, b, rng: (loss_of(m, b), {}),
               make_data=lambda: iter(()))
@@ -117,7 +123,7 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   if remat == "attention":  # recomputes each block's first FFN matmul
     pt, ph, pw = cfg.patch_size
     hw_flops += 2 * b * (f // pt) * (h // ph) * (2 * h // pw) * cfg.dim * cfg.ffn_dim * cfg.num_layers
-  with jax.set_mesh(mesh):
+  with step_context(mesh, rules=rules):
     t = time_jitted(jitted, state, None, batch, jax.random.PRNGKey(0), warmup=warmup, repeats=repeats,
                     flops=model_flops, carry=True)
   step_s = t["median_s"]

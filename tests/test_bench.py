@@ -185,7 +185,7 @@ def test_stage2_step_fsdp_two_devices():
 @pytest.mark.slow
 def test_sample_tiny_in_process():
   from bench import sample
-  cold, warm = sample.run(size="tiny", dtype="float32", steps=2, num_frames=1, isolate=False)
+  cold, warm = sample.run(size="tiny", dtype="float32", num_steps=2, num_frames=1, isolate=False)
   assert cold["median_s"] > 0 and cold["compile_s"] > 0 and cold["steps_timed"] == 1 and cold["cache_entries"] > 0
   assert set(cold["stages_first"]) >= {"denoise"} and cold["sample_50_steps_estimated"]
   assert warm["phase"] == "warm" and warm["first_call_s"] > 0

@@ -108,8 +108,8 @@ def test_one_sharded_stage1_step_equals_single_device(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(height=280, width=280), r"stage 1 needs 112x112 frames \(model.token_grid 8 x patch 14\)"),
-    (dict(model__token_grid=6), r"model.token_grid must be a positive multiple of 4"),
+    (dict(height=280, width=280), r"stage 1 needs 112x112 frames \(model.adapter.token_grid 8 x patch 14\)"),
+    (dict(model__adapter__token_grid=6), r"model.adapter.token_grid must be a positive multiple of 4"),
     (dict(num_frames=4), r"num_frames must be 1 \+ 4k"),
     (dict(synthetic_scenes=0), r"set exactly one data source"),
     (dict(validate="lenient"), r"validate must be one of \('strict', 'skip'\)"),
@@ -117,9 +117,7 @@ def test_one_sharded_stage1_step_equals_single_device(tmp_path):
 ])
 def test_stage1_bad_data_config_is_a_clear_error(tmp_path, change, message):
   c = stage1_config(entry="stage1")
-  for k, v in change.items():
-    group, _, leaf = k.rpartition("__")
-    c[group or "data"][leaf] = v
+  set_nested(c, **{k if "__" in k else f"data__{k}": v for k, v in change.items()})
   with pytest.raises(Gen3RInputError, match=message):
     train(c, str(tmp_path))
 

@@ -33,12 +33,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def stage2_config(steps=1, size=128, **kw):
   """``cpu_debug.py:stage2`` for tests; ``size`` is the frame size the pre-encoded latents stand for (the fast
-  tests use 128: 16 x 32 joint latents, 128 DiT tokens). Online frames are ``model.token_grid x 14``: a size that
+  tests use 128: 16 x 32 joint latents, 128 DiT tokens). Online frames are ``model.adapter.token_grid x 14``: a size that
   is a multiple of 56 sets the grid (560: the release's 40)."""
   c = cpu_debug.get_config("stage2")
   c.data.height = c.data.width = size
   if size % 56 == 0:
-    c.model.token_grid = size // 14
+    c.model.adapter.token_grid = size // 14
   c.tensorboard = False
   c.num_train_steps = steps
   c.checkpoint.every = 1000
@@ -184,7 +184,7 @@ def test_one_sharded_step_equals_single_device_and_memory_estimate():
   models = dataclasses.replace(models, dit=models.dit.replace(dim=256, ffn_dim=512, num_heads=2))
   runs = {}
   for name, mesh, remat in (("sharded", dict(fsdp=2, context=2, tensor=2), "full"), ("single", {}, "none")):
-    c = stage2_config(size=560, data__batch_size=2, model__dit_remat=remat, optimizer__eps=1e-4)
+    c = stage2_config(size=560, data__batch_size=2, model__dit__remat=remat, optimizer__eps=1e-4)
     c.mesh.update(dict(dict(data=1, fsdp=1, context=1, tensor=1), **mesh))
     n = int(np.prod(list(c.mesh.values())))
     c.hardware.update(dict(num_devices=n, platform="cpu"))
@@ -280,8 +280,8 @@ def test_dry_run_table_for_every_stage2_entry(module, tmp_path):
     assert num("HBM") == c.hardware.hbm_gib
     assert row["fits"] == ("yes" if num("total") <= c.hardware.hbm_gib else "NO")
     assert int(row["tokens/dev"]) == 31850 // cp and int(row["batch/dev"]) == c.data.batch_size // (d * f)
-    assert row["remat"] == model_configs(c.model).dit.remat == c.model.dit_remat
-    assert c.model.dit_remat in ("full", "attention")
+    assert row["remat"] == model_configs(c.model).dit.remat == c.model.dit.remat
+    assert c.model.dit.remat in ("full", "attention")
     assert 0 < num("activations") < num("total")
 
 
