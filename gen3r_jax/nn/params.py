@@ -1,7 +1,8 @@
 """Parameter helpers: every parameter carries logical axis names.
 
 Logical names (see ``gen3r_jax/parallel/rules.py``): ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
-``conv_in``, ``conv_out``, ``layers``, ``norm`` and ``None`` for axes that are never sharded.
+``conv_in``, ``conv_out``, ``layers``, ``norm`` and ``None`` for axes that are never sharded (activations use the
+distinct ``act_*`` names; ``config.sharding.rules`` maps both to mesh axes).
 The names are stored as variable metadata and read back with :func:`logical_axes`, so flax versions that call
 the metadata ``out_sharding`` or ``sharding_names`` both work (:mod:`gen3r_jax.compat`).
 """
