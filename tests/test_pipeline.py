@@ -49,7 +49,7 @@ def test_same_seed_same_outputs_and_release(bundle_dir):
     (dict(size=512), 1, "size 512 is not supported"),
     (dict(cameras="spiral"), 1, "unknown camera trajectory 'spiral'"),
     (dict(cameras="missing.json"), 1, "cameras file 'missing.json' not found"),
-    (dict(num_steps=0), 1, "steps \\(num_steps\\) must be a positive integer"),
+    (dict(num_steps=0), 1, "num_steps must be a positive integer"),
     (dict(posterior="mean"), 1, "posterior must be one of"),
     (dict(scheduler="ddim"), 1, "unknown scheduler 'ddim'"),
 ])

@@ -104,7 +104,7 @@ def num_tokens(dit_cfg, dc) -> int:
 def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
   """Stage-2 settings and the mesh sizes ``{axis: size}`` (before anything is built; the dry run uses this).
   ``online`` (default: no ``data.preencoded``): frames go through the frozen encoders, so they must be
-  ``model.token_grid x patch`` square (560x560 at the release grid);
+  ``model.adapter.token_grid x patch`` square (560x560 at the release grid);
   pre-encoded latents are ``data.height / 8 x data.width / 8``."""
   dc = config.data
   Stage2Config(**config.stage2.to_dict()).validate()
