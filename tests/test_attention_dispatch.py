@@ -26,15 +26,10 @@ def _avail(*names):
 
 
 def test_auto_picks_per_head_dim_from_the_measured_table():
-  every = _avail("xla", "cudnn", "fa3")
-  assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3"      # the DiT
-  # FA3 only for long keys (DiT self-attention); the DiT's text / CLIP cross-attention goes to cuDNN
-  assert attn.resolve_implementation("auto", BF16, 128, kv_len=31850, available=every) == "fa3"
-  assert attn.resolve_implementation("auto", BF16, 128, kv_len=512, available=every) == "cudnn"
-  assert attn.resolve_implementation("auto", BF16, 128, kv_len=257, available=every) == "cudnn"
-  assert attn.resolve_implementation("fa3", BF16, 128, kv_len=257, available=every) == "fa3"   # explicit: as asked
+  every = _avail("xla", "cudnn", "fa3", "fa3_fwd")
+  assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3_fwd"      # the DiT
   assert attn.resolve_implementation("auto", BF16, 64, available=every) == "cudnn"     # VGGT, CLIP
-  assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3_fwd"
   assert attn.resolve_implementation("auto", BF16, 96, available=every) == attn.GPU_DEFAULT[0]
   assert attn.resolve_implementation("auto", BF16, None, available=every) == attn.GPU_DEFAULT[0]
   # a bias or mask: only cuDNN / XLA take one
@@ -43,7 +38,7 @@ def test_auto_picks_per_head_dim_from_the_measured_table():
   assert attn.resolve_implementation("auto", jnp.float32, 128, available=every) == "xla"
   assert attn.resolve_implementation("auto", BF16, 128, available=_avail("xla")) == "xla"
   # head dims a kernel cannot take are skipped
-  assert attn.resolve_implementation("auto", BF16, 256, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", BF16, 256, available=every) == "fa3_fwd"
   assert attn.resolve_implementation("auto", BF16, 256, available=_avail("xla", "cudnn")) == "xla"
 
 
@@ -53,7 +48,7 @@ def test_a_missing_optional_kernel_is_not_chosen():
 
 
 def test_explicit_names_pass_through_and_unknown_names_fail():
-  for name in ("xla", "cudnn", "fa3", "splash"):
+  for name in ("xla", "cudnn", "fa3", "fa3_fwd", "splash"):
     assert attn.resolve_implementation(name, jnp.float32, 64, available=_avail()) == name
   with pytest.raises(ValueError, match="must be one of"):
     attn.resolve_implementation("flash", BF16, 128)
@@ -71,8 +66,9 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
   monkeypatch.setattr(attn, "_has_package", lambda m: False)
   assert attn.kernel_available("cudnn") and not attn.kernel_available("fa3")
   assert attn.resolve_implementation("auto", BF16, 128) == "cudnn"
-  with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
-    attn._require_runnable("fa3")
+  for name in ("fa3", "fa3_fwd"):
+    with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
+      attn._require_runnable(name)
   # an Ampere GPU with the package: FA3 is Hopper-only
   monkeypatch.setattr(attn, "_gpu_capability", lambda: (8, 0))
   monkeypatch.setattr(attn, "_has_package", lambda m: True)
@@ -84,7 +80,7 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
 def test_explicit_gpu_kernel_without_a_gpu_is_a_one_line_error(monkeypatch):
   monkeypatch.setattr(attn, "_gpu_capability", lambda: None)   # no GPU, on any backend
   q = jnp.zeros((1, 4, 2, 8), BF16)
-  for name in ("fa3", "cudnn"):
+  for name in ("fa3", "fa3_fwd", "cudnn"):
     with pytest.raises(Gen3RInputError, match="attention='auto' or 'xla'") as e:
       attn.attention(q, q, q, implementation=name)
     assert "\n" not in str(e.value)
@@ -105,6 +101,33 @@ def test_auto_choice_is_logged_once_and_recorded(caplog):
 def _qkv(seed=0, shape=(8, 12, 4, 8)):
   r = np.random.RandomState(seed)
   return tuple(jnp.asarray(r.randn(*shape), jnp.float32) for _ in range(3))
+
+
+def test_forward_with_training_kernel_uses_each_where_it_should():
+  """The primal is the inference kernel; gradients (and the value under differentiation) are the training
+  kernel's, also under remat and under a batch/heads-sharded mesh of 8 devices."""
+  q, k, v = _qkv()
+  train = lambda q, k, v: attn.xla_attention(q, k, v, scale=0.3)
+  infer = lambda q, k, v: train(q, k, v) + 1.0          # distinguishable on purpose
+  f = attn.forward_with_training_kernel(infer, train)
+  np.testing.assert_allclose(f(q, k, v), infer(q, k, v))
+  loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
+  want_v, want_g = jax.value_and_grad(loss(train), argnums=(0, 1, 2))(q, k, v)
+  got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+  for a, b in zip(got_g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
+  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  with jax.set_mesh(mesh):
+    out = jax.jit(f)(qs, ks, vs)
+    g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
+  np.testing.assert_allclose(out, infer(q, k, v), rtol=1e-6, atol=1e-6)
+  for a, b in zip(g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_fa3_row_buffers_fit_every_backward_tile():

@@ -93,7 +93,7 @@ def test_kernel_matches_xla_small(kernel, name):
 
 # the kernel each full shape runs under ``auto`` (FA3 at head dim 128 when installed), plus cuDNN at the DiT's
 # self-attention (its fallback there); the global VGGT case last (the slowest reference)
-FULL_CASES = [(k, n) for k, n in (("fa3", "dit_self"), ("fa3", "dit_text"), ("fa3", "dit_clip"),
+FULL_CASES = [(k, n) for k, n in (("fa3", "dit_self"), ("fa3", "dit_text"), ("fa3", "dit_clip"), ("fa3_fwd", "dit_self"),
                                   ("cudnn", "dit_self"), ("cudnn", "vggt_frame"), ("cudnn", "vggt_global"))
               if k in KERNELS]
 
@@ -104,7 +104,7 @@ def test_kernel_matches_xla_full_shapes(kernel, name):
 
 
 def test_auto_picks_the_measured_kernel_per_head_dim():
-  want128 = "fa3" if "fa3" in KERNELS else "cudnn"
+  want128 = "fa3_fwd" if "fa3_fwd" in KERNELS else "cudnn"
   assert attn.resolve_implementation("auto", jnp.bfloat16, 128) == want128
   assert attn.resolve_implementation("auto", jnp.bfloat16, 64) == "cudnn"
   assert attn.resolve_implementation("auto", jnp.bfloat16, 128, masked=True) == "cudnn"
@@ -150,3 +150,16 @@ def test_fa3_differentiates_with_its_own_backward_kernel():
   assert "flash_mha_fwd" in hlo and "flash_mha_bwd" in hlo and "cudnn" not in hlo.lower()
   first, second = grad(q, k, v), grad(q, k, v)
   assert max(_rel(a, b) for a, b in zip(second, first)) < 1e-3
+
+
+def test_fa3_fwd_runs_fa3_when_not_differentiated_and_cudnn_when_it_is():
+  """``fa3_fwd`` (``auto`` at head dim 128) samples with FA3's forward; differentiated it runs cuDNN's forward
+  and backward only."""
+  if "fa3_fwd" not in KERNELS:
+    pytest.skip("flash-attn3-jax not installed here")
+  q, k, v, ct = _inputs((1, 1024, 1024, 2, 128), seed=4)
+  f = lambda q, k, v: attn.local_attention(q, k, v, implementation="fa3_fwd")
+  fwd_hlo = jax.jit(f).lower(q, k, v).as_text()
+  grad_hlo = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * ct))).lower(q, k, v).as_text()
+  assert "flash_mha_fwd" in fwd_hlo
+  assert "flash_mha" not in grad_hlo and "cudnn" in grad_hlo.lower()

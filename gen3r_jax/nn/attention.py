@@ -11,6 +11,9 @@ Implementations:
     (``pip install 'gen3r-jax[fa3]'``, XLA FFI custom calls); bf16/fp16, no bias or mask, any sequence length
     as it is; forward and backward are FA3's kernels (the backward called with correctly sized buffers:
     :mod:`gen3r_jax.nn.fa3`).
+  * ``"fa3_fwd"``: FA3's forward when nothing is differentiated (sampling), cuDNN's forward and backward when it
+    is (training): ``auto``'s choice at head dim 128 on Hopper (measured: the stage-2 step is faster with
+    cuDNN's pair than with FA3's, although FA3's kernels alone are faster; ``bench/RESULTS.md`` "Issue 15").
   * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.nn.splash`); no bias
     or mask. Off TPU it is an error unless Pallas interpret mode is on
     (``gen3r_jax.nn.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
@@ -48,21 +51,19 @@ from gen3r_jax.nn import fa3
 from gen3r_jax.nn.splash import splash_attention
 from gen3r_jax.parallel.rules import constrain
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "splash")
-GPU_KERNELS = ("cudnn", "fa3")          # fused GPU kernels (bf16/fp16 only)
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "fa3_fwd", "splash")
+GPU_KERNELS = ("cudnn", "fa3", "fa3_fwd")          # fused GPU kernels (bf16/fp16 only)
 MASKABLE = ("xla", "cudnn")             # the implementations that take a bias or mask
 
 # ``auto`` on a GPU: candidates in order of measured speed per head dim (H200, jax 0.11.2, 2026-12-04,
 # bench/RESULTS.md "Attention kernels"); the first one available and able to run the call wins.
 GPU_PREFERENCE: dict[int, tuple[str, ...]] = {
-    128: ("fa3", "cudnn"),   # DiT: FA3 629 vs cuDNN 559 TFLOP/s forward on the ragged 31,850-token length
-    64: ("cudnn", "fa3"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
+    # DiT: FA3's forward 657 vs cuDNN 580 TFLOP/s on the ragged 31,850 tokens; in the whole stage-2 step cuDNN's
+    # forward + backward (2.174 s) beat FA3's (2.32 s) although FA3's kernels alone are faster: fa3_fwd
+    128: ("fa3_fwd", "cudnn"),
+    64: ("cudnn", "fa3_fwd"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
 }
-GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3")   # other head dims
-# FA3's backward parallelises over key tiles: with few keys (the DiT's 512 text and 257 CLIP tokens: 2-4 tiles x
-# B*H work units for 132 SMs, each looping over all 31,850 queries) it is far slower than cuDNN's, so ``auto``
-# takes FA3 only from this many keys on (bench/RESULTS.md "Issue 15").
-FA3_MIN_KEYS = 4096
+GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3_fwd")   # other head dims
 
 FA3_PACKAGE = "flash_attn3_jax"
 _log = logging.getLogger(__name__)
@@ -97,17 +98,15 @@ def kernel_available(name: str) -> bool:
     return False
   if name == "cudnn":
     return True
-  if name == "fa3":
+  if name in ("fa3", "fa3_fwd"):
     return cap[0] == 9 and _has_package(FA3_PACKAGE)
   return False
 
 
-def _supports(name: str, *, head_dim: int | None, masked: bool, kv_len: int | None = None) -> bool:
+def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
   if masked and name not in MASKABLE:
     return False
-  if name == "fa3" and kv_len is not None and kv_len < FA3_MIN_KEYS:
-    return False
-  if name == "fa3" and head_dim is not None and (head_dim > 256 or head_dim % 8):
+  if name in ("fa3", "fa3_fwd") and head_dim is not None and (head_dim > 256 or head_dim % 8):
     return False
   if name == "cudnn" and head_dim is not None and head_dim > 128:
     return False
@@ -115,14 +114,13 @@ def _supports(name: str, *, head_dim: int | None, masked: bool, kv_len: int | No
 
 
 def resolve_implementation(implementation: str, dtype, head_dim: int | None = None, *, masked: bool = False,
-                           kv_len: int | None = None, available=kernel_available) -> str:
+                           available=kernel_available) -> str:
   """The implementation :func:`local_attention` runs for ``implementation`` (``"auto"`` resolved).
 
   Args:
     dtype: the q/k/v dtype (fused GPU kernels need bf16/fp16).
     head_dim: picks the row of :data:`GPU_PREFERENCE` (``None``: :data:`GPU_DEFAULT`).
     masked: a bias or mask is given (only ``xla`` and ``cudnn`` take one).
-    kv_len: the key length (``auto`` takes FA3 only from :data:`FA3_MIN_KEYS` keys on; ``None``: not checked).
     available: ``name -> bool`` (default :func:`kernel_available`; tests pass their own).
   """
   if implementation not in IMPLEMENTATIONS:
@@ -132,7 +130,7 @@ def resolve_implementation(implementation: str, dtype, head_dim: int | None = No
   if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or not available("cudnn"):
     return "xla"
   for name in GPU_PREFERENCE.get(head_dim, GPU_DEFAULT) if head_dim is not None else GPU_DEFAULT:
-    if available(name) and _supports(name, head_dim=head_dim, masked=masked, kv_len=kv_len):
+    if available(name) and _supports(name, head_dim=head_dim, masked=masked):
       return name
   return "xla"
 
@@ -155,10 +153,10 @@ def _record(implementation: str, q, k, masked: bool, impl: str) -> None:
 
 def _require_runnable(impl: str) -> None:
   if impl in GPU_KERNELS and not kernel_available(impl):
-    if impl == "fa3" and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
-      raise Gen3RInputError("attention='fa3' needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
+    if impl in ("fa3", "fa3_fwd") and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
+      raise Gen3RInputError(f"attention={impl!r} needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
                             "(or set attention='auto', which falls back to cuDNN).")
-    raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl == 'fa3' else ''}"
+    raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl.startswith('fa3') else ''}"
                           f" (backend here: {jax.default_backend()}); use attention='auto' or 'xla'.")
 
 
@@ -196,6 +194,29 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
   return out[:, :lq]
 
 
+def forward_with_training_kernel(infer, train):
+  """``infer(q, k, v)`` when the result is not differentiated, ``train`` (values and gradients) when it is.
+
+  A ``jax.custom_vjp`` whose primal is ``infer`` and whose forward/backward rules are ``train``'s own
+  (``jax.vjp``), so sampling runs the fast forward kernel and training runs ``train``'s kernels only, with no
+  extra forward. Both must compute the same attention (they differ by bf16 rounding).
+  """
+
+  @jax.custom_vjp
+  def f(q, k, v):
+    return infer(q, k, v)
+
+  def fwd(q, k, v):
+    return jax.vjp(train, q, k, v)
+
+  def bwd(vjp, g):
+    return vjp(g)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+
 def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
   """FlashAttention-3 forward and backward (``flash-attn3-jax``'s FFI kernels, :mod:`gen3r_jax.nn.fa3`).
 
@@ -209,6 +230,17 @@ def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
     raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
   q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
   return fa3.fa3_attention(q, k, v, float(scale))
+
+
+def fa3_forward_attention(q, k, v, *, scale: float, bias=None, mask=None):
+  """FlashAttention-3's forward when not differentiated (sampling), cuDNN's forward and backward when it is
+  (:func:`forward_with_training_kernel`): the fastest pair measured on the H200 (``auto``'s choice)."""
+  if bias is not None or mask is not None:
+    raise ValueError("attention implementation 'fa3_fwd' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
+  q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
+  f = forward_with_training_kernel(lambda q, k, v: fa3.fa3_attention(q, k, v, float(scale)),
+                                   functools.partial(cudnn_attention, scale=scale))
+  return f(q, k, v)
 
 
 # The routing hook (read at trace time): a function offered every :func:`attention` call first; a non-``None``
@@ -252,7 +284,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
   masked = bias is not None or mask is not None
-  impl = resolve_implementation(implementation, q.dtype, q.shape[-1], masked=masked, kv_len=k.shape[1])
+  impl = resolve_implementation(implementation, q.dtype, q.shape[-1], masked=masked)
   _record(implementation, q, k, masked, impl)
   if impl == "xla":
     return xla_attention(q, k, v, scale=scale, bias=bias, mask=mask)
@@ -261,4 +293,6 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
     return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   if impl == "fa3":
     return fa3_attention(q, k, v, scale=scale, bias=bias, mask=mask)
+  if impl == "fa3_fwd":
+    return fa3_forward_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)
