@@ -74,7 +74,7 @@ def get_config() -> ConfigDict:
       dit_size="1.3b",            # stage 2: "1.3b" | "14b" (release size)
       dit_checkpoint="",          # stage 2: the DiT to start from (empty: random init)
       # gen3r_jax.models.wan_dit.config.WanDiTConfig: remat per block "none" | "full" | "attention" | "dots" |
-      # "dots_no_batch"; attention "auto" | "xla" | "cudnn" | "fa3" | "splash"
+      # "dots_no_batch"; attention "auto" | "xla" | "cudnn" | "fa3" | "fa3_fwd" | "splash"
       dit=ConfigDict(dict(remat="full", attention="auto")),
       vggt=ConfigDict(dict(remat="none")),     # gen3r_jax.models.vggt.VGGTConfig: scanned stacks' remat policy
       # gen3r_jax.models.geometry_adapter.model.GeometryAdapterConfig: token_grid = frames / 14 (the release: 40 <->
