@@ -19,7 +19,7 @@ from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.parallel.rules import make_mesh
 from gen3r_jax.training.loop import train
 from gen3r_jax.training.stage1_task import make_task
-from tests.helpers import one_train_step
+from tests.helpers import one_train_step, set_nested
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
