@@ -22,6 +22,7 @@ import time
 import jax
 
 from gen3r_jax.apps import demo
+from gen3r_jax.apps import export as scene_export
 from gen3r_jax.apps.bundle import check_bundle, load_bundle
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
@@ -122,6 +123,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
           f"param_dtype {cfg.param_dtype!r} is not supported; use \"\" (as converted) or one of "
           f"{', '.join(DTYPES)}.")
   check_placement(cfg.placement)
+  scene_export.parse_formats(cfg.get("export_formats", ""))
   parse_mesh(cfg.mesh)
   check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
@@ -188,6 +190,14 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
                      prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
+  formats = scene_export.parse_formats(cfg.get("export_formats", ""))
+  if formats:
+    scene = scene_export.scene_from_arrays(rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"],
+                                           masks=out["masks"], c2w=out["c2w"], K=k, prompt=prompt, meta=meta,
+                                           path=cfg.out)
+    files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, cfg.out),
+                                           seed=opts.seed, log=log))
+  scene_export.remove_stale_exports(cfg.out, keep=formats)
   return files
 
 
