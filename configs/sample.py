@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
-  c.checkpoint = ""              # converted bundle directory
+  c.checkpoint = ""              # converted bundle directory, or hf:<repo id>[@revision] (converted once, cached)
   c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
   c.images = ""                  # comma-separated image paths (1, 2 or num_frames); allview: or a video / a folder
   c.prompt = ""                  # the prompt, or the path of a text file whose first line is the prompt

@@ -23,7 +23,7 @@ import jax
 
 from gen3r_jax.apps import demo
 from gen3r_jax.apps import export as scene_export
-from gen3r_jax.apps.bundle import check_bundle, load_bundle
+from gen3r_jax.apps.bundle import check_bundle, load_bundle, resolve_checkpoint
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
@@ -162,6 +162,7 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
+  checkpoint = resolve_checkpoint(checkpoint, log=log)   # hf:<repo>[@rev]: converted once into the hub cache
   opts, views, prompt = _check(cfg, checkpoint, paths, log=log, warn=warn)
   images = inputs.preprocess_views(views, opts.size)
   if views.source != "images":
