@@ -52,7 +52,7 @@ def get_config() -> ConfigDict:
   c.max_points = 0               # > 0: subsample points.ply to at most this many points
   c.export_formats = ""          # also export: comma-separated colmap, nerfstudio, splat (into out/<format>)
   c.release = True               # drop each model once no later stage needs it
-  c.progress = True
+  c.progress = True              # progress bars on a terminal; False: plain lines (always plain off a terminal)
   c.matmul_precision = "default"
   c.demo = ConfigDict(dict(enabled=False, cache_dir="", seed=0))
   return c

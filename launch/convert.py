@@ -37,13 +37,14 @@ _STRICT = flags.DEFINE_bool("strict", True, "refuse unknown / missing / misshape
                             "float parameters")
 _ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "convert weights holding NaN / Inf (refused by "
                                      "default; the report counts them)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "progress bars on a terminal (false: plain lines)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output (only once the new one is complete)")
 
 
 def main(argv):
   del argv
-  from gen3r_jax.apps.cli import quiet_library_logs
-  quiet_library_logs()
+  from gen3r_jax.apps.cli import setup_console
+  setup_console(progress=_PROGRESS.value)
   hub = (_SOURCE.value or "").startswith("hf:")
   missing = [n for n, f in (("--source", _SOURCE), ("--out", _OUT)) if not f.value and not (hub and n == "--out")]
   if missing:

@@ -23,6 +23,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of the point subsampling")
 _OPACITY = flags.DEFINE_float("splat_opacity", 0.1, "initial opacity of every Gaussian (splat)")
 _SH_DEGREE = flags.DEFINE_integer("splat_sh_degree", 0, "spherical-harmonics degree of the splat PLY (0: DC only; "
                                   "3 writes the 45 zero f_rest_* the reference trainer's load_ply expects)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "progress bars on a terminal (false: plain lines)")
 
 
 def main(argv) -> int:
@@ -33,7 +34,7 @@ def main(argv) -> int:
           file=sys.stderr)
     return 2
   return run_tool(export_output_dir, argv[1], _FORMAT.value, _OUT.value, max_points=_MAX_POINTS.value,
-                  seed=_SEED.value, opacity=_OPACITY.value, sh_degree=_SH_DEGREE.value)
+                  seed=_SEED.value, opacity=_OPACITY.value, sh_degree=_SH_DEGREE.value, progress=_PROGRESS.value)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ def test_demo_cli_writes_every_output(tmp_path, cache):
            f"--config.demo.cache_dir={cache}", "--config.num_frames=1", "--config.steps=2", "--config.fps=8",
            "--config.export_formats=nerfstudio,splat")
   assert r.returncode == 0, r.stderr[-3000:]
+  # a readable console off a terminal: a line per stage and per step, no \r bar, no library chatter
+  assert "\r" not in r.stdout + r.stderr
+  assert "[denoise] compiling the denoising step" in r.stderr and "[denoise] step 2/2" in r.stderr
+  assert "[sample] vae_decode: decoding the video" in r.stdout and "[sample] geometry_decode: done in" in r.stdout
+  assert "os.fork()" not in r.stderr and "[export] splat: " in r.stdout
   names = {"rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png",
            "prompt.txt", "latents.npz"}
   assert names <= set(os.listdir(out))

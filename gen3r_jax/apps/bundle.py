@@ -61,6 +61,7 @@ from gen3r_jax.models.config import DTYPES
 from gen3r_jax.models.init import random_params
 from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
 from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.progress import Progress
 from gen3r_jax.sampling import placement as pl
 
 
@@ -313,8 +314,10 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
   if unknown:
     raise Gen3RInputError(f"overrides for unknown component(s) {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
   reports, index = {}, {"format": "gen3r_jax bundle v1", "source": os.path.abspath(source_dir), "components": {}}
+  comps = list(components or COMPONENTS)
+  bar = Progress(len(comps), "convert", unit="component", every=1)
   with staged_dir(out_dir, overwrite=overwrite, is_ours=_is_bundle_dir, what="checkpoint", log=log) as tmp:
-    for comp in components or COMPONENTS:
+    for comp in comps:
       folder = os.path.join(source_dir, comp)
       src = open_source(folder)
       spec = _spec(comp, official_config(comp, folder, src, overrides.get(comp)))
@@ -323,6 +326,7 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
                                     failed_report=failed_report_path(out_dir, comp), log=log)
       index["components"][comp] = {"model": spec.name, "class": COMPONENTS[comp][1],
                                    "counts": reports[comp].counts()}
+      bar.update(extra=f"{comp} converted")
     for comp in COPIED:
       _copy_tree(os.path.join(source_dir, comp), os.path.join(tmp, comp))
     with open(os.path.join(tmp, INDEX_FILE), "w") as f:

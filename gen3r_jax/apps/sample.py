@@ -27,6 +27,7 @@ from gen3r_jax.apps.bundle import check_bundle, load_bundle, resolve_checkpoint
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
+from gen3r_jax.progress import configure as configure_progress
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
@@ -177,7 +178,8 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
                        placement=placement, log=log)
   log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
       f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
-  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
+  configure_progress(bars=bool(cfg.progress))      # False: plain progress lines (as off a terminal), no \r
+  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=True,
                  context_parallel=cfg.context_parallel, log=log)
   k = out["intrinsics"]
   meta = {"task": opts.task, "trajectory": opts.cameras if isinstance(opts.cameras, str) else "json",
