@@ -58,7 +58,8 @@ import numpy as np
 
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import Gen3RInputError, require
-from gen3r_jax.sampling.denoise import DenoiseOutput, Progress, _commit_like, check_denoise_inputs, param_mesh
+from gen3r_jax.sampling.denoise import (DenoiseOutput, Progress, _commit_like, check_denoise_inputs, denoise,
+                                        param_mesh)
 
 KINDS = ("none", "first_block", "magcache", "cfg")
 SCHEDULE_FORMAT = "gen3r_jax.magcache/1"
@@ -128,7 +129,7 @@ def load_schedule(source) -> dict:
     require(isinstance(source, str) and source != "",
             "cache=magcache needs cache_schedule=<schedule.json> (write one with launch/calibrate_cache.py).")
     require(os.path.isfile(source), f"cache_schedule {source!r} not found; write one with "
-                                    f"launch/calibrate_cache.py --config.checkpoint=<dir> --out {source}.")
+                                    f"launch/calibrate_cache.py --checkpoint <dir> --out {source}.")
     try:
       with open(source, encoding="utf-8") as f:
         data = json.load(f)
@@ -149,7 +150,7 @@ def check_schedule(data: dict, *, num_steps: int, use_cfg: bool, shift: float | 
   scheduler."""
   require(data["num_steps"] == num_steps,
           f"{name} was calibrated for {data['num_steps']} steps, this run has num_steps={num_steps}; calibrate "
-          f"for {num_steps} steps (launch/calibrate_cache.py --config.num_steps={num_steps}).")
+          f"for {num_steps} steps (launch/calibrate_cache.py --num_steps {num_steps}).")
   if shift is not None:
     require(math.isclose(float(data.get("shift", float("nan"))), float(shift)),
             f"{name} was calibrated for shift={data.get('shift')}, this run has shift={shift}; calibrate with the "
@@ -362,14 +363,26 @@ class CachedDenoiseOutput(DenoiseOutput):
   cache_stats: dict = dataclasses.field(default_factory=dict)
 
 
+def can_cache(settings: CacheSettings, plan: list[bool] | None, knobs: dict) -> bool:
+  """False when no step can be served from the cache (a plan without cached steps, first_block at threshold 0)."""
+  if plan is not None:
+    return any(plan)
+  return knobs["threshold"] > 0
+
+
 def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y, y_camera=None,
                    guidance_scale: float = 5.0, settings: CacheSettings, record: bool = False, progress: bool = True,
-                   callback: Callable[[int, jax.Array], Any] | None = None, mesh=None) -> CachedDenoiseOutput:
+                   callback: Callable[[int, jax.Array], Any] | None = None, mesh=None,
+                   calibrate: bool = False) -> CachedDenoiseOutput:
   """The denoising loop with a step cache (module docstring); arguments as
-  :func:`gen3r_jax.sampling.denoise.denoise`. ``cache_stats``: ``kind``, ``full_steps``, ``cached_steps``,
-  ``cached`` (indices), the resolved knobs, ``changes`` (first_block: the measure per step, None where not
-  measured) and ``ratios`` (block caches: the residual-magnitude ratio per row between consecutive full steps,
-  None elsewhere; all steps full = a calibration)."""
+  :func:`gen3r_jax.sampling.denoise.denoise`.
+
+  When no step can be cached (:func:`can_cache`: e.g. ``first_block`` at threshold 0) the exact loop runs, so
+  the outputs are exactly ``cache="none"``'s; ``calibrate=True`` runs the block-cache programs anyway, every step
+  full (what ``launch/calibrate_cache.py`` measures). ``cache_stats``: ``kind``, ``full_steps``, ``cached_steps``,
+  ``cached`` (indices), the resolved knobs, ``exact_loop``, ``changes`` (first_block: the measure per step, None
+  where not measured) and ``ratios`` (block caches: the residual-magnitude ratio per CFG row between consecutive
+  full steps, None elsewhere)."""
   require(settings.kind in KINDS[1:], f"denoise_cached needs a cache kind among {KINDS[1:]}, got "
                                       f"{settings.kind!r}.")
   use_cfg = float(guidance_scale) > 1.0
@@ -381,6 +394,15 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
           "step caches do not run a DiT sharded over a mesh yet; use cache=none with a mesh.")
   plan = static_plan(settings, n)
   knobs = resolved(settings, n)
+  stats = {"kind": settings.kind, **{k: v for k, v in knobs.items() if k != "steps"},
+           "forced_steps": list(knobs["steps"]) if knobs["steps"] is not None else None}
+  if not calibrate and not can_cache(settings, plan, knobs):
+    # nothing can be cached (threshold 0, an empty plan): the exact loop itself, so the outputs are exactly
+    # cache=none's (the split programs agree with it only to float rounding: XLA fuses them differently)
+    out = denoise(model, scheduler, schedule, latents, context=context, clip_fea=clip_fea, y=y, y_camera=y_camera,
+                  guidance_scale=guidance_scale, record=record, progress=progress, callback=callback)
+    stats.update(full_steps=n, cached_steps=0, cached=[], changes=None, ratios=None, exact_loop=True)
+    return CachedDenoiseOutput(**vars(out), step_kinds=["full"] * n, cache_stats=stats)
   timesteps = jnp.asarray(np.asarray(schedule.timesteps, np.float32))
   x = jnp.array(latents, jnp.float32)
   state = jax.tree.map(jnp.copy, scheduler.init_state(jnp.asarray(schedule.sigmas, jnp.float32), x))
@@ -430,11 +452,9 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
     if callback is not None:
       callback(i, x)
   cached_idx = [i for i, k in enumerate(kinds) if k == "cached"]
-  stats = {"kind": settings.kind, "full_steps": n - len(cached_idx), "cached_steps": len(cached_idx),
-           "cached": cached_idx, **{k: v for k, v in knobs.items() if k != "steps"},
-           "forced_steps": list(knobs["steps"]) if knobs["steps"] is not None else None,
-           "changes": changes if settings.kind == "first_block" else None,
-           "ratios": ratios if settings.kind != "cfg" else None}
+  stats.update(full_steps=n - len(cached_idx), cached_steps=len(cached_idx), cached=cached_idx,
+               changes=changes if settings.kind == "first_block" else None,
+               ratios=ratios if settings.kind != "cfg" else None, exact_loop=False)
   return CachedDenoiseOutput(x, np.stack(hist) if record else None, np.stack(guided_all) if record else None, secs,
                              secs[0], step_kinds=kinds, cache_stats=stats)
 
@@ -449,7 +469,7 @@ def calibration_ratios(stats_list: Sequence[dict]) -> np.ndarray:
   return np.mean(np.asarray(per_run, np.float64), axis=0)
 
 
-__all__ = ("KINDS", "SCHEDULE_FORMAT", "CacheSettings", "CachedDenoiseOutput", "check_settings", "check_schedule",
+__all__ = ("KINDS", "SCHEDULE_FORMAT", "CacheSettings", "CachedDenoiseOutput", "can_cache", "check_settings", "check_schedule",
            "load_schedule", "write_schedule", "parse_steps", "resolved", "magcache_plan", "cfg_plan", "static_plan",
            "scheduler_name", "denoise_cached", "calibration_ratios", "first_block", "finish_full", "finish_cached",
            "cfg_full", "cfg_cached", "relative_l1", "magnitude_ratio")

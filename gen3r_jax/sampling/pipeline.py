@@ -20,6 +20,10 @@ order does not change any output):
 6. ``vae_decode``: appearance half -> Wan VAE decode -> rgb;
 7. ``geometry_decode``: geometry half -> adapter -> VGGT heads (not its aggregator) -> depth, points, cameras.
 
+Opt-in accelerators (approximate, off by default): ``opts.cache`` (``first_block`` | ``magcache`` | ``cfg``, step
+caches of :mod:`gen3r_jax.sampling.cache`) and ``opts.precision="fp8"`` (the DiT blocks' GEMMs in float8,
+:mod:`gen3r_jax.nn.fp8`); docs/sampling.md "Accelerators".
+
 With ``release=True`` each model is dropped from the bundle (field set to ``None``) once no later stage needs it.
 A bundle loaded with ``placement="sequential"`` keeps its weights in host memory; each stage copies its model to
 the device and deletes the copy afterwards, so the device holds one stage's weights at a time
@@ -136,7 +140,7 @@ def _release(bundle, field: str, release: bool) -> None:
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
              release: bool = False, record: bool = False, progress: bool = True, mesh=None,
              context_parallel: str = "allgather", log: Callable[[str], None] = lambda s: None,
-             probe: Callable[[str, tuple], None] | None = None) -> dict:
+             probe: Callable[[str, tuple], None] | None = None, calibrate_cache: bool = False) -> dict:
   """Run the whole pipeline (module docstring).
 
   Args:
@@ -151,12 +155,17 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     mesh: the mesh of a sharded DiT (default: read from its parameters); ``context_parallel`` (``"allgather"`` |
       ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``.
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
+    calibrate_cache: run the block-cache programs with every step computed and return the residual-magnitude
+      ratios in ``out["cache"]["ratios"]`` (what ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a
+      block cache with threshold 0).
   Returns:
     a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
     point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
-    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps) and
+    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps),
     ``stats`` (per stage: seconds, weights on the device and device memory, see
-    :class:`~gen3r_jax.sampling.placement.StageStats`); with ``record`` also ``stages`` (a dict).
+    :class:`~gen3r_jax.sampling.placement.StageStats`; ``denoise`` also ``full_steps`` / ``cached_steps``),
+    ``cache`` (the step cache's record, :func:`gen3r_jax.sampling.cache.denoise_cached`, with ``step_kinds``);
+    with ``record`` also ``stages`` (a dict).
   """
   images = np.asarray(images)
   require(isinstance(prompt, str) and prompt.strip() != "", "prompt must be a non-empty string.")
@@ -213,7 +222,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     kw = dict(context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
               guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh)
     if cache.enabled:
-      den = step_cache.denoise_cached(dit, sched, schedule, x0, settings=cache, **kw)
+      den = step_cache.denoise_cached(dit, sched, schedule, x0, settings=cache, calibrate=calibrate_cache, **kw)
     else:
       den = denoise(dit, sched, schedule, x0, context_parallel=context_parallel, **kw)
   del transformer
