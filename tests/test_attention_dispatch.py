@@ -1,5 +1,5 @@
 """The attention dispatch's choice of kernel (CPU: availability is faked), its fallbacks and error messages, the
-FA3 forward/backward split, and the remat policy's kernel names. The kernels themselves are checked on a GPU by
+FA3 custom-VJP wiring and row buffers, and the remat policy's kernel names. The kernels themselves are checked on a GPU by
 tests/test_attention_gpu.py."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn import attention as attn
+from gen3r_jax.nn import fa3
 from gen3r_jax.nn.stack import checkpointed, remat_policy
 from gen3r_jax.parallel.rules import make_mesh
 
@@ -27,6 +28,11 @@ def _avail(*names):
 def test_auto_picks_per_head_dim_from_the_measured_table():
   every = _avail("xla", "cudnn", "fa3")
   assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3"      # the DiT
+  # FA3 only for long keys (DiT self-attention); the DiT's text / CLIP cross-attention goes to cuDNN
+  assert attn.resolve_implementation("auto", BF16, 128, kv_len=31850, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", BF16, 128, kv_len=512, available=every) == "cudnn"
+  assert attn.resolve_implementation("auto", BF16, 128, kv_len=257, available=every) == "cudnn"
+  assert attn.resolve_implementation("fa3", BF16, 128, kv_len=257, available=every) == "fa3"   # explicit: as asked
   assert attn.resolve_implementation("auto", BF16, 64, available=every) == "cudnn"     # VGGT, CLIP
   assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3"
   assert attn.resolve_implementation("auto", BF16, 96, available=every) == attn.GPU_DEFAULT[0]
@@ -101,29 +107,53 @@ def _qkv(seed=0, shape=(8, 12, 4, 8)):
   return tuple(jnp.asarray(r.randn(*shape), jnp.float32) for _ in range(3))
 
 
-def test_forward_with_training_kernel_uses_each_where_it_should():
-  """The primal is the inference kernel; gradients (and the value under differentiation) are the training
-  kernel's, also under remat and under a batch/heads-sharded mesh of 8 devices."""
+def test_fa3_row_buffers_fit_every_backward_tile():
+  """The backward's float32 row buffers hold the query length rounded up to any of FA3's query tiles (the
+  package's wrapper rounded to 128 only; the kernel's tile at head dim 128 is 80 rows)."""
+  for lq in (1, 80, 127, 1000, 1024, 4000, 4096, 31850):
+    rows = fa3.softmax_rows(lq)
+    assert all(rows >= -(-lq // t) * t for t in (64, 80, 96, 128)), (lq, rows)
+    assert rows < lq + 128
+  assert fa3.softmax_rows(1024) > 1024 and fa3.softmax_rows(4096) > 4096
+
+
+def test_fa3_custom_vjp_routes_forward_and_backward(monkeypatch):
+  """``nn.fa3.fa3_attention`` is FA3's forward (with its log-sum-exp) and FA3's backward: with both kernels
+  stood in for by XLA (CPU), values and gradients equal ``xla`` attention, also under remat and under a
+  batch/heads-sharded mesh of 8 devices."""
   q, k, v = _qkv()
-  train = lambda q, k, v: attn.xla_attention(q, k, v, scale=0.3)
-  infer = lambda q, k, v: train(q, k, v) + 1.0          # distinguishable on purpose
-  f = attn.forward_with_training_kernel(infer, train)
-  np.testing.assert_allclose(f(q, k, v), infer(q, k, v))
+  scale = 0.3
+  ref = lambda q, k, v: attn.xla_attention(q, k, v, scale=scale)
+  calls = {"fwd": 0, "bwd": 0}
+
+  def fake_fwd(q, k, v, *, scale):
+    calls["fwd"] += 1
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    return ref(q, k, v), jax.nn.logsumexp(logits, axis=-1)
+
+  def fake_bwd(dout, q, k, v, out, lse, *, scale, rows=None):
+    calls["bwd"] += 1
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    return jax.vjp(ref, q, k, v)[1](dout)
+
+  monkeypatch.setattr(fa3, "fa3_forward_with_lse", fake_fwd)
+  monkeypatch.setattr(fa3, "fa3_backward", fake_bwd)
+  f = lambda q, k, v: fa3.fa3_attention(q, k, v, scale)
+  np.testing.assert_allclose(f(q, k, v), ref(q, k, v), rtol=1e-6)
   loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
-  want_v, want_g = jax.value_and_grad(loss(train), argnums=(0, 1, 2))(q, k, v)
+  want_v, want_g = jax.value_and_grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
   got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
   np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
   for a, b in zip(got_g, want_g):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert calls["bwd"] >= 1
   g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
   np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
   mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
   qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
   with jax.set_mesh(mesh):
-    out = jax.jit(f)(qs, ks, vs)
     g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
-  np.testing.assert_allclose(out, infer(q, k, v), rtol=1e-6, atol=1e-6)
   for a, b in zip(g, want_g):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -7,10 +7,10 @@ Implementations:
   * ``"xla"``: reference einsum path; logits and softmax in float32, works on every backend and dtype.
   * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (flash attention on NVIDIA GPUs;
     needs bf16/fp16 inputs and head dim <= 128 for the fused kernel); takes a bias or mask.
-  * ``"fa3"``: FlashAttention-3's forward (Hopper, sm90) through the optional package ``flash-attn3-jax``
-    (``pip install 'gen3r-jax[fa3]'``, an XLA FFI custom call); bf16/fp16, no bias or mask, any sequence length
-    as it is. Differentiated, it runs cuDNN's forward and backward instead (the package's own backward is wrong
-    at many shapes: :func:`fa3_attention`), so it speeds up sampling and leaves training as with ``cudnn``.
+  * ``"fa3"``: FlashAttention-3 (Hopper, sm90) through the optional package ``flash-attn3-jax``
+    (``pip install 'gen3r-jax[fa3]'``, XLA FFI custom calls); bf16/fp16, no bias or mask, any sequence length
+    as it is; forward and backward are FA3's kernels (the backward called with correctly sized buffers:
+    :mod:`gen3r_jax.nn.fa3`).
   * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.nn.splash`); no bias
     or mask. Off TPU it is an error unless Pallas interpret mode is on
     (``gen3r_jax.nn.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.nn import fa3
 from gen3r_jax.nn.splash import splash_attention
 from gen3r_jax.parallel.rules import constrain
 
@@ -58,6 +59,10 @@ GPU_PREFERENCE: dict[int, tuple[str, ...]] = {
     64: ("cudnn", "fa3"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
 }
 GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3")   # other head dims
+# FA3's backward parallelises over key tiles: with few keys (the DiT's 512 text and 257 CLIP tokens: 2-4 tiles x
+# B*H work units for 132 SMs, each looping over all 31,850 queries) it is far slower than cuDNN's, so ``auto``
+# takes FA3 only from this many keys on (bench/RESULTS.md "Issue 15").
+FA3_MIN_KEYS = 4096
 
 FA3_PACKAGE = "flash_attn3_jax"
 _log = logging.getLogger(__name__)
@@ -97,8 +102,10 @@ def kernel_available(name: str) -> bool:
   return False
 
 
-def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
+def _supports(name: str, *, head_dim: int | None, masked: bool, kv_len: int | None = None) -> bool:
   if masked and name not in MASKABLE:
+    return False
+  if name == "fa3" and kv_len is not None and kv_len < FA3_MIN_KEYS:
     return False
   if name == "fa3" and head_dim is not None and (head_dim > 256 or head_dim % 8):
     return False
@@ -108,13 +115,14 @@ def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
 
 
 def resolve_implementation(implementation: str, dtype, head_dim: int | None = None, *, masked: bool = False,
-                           available=kernel_available) -> str:
+                           kv_len: int | None = None, available=kernel_available) -> str:
   """The implementation :func:`local_attention` runs for ``implementation`` (``"auto"`` resolved).
 
   Args:
     dtype: the q/k/v dtype (fused GPU kernels need bf16/fp16).
     head_dim: picks the row of :data:`GPU_PREFERENCE` (``None``: :data:`GPU_DEFAULT`).
     masked: a bias or mask is given (only ``xla`` and ``cudnn`` take one).
+    kv_len: the key length (``auto`` takes FA3 only from :data:`FA3_MIN_KEYS` keys on; ``None``: not checked).
     available: ``name -> bool`` (default :func:`kernel_available`; tests pass their own).
   """
   if implementation not in IMPLEMENTATIONS:
@@ -124,7 +132,7 @@ def resolve_implementation(implementation: str, dtype, head_dim: int | None = No
   if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or not available("cudnn"):
     return "xla"
   for name in GPU_PREFERENCE.get(head_dim, GPU_DEFAULT) if head_dim is not None else GPU_DEFAULT:
-    if available(name) and _supports(name, head_dim=head_dim, masked=masked):
+    if available(name) and _supports(name, head_dim=head_dim, masked=masked, kv_len=kv_len):
       return name
   return "xla"
 
@@ -188,50 +196,19 @@ def cudnn_attention(q, k, v, *, scale: float, bias=None, mask=None):
   return out[:, :lq]
 
 
-def forward_with_training_kernel(infer, train):
-  """``infer(q, k, v)`` when the result is not differentiated, ``train`` (values and gradients) when it is.
-
-  A ``jax.custom_vjp`` whose primal is ``infer`` and whose forward/backward rules are ``train``'s own
-  (``jax.vjp``), so sampling runs the fast forward kernel and training runs ``train``'s kernels only, with no
-  extra forward. Both must compute the same attention (they differ by bf16 rounding).
-  """
-
-  @jax.custom_vjp
-  def f(q, k, v):
-    return infer(q, k, v)
-
-  def fwd(q, k, v):
-    return jax.vjp(train, q, k, v)
-
-  def bwd(vjp, g):
-    return vjp(g)
-
-  f.defvjp(fwd, bwd)
-  return f
-
-
-def fa3_forward(q, k, v, *, scale: float):
-  """FlashAttention-3's forward kernel (``flash_attn3_jax.flash_mha``), no gradient rule of ours."""
-  from flash_attn3_jax import flash_mha  # optional GPU package (the [fa3] extra)
-  return flash_mha(q, k, v, softmax_scale=float(scale))
-
-
 def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
-  """FlashAttention-3 forward (``flash-attn3-jax``), any length, no bias or mask; gradients through cuDNN.
+  """FlashAttention-3 forward and backward (``flash-attn3-jax``'s FFI kernels, :mod:`gen3r_jax.nn.fa3`).
 
-  flash-attn3-jax 0.2.3's backward returns wrong gradients that change from call to call at many shapes
-  (relative error 50-250 at 1,024 or 4,096 tokens, or with 12 heads; ``python -m bench.fa3_check``), so it is
-  never used: under differentiation this implementation runs cuDNN's forward and backward instead
-  (:func:`forward_with_training_kernel`), without running the FA3 forward as well. Sampling (no gradient) runs
-  FA3's forward. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a mesh all three are
-  constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they pass unchanged.
+  Any sequence length as it is, no bias or mask. The package's own backward wrapper under-allocates two of the
+  kernel's buffers (wrong gradients at many shapes); :func:`gen3r_jax.nn.fa3.fa3_attention` calls the same
+  kernel with buffers of the right size. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a
+  mesh all three are constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they
+  pass unchanged.
   """
   if bias is not None or mask is not None:
     raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
   q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
-  f = forward_with_training_kernel(functools.partial(fa3_forward, scale=scale),
-                                   functools.partial(cudnn_attention, scale=scale))
-  return f(q, k, v)
+  return fa3.fa3_attention(q, k, v, float(scale))
 
 
 # The routing hook (read at trace time): a function offered every :func:`attention` call first; a non-``None``
@@ -275,7 +252,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[-1])
   masked = bias is not None or mask is not None
-  impl = resolve_implementation(implementation, q.dtype, q.shape[-1], masked=masked)
+  impl = resolve_implementation(implementation, q.dtype, q.shape[-1], masked=masked, kv_len=k.shape[1])
   _record(implementation, q, k, masked, impl)
   if impl == "xla":
     return xla_attention(q, k, v, scale=scale, bias=bias, mask=mask)
