@@ -24,7 +24,7 @@ the option's DiT programs compile there; ``wall_s`` is the raw call), ``dit_full
 (medians over the steps of each kind after the first), ``steps_cached`` of ``steps``, and against ``exact``:
 ``latent_rel_l2`` (final joint latent), ``rgb_psnr_db`` (decoded video, mean over frames), ``depth_rel``
 (mean |d - d_exact| / mean |d_exact|), ``chamfer`` (symmetric Chamfer distance between the depth-unprojected
-point clouds, ``--points`` pixels drawn at random from each, scene units) and ``chamfer_rel`` (/ the exact cloud's
+point clouds, the same ``--points`` random pixels of each, scene units) and ``chamfer_rel`` (/ the exact cloud's
 bounding-box diagonal). Random weights give meaningless images: the speed is real, the errors are a proxy for
 the released checkpoint (``launch/calibrate_cache.py`` and these metrics on your own samples measure the real
 trade-off).
@@ -104,10 +104,10 @@ def errors(out: dict, ref: dict, *, points: int, seed: int = 0) -> dict:
   d, dr = np.asarray(out["depth"], np.float64), np.asarray(ref["depth"], np.float64)
   res["depth_rel"] = float(np.mean(np.abs(d - dr)) / max(np.mean(np.abs(dr)), 1e-12))
   a, b = out["pcds"].reshape(-1, 3), ref["pcds"].reshape(-1, 3)
-  rng = np.random.default_rng(seed)
-  ok_a, ok_b = np.flatnonzero(np.isfinite(a).all(1)), np.flatnonzero(np.isfinite(b).all(1))
-  pa = a[rng.choice(ok_a, min(points, ok_a.size), replace=False)]
-  pb = b[rng.choice(ok_b, min(points, ok_b.size), replace=False)]
+  # the same pixels from both clouds (identical outputs give 0; independent draws would add a sampling floor)
+  ok = np.flatnonzero(np.isfinite(a).all(1) & np.isfinite(b).all(1))
+  pick = np.random.default_rng(seed).choice(ok, min(points, ok.size), replace=False)
+  pa, pb = a[pick], b[pick]
   acc, comp = chamfer_distance(pa, pb)
   diag = float(np.linalg.norm(pb.max(0) - pb.min(0)))
   res.update(chamfer=(acc + comp) / 2, chamfer_rel=(acc + comp) / 2 / max(diag, 1e-12))
@@ -116,8 +116,9 @@ def errors(out: dict, ref: dict, *, points: int, seed: int = 0) -> dict:
 
 def run(*, tiny: bool = False, steps: int | None = None, num_frames: int | None = None, dtype: str | None = None,
         options=OPTIONS, fb_threshold: str = "auto", fb_skip: float = 0.45, points: int = 20000, seed: int = 0,
-        schedule_out: str | None = None, log=print) -> tuple[dict, list[dict]]:
-  """All rows (module docstring); returns ``(info, rows)``."""
+        schedule_out: str | None = None, log=print, on_row=None) -> tuple[dict, list[dict]]:
+  """All rows (module docstring); returns ``(info, rows)``. ``on_row(info, rows)`` after each option (the CLI
+  rewrites its JSON then, so a run cut short keeps the rows it finished)."""
   import jax
   import numpy as np
   from flax import nnx
@@ -183,6 +184,8 @@ def run(*, tiny: bool = False, steps: int | None = None, num_frames: int | None 
     wall, exact = sample(base)
     row("exact", base, wall, exact)
     ref = exact                                  # the reference of every later row's error columns
+    if on_row is not None:
+      on_row(info, rows)
 
     need_calib = any(o.startswith("first_block") or o == "magcache" for o in options)
     schedule_path = fb_thr = None
@@ -209,8 +212,16 @@ def run(*, tiny: bool = False, steps: int | None = None, num_frames: int | None 
         opts = dataclasses.replace(opts, cache="magcache", cache_schedule=schedule_path)
       elif name == "cfg":
         opts = dataclasses.replace(opts, cache="cfg")
-      wall, out = sample(opts)
+      try:
+        wall, out = sample(opts)
+      except Exception as e:                     # one option failing (e.g. an FP8 lowering) keeps the other rows
+        rows.append(row_base("accelerators", dtype=dtype, option=name, size=size, steps=steps,
+                             error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]))
+        log(f"[accel] {name}: FAILED {rows[-1]['error']}")
+        continue
       row(name, opts, wall, out, schedule_weights=RANDOM_WEIGHTS if name == "magcache" else None)
+      if on_row is not None:
+        on_row(info, rows)
     info["magcache_schedule"] = schedule_path if schedule_out else None
     return info, rows
   finally:
@@ -231,6 +242,9 @@ def table(info: dict, rows: list[dict]) -> str:
            "| RGB PSNR dB | depth rel err | Chamfer (rel) |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['option']} | failed: {r['error']} |" + " |" * 8)
+      continue
     thr = f" (thr {r['cache_threshold']:.3g})" if r.get("cache_threshold") and r["cache"] == "first_block" else ""
     lines.append(
         f"| {r['option']}{thr} | {_fmt(r['sample_s'], '{:.2f}')} | {_fmt(r.get('sample_speedup'), '{:.2f}x')} | "
@@ -260,16 +274,21 @@ def main(argv=None) -> int:
     print(f"error: unknown option(s) {bad}; choose among {', '.join(OPTIONS)}.", file=sys.stderr)
     return 2
   sched_out = None if not args.out else os.path.splitext(args.out)[0] + "_magcache_schedule_random.json"
+
+  def write(info, rows):
+    if args.out:
+      from gen3r_jax.atomic import atomic_path
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      with atomic_path(args.out) as tmp:
+        with open(tmp, "w") as f:
+          json.dump({"info": info, "rows": rows}, f, indent=1, default=str)
+
   info, rows = run(tiny=args.tiny, steps=args.steps, num_frames=args.num_frames, dtype=args.dtype, options=options,
                    fb_threshold=args.fb_threshold, fb_skip=args.fb_skip, points=args.points, seed=args.seed,
-                   schedule_out=sched_out, log=lambda s: print(s, flush=True))
+                   schedule_out=sched_out, log=lambda s: print(s, flush=True), on_row=write)
+  write(info, rows)
   print(table(info, rows))
   if args.out:
-    from gen3r_jax.atomic import atomic_path
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with atomic_path(args.out) as tmp:
-      with open(tmp, "w") as f:
-        json.dump({"info": info, "rows": rows}, f, indent=1, default=str)
     print(f"wrote {args.out}")
   return 0
 
