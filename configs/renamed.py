@@ -21,6 +21,9 @@ SAMPLE: dict[str, str] = {
     "resolution": "size",
 }
 
+# launch/calibrate_cache.py (absl flags, same vocabulary as the sampler): old -> SampleOptions field
+CALIBRATE: dict[str, str] = {"trajectory": "cameras", "steps": "num_steps", "guidance": "guidance_scale"}
+
 # launch/train.py (configs/base.py and the files built on it): old -> the model dataclass's field in its sub-dict
 TRAIN: dict[str, str] = {
     "model.dit_remat": "model.dit.remat",
@@ -31,13 +34,14 @@ TRAIN: dict[str, str] = {
 
 
 def renamed_flag(argv: Sequence[str], renamed: Mapping[str, str], flag: str = "config") -> str | None:
-  """The one-line error for the first ``--<flag>.<old name>[=value]`` in ``argv``, else ``None``."""
-  prefix = f"--{flag}."
+  """The one-line error for the first ``--<flag>.<old name>[=value]`` in ``argv`` (``flag=""``: plain
+  ``--<old name>``), else ``None``."""
+  prefix = f"--{flag}." if flag else "--"
   for arg in argv:
     name = arg[len(prefix):].split("=", 1)[0] if arg.startswith(prefix) else None
     if name in renamed:
-      return (f"--{flag}.{name} was renamed to --{flag}.{renamed[name]} (one config vocabulary, CONTRIBUTING.md); "
-              f"pass --{flag}.{renamed[name]}=... instead.")
+      return (f"{prefix}{name} was renamed to {prefix}{renamed[name]} (one config vocabulary, CONTRIBUTING.md); "
+              f"pass {prefix}{renamed[name]}=... instead.")
   return None
 
 
@@ -55,9 +59,9 @@ def check_config(config, renamed: Mapping[str, str]) -> str | None:
   return None
 
 
-def exit_on_renamed(argv: Sequence[str], renamed: Mapping[str, str], config=None) -> None:
+def exit_on_renamed(argv: Sequence[str], renamed: Mapping[str, str], config=None, flag: str = "config") -> None:
   """Print ``error: ...`` and exit with status 2 when ``argv`` (or ``config``) uses a renamed field."""
-  msg = renamed_flag(argv, renamed) or (check_config(config, renamed) if config is not None else None)
+  msg = renamed_flag(argv, renamed, flag) or (check_config(config, renamed) if config is not None else None)
   if msg:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)

@@ -11,8 +11,13 @@
 Small GPUs (24 GiB): ``--config.placement=sequential --config.param_dtype=bfloat16`` (peak = the largest stage,
 the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/sampling.md).
 
+Faster, approximate sampling (opt-in; docs/sampling.md "Accelerators"): ``--config.cache=first_block
+--config.cache_threshold=0.05``, ``--config.cache=magcache --config.cache_schedule=schedule.json`` (from
+``python launch/calibrate_cache.py --checkpoint ckpt/gen3r --out schedule.json``), ``--config.cache=cfg``,
+``--config.precision=fp8`` (Hopper / Ada GPUs).
+
 The sampling options carry the field names of :class:`gen3r_jax.sampling.pipeline.SampleOptions` (``num_steps``,
-``cameras``, ``guidance_scale``, ``size``, ...), so a config is passed on with no renaming; the old names
+``cameras``, ``guidance_scale``, ``size``, ``cache``, ...), so a config is passed on with no renaming; the old names
 (``steps``, ``trajectory``, ``guidance``, ``resolution``) are refused with the new one named (``configs/renamed.py``).
 ``sharding`` holds the sharding rules of a ``mesh`` run (``configs/base.py``'s ``sharding()``).
 
@@ -22,10 +27,11 @@ free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outp
 rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
 (docs/sampling.md). ``images`` for ``allview`` may also be one video file or one folder of .png/.jpg frames (sorted
 by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt`` may be the path of a text file
-(its first line is the prompt, as ``infer.py --prompts``).
+(its first line is the prompt, as ``infer.py --prompts``). ``export_formats`` (e.g. ``colmap,splat``) also writes
+those exports into ``out/<format>`` (``launch/export.py`` does the same for an existing output directory).
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from configs import base
 
@@ -33,7 +39,7 @@ from configs import base
 def get_config() -> ConfigDict:
   c = ConfigDict()
   # the tool's own settings
-  c.checkpoint = ""              # converted bundle directory
+  c.checkpoint = ""              # converted bundle directory, or hf:<repo id>[@revision] (converted once, cached)
   c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
   c.images = ""                  # comma-separated image paths (1, 2 or num_frames); allview: or a video / a folder
   c.prompt = ""                  # the prompt, or the path of a text file whose first line is the prompt
@@ -61,8 +67,18 @@ def get_config() -> ConfigDict:
   c.sharding = base.sharding()   # sharding rules of a mesh run (gen3r_jax.parallel.rules)
   c.fps = 16
   c.max_points = 0               # > 0: subsample points.ply to at most this many points
+  c.export_formats = ""          # also export: comma-separated colmap, nerfstudio, splat (into out/<format>)
   c.release = True               # drop each model once no later stage needs it
-  c.progress = True
+  c.progress = True              # progress bars on a terminal; False: plain lines (always plain off a terminal)
   c.matmul_precision = "default"
+  # SampleOptions' opt-in accelerators, approximate (docs/sampling.md "Accelerators"); the defaults are the exact
+  # path; an unset placeholder (None) keeps SampleOptions' default
+  c.cache = "none"               # none | first_block | magcache | cfg
+  c.cache_threshold = config_dict.placeholder(float)   # first_block / magcache; unset: 0.05 / 0.12; 0 never caches
+  c.cache_schedule = ""          # magcache: schedule JSON from launch/calibrate_cache.py (your checkpoint, steps)
+  c.cache_steps = ""             # forced plan: these step indices are served from the cache, e.g. "20,22,24"
+  c.cache_max_skips = config_dict.placeholder(int)     # most cached steps in a row; unset: 3 / 2 / 4
+  c.cache_warmup = config_dict.placeholder(int)        # steps always computed first; unset: 1 / 20 % / a third
+  c.precision = "exact"          # exact | fp8 (float8 e4m3 GEMMs in the DiT blocks; FP8 GPUs: Ada, Hopper)
   c.demo = ConfigDict(dict(enabled=False, cache_dir="", seed=0))
   return c

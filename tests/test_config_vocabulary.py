@@ -115,3 +115,10 @@ def test_sample_cli_refuses_an_old_config_file(tmp_path):
       "error: config field 'steps' was renamed to 'num_steps' (one config vocabulary, CONTRIBUTING.md); set "
       "num_steps instead."], r.stderr[-2000:]
   assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_cache_cli_refuses_the_old_trajectory_flag():
+  r = _run("calibrate_cache.py", "--checkpoint=x", "--out=y.json", "--trajectory=zoom_in")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: --trajectory was renamed to --cameras (one config vocabulary, CONTRIBUTING.md); pass --cameras=... "
+      "instead."], r.stderr[-2000:]

@@ -228,7 +228,7 @@ def test_allview_video_and_2view_cameras_json_through_the_config(tmp_path, monke
   Image.fromarray(np.zeros((560, 560, 3), np.uint8)).save(tmp_path / "last.png")
   warns.clear()
   cfg = _config(tmp_path, task="2view", images=f"{tmp_path}/first.png,{tmp_path}/last.png",
-                trajectory=str(tmp_path / "cameras.json"))
+                cameras=str(tmp_path / "cameras.json"))
   sample_from_config(cfg, log=lambda s: None, warn=warns.append)
   assert calls[-1]["images"].shape == (2, 560, 560, 3) and calls[-1]["opts"].cameras.endswith("cameras.json")
   assert len(warns) == 1 and "already holds outputs of a previous run" in warns[0]

@@ -27,10 +27,12 @@ import time
 import jax
 
 from gen3r_jax.apps import demo
-from gen3r_jax.apps.bundle import check_bundle, load_bundle
+from gen3r_jax.apps import export as scene_export
+from gen3r_jax.apps.bundle import check_bundle, load_bundle, resolve_checkpoint
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, Rules, make_mesh
+from gen3r_jax.progress import configure as configure_progress
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
@@ -50,8 +52,11 @@ OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(SampleOptions))
 
 def options_from_config(cfg) -> SampleOptions:
   """The :class:`SampleOptions` of a sampling config: its fields named as ``SampleOptions`` names them (one
-  vocabulary, no renaming; the other fields, ``checkpoint``, ``images``, ``out``, ..., are the tool's)."""
-  kw = {name: cfg[name] for name in OPTION_FIELDS if name in cfg}
+  vocabulary, no renaming; the other fields, ``checkpoint``, ``images``, ``out``, ..., are the tool's). An unset
+  placeholder (``None``) and an empty ``cache_steps`` keep ``SampleOptions``' default."""
+  kw = {name: cfg[name] for name in OPTION_FIELDS if name in cfg and cfg[name] is not None}
+  if kw.get("cache_steps") == "":
+    del kw["cache_steps"]                                       # --config.cache_steps="": no forced plan
   if kw.get("task") == "allview":
     kw["cameras"] = "free"                                      # infer.py: allview's camera map is zero
   return SampleOptions(**kw)
@@ -131,6 +136,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
           f"param_dtype {cfg.param_dtype!r} is not supported; use \"\" (as converted) or one of "
           f"{', '.join(DTYPES)}.")
   check_placement(cfg.placement)
+  scene_export.parse_formats(cfg.get("export_formats", ""))
   parse_mesh(cfg.mesh)
   Rules.from_config(cfg.get("sharding"))
   check_parallel(None, cfg.context_parallel)
@@ -169,6 +175,7 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
+  checkpoint = resolve_checkpoint(checkpoint, log=log)   # hf:<repo>[@rev]: converted once into the hub cache
   opts, views, prompt = _check(cfg, checkpoint, paths, log=log, warn=warn)
   rules = Rules.from_config(cfg.get("sharding"))
   images = inputs.preprocess_views(views, opts.size)
@@ -184,7 +191,8 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
                        placement=placement, log=log)
   log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
       f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
-  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
+  configure_progress(bars=bool(cfg.progress))      # False: plain progress lines (as off a terminal), no \r
+  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=True,
                  context_parallel=cfg.context_parallel, rules=rules, log=log)
   k = out["intrinsics"]
   meta = {"task": opts.task, "cameras": opts.cameras if isinstance(opts.cameras, str) else "json",
@@ -192,12 +200,22 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
           "guidance_scale": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
           "posterior": opts.posterior, "dtype": cfg.dtype, "images": paths, "checkpoint": checkpoint,
           "views": views.source, "num_views": len(views),
+          "cache": {k: out["cache"].get(k) for k in ("kind", "full_steps", "cached_steps", "cached")},
+          "precision": opts.precision,
           "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},
           "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
   files = export_all(cfg.out, rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"], masks=out["masks"],
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
                      prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
+  formats = scene_export.parse_formats(cfg.get("export_formats", ""))
+  if formats:
+    scene = scene_export.scene_from_arrays(rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"],
+                                           masks=out["masks"], c2w=out["c2w"], K=k, prompt=prompt, meta=meta,
+                                           path=cfg.out)
+    files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, cfg.out),
+                                           seed=opts.seed, log=log))
+  scene_export.remove_stale_exports(cfg.out, keep=formats)
   return files
 
 
