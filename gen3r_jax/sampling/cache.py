@@ -408,11 +408,13 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
   state = jax.tree.map(jnp.copy, scheduler.init_state(jnp.asarray(schedule.sigmas, jnp.float32), x))
   x, state = _commit_like(params, (x, state))
   g = jnp.float32(guidance_scale)
-  bar = Progress(n, progress, label=f"denoise, cache {settings.kind}")
+  bar = Progress(n, f"denoise, cache {settings.kind}", enabled=progress)
   kinds, secs, hist, guided_all, changes, ratios = [], [], [], [], [None] * n, [None] * n
   store = {}                         # residual / h1 at the last full step (block caches), or diff (cfg)
   run = 0
   for i in range(n):
+    if i == 0:
+      bar.note("compiling the denoising programs … (the first steps include compilation)")
     t0 = time.perf_counter()
     if settings.kind == "cfg":
       cached = bool(plan[i]) and "diff" in store
@@ -445,7 +447,7 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
     kinds.append("cached" if cached else "full")
     x.block_until_ready()
     secs.append(time.perf_counter() - t0)
-    bar.update(i + 1, secs[-1])
+    bar.update(seconds=secs[-1], extra=kinds[-1])
     if record:
       hist.append(np.asarray(x))
       guided_all.append(np.asarray(guided))
