@@ -68,7 +68,11 @@ def test_sampler_options_are_the_config_fields():
   assert set(OPTION_FIELDS) <= set(c.keys())   # every SampleOptions field is settable, same name
   c.num_steps, c.guidance_scale, c.cameras, c.scheduler = 7, 1.0, "arc_left", "euler"
   opts = options_from_config(c)
-  assert opts == SampleOptions(**{name: c[name] for name in OPTION_FIELDS})
+  unset = {"cache_steps": "", "cache_threshold": None, "cache_max_skips": None, "cache_warmup": None}
+  assert {k: c[k] for k in unset} == unset          # placeholders left unset keep SampleOptions' defaults
+  assert opts == SampleOptions(**{name: c[name] for name in OPTION_FIELDS if name not in unset})
+  c.cache_steps, c.cache_threshold = "1,2", 0.1
+  assert (options_from_config(c).cache_steps, options_from_config(c).cache_threshold) == ("1,2", 0.1)
   c.task, c.cameras = "allview", "zoom_in"      # infer.py: allview's camera map is zero
   assert options_from_config(c).cameras == "free"
 

@@ -112,7 +112,7 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
     get_scheduler(opts.scheduler)
   step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
                             use_cfg=opts.guidance_scale > 1.0,
-                            scheduler=None if opts.scheduler is None else
+                            scheduler=None if not opts.scheduler else
                             step_cache.scheduler_name(get_scheduler(opts.scheduler)))
   require(opts.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
                                         f"{opts.precision!r}.")
