@@ -34,14 +34,16 @@ def quiet_library_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def run_tool(fn: Callable, *args, **kwargs) -> int:
+def run_tool(fn: Callable, *args, compilation_cache: bool = True, **kwargs) -> int:
   """Run a tool's library entry point: exit status 0, or 2 with a one-line ``error: ...`` for bad input.
 
-  Before it, library logs are quieted and the persistent compilation cache is enabled (one stdout line says
-  where; ``GEN3R_JAX_CACHE=off`` disables it).
+  Before it, library logs are quieted and (unless ``compilation_cache=False``: tools that compile nothing, such
+  as the viewer) the persistent compilation cache is enabled (one stdout line says where; ``GEN3R_JAX_CACHE=off``
+  disables it).
   """
   quiet_library_logs()
-  enable_compilation_cache(log=print)
+  if compilation_cache:
+    enable_compilation_cache(log=print)
   try:
     fn(*args, **kwargs)
   except (Gen3RInputError, FileNotFoundError) as e:

@@ -108,7 +108,8 @@ def _release(bundle, field: str, release: bool) -> None:
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
              release: bool = False, record: bool = False, progress: bool = True, mesh=None,
              context_parallel: str = "allgather", log: Callable[[str], None] = lambda s: None,
-             probe: Callable[[str, tuple], None] | None = None) -> dict:
+             probe: Callable[[str, tuple], None] | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> dict:
   """Run the whole pipeline (module docstring).
 
   Args:
@@ -123,9 +124,11 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     mesh: the mesh of a sharded DiT (default: read from its parameters); ``context_parallel`` (``"allgather"`` |
       ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``.
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
+    on_step: called as ``on_step(k, num_steps)`` after denoising step k (1-based), e.g. a web app's progress bar
+      (``log`` gets one line at the end of each stage).
   Returns:
-    a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
-    point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
+    a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``depth_conf`` (VGGT's
+    depth confidence), ``points`` (VGGT point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
     trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps) and
     ``stats`` (per stage: seconds, weights on the device and device memory, see
     :class:`~gen3r_jax.sampling.placement.StageStats`); with ``record`` also ``stages`` (a dict).
@@ -179,7 +182,8 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   with stats.stage("denoise", bundle.transformer) as (dit,):
     den = denoise(dit, sched, schedule, x0, context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
                   guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh,
-                  context_parallel=context_parallel)
+                  context_parallel=context_parallel,
+                  callback=None if on_step is None else lambda i, _: on_step(i + 1, schedule.num_steps))
   _release(bundle, "transformer", release)
 
   # 6. appearance half -> Wan VAE decode -> rgb; geometry half -> adapter -> VGGT heads -> depth, points, cameras
@@ -191,7 +195,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     dec = decode_geometry(ad, vg, z_geo, min_max_depth_mask=opts.min_max_depth_mask)
   dec["rgb"] = rgb
 
-  out = {k: np.asarray(dec[k])[0] for k in ("rgb", "depth", "points", "pcds", "masks", "extrinsics",
+  out = {k: np.asarray(dec[k])[0] for k in ("rgb", "depth", "depth_conf", "points", "pcds", "masks", "extrinsics",
                                             "intrinsics", "c2w", "pose_enc")}
   timings = {name: st["seconds"] for name, st in stats.stages.items()}
   out.update(traj_c2w=np.asarray(c2ws), traj_K=np.asarray(ks), latents=final,
