@@ -29,6 +29,7 @@ _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: the config's:
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "", "stored weights' dtype: '' as converted, or bfloat16")
 _PLACEMENT = flags.DEFINE_enum("placement", "resident", ["resident", "sequential"], "resident | sequential "
                                "(weights in host memory, one model on the device at a time)")
+_GLB_POINTS = flags.DEFINE_integer("glb_points", 300_000, "at most this many points in the 3D panel (points.glb)")
 _DEMO_CACHE = flags.DEFINE_string("demo_cache", "", "where the demo bundle is written once (default: a temp dir)")
 
 
@@ -51,7 +52,8 @@ def main(argv) -> int:
   del argv
   from gen3r_jax.apps.cli import run_tool
   from gen3r_jax.apps.webapp import run_app
-  return run_tool(lambda: run_app(base_config(), host=_HOST.value, port=_PORT.value, out_root=_OUT.value))
+  return run_tool(lambda: run_app(base_config(), host=_HOST.value, port=_PORT.value, out_root=_OUT.value,
+                                          glb_points=_GLB_POINTS.value))
 
 if __name__ == "__main__":
   app.run(lambda argv: sys.exit(main(argv)))

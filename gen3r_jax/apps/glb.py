@@ -19,6 +19,7 @@ import numpy as np
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import require
 
+GLB_MAGIC = b"glTF"
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])     # a half turn about x: y down -> y up, z forward -> z backward
 _ARRAY_BUFFER, _FLOAT, _UNSIGNED_BYTE, _POINTS = 34962, 5126, 5121, 0
 
@@ -55,7 +56,7 @@ def point_cloud_glb(points, colors, *, centre=None) -> bytes:
   js = _pad(json.dumps(doc, separators=(",", ":")).encode("utf-8"), b" ")
   binary = _pad(pos_bytes + col_bytes, b"\0")
   total = 12 + 8 + len(js) + 8 + len(binary)
-  return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
+  return (struct.pack("<4sII", GLB_MAGIC, 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
           + struct.pack("<I4s", len(binary), b"BIN\0") + binary)
 
 
@@ -67,4 +68,4 @@ def write_point_cloud_glb(path: str, points, colors, *, centre=None) -> str:
   return path
 
 
-__all__ = ("OPENCV_TO_GLTF", "point_cloud_glb", "write_point_cloud_glb")
+__all__ = ("GLB_MAGIC", "OPENCV_TO_GLTF", "point_cloud_glb", "write_point_cloud_glb")

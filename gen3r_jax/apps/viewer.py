@@ -193,7 +193,9 @@ class Viewer:
                                  hint="VGGT depth confidence (vggt_predictions.npz)" if has_conf
                                  else "this folder has no vggt_predictions.npz with depth_conf")
     conf_drop = gui.add_slider("drop lowest %", min=0, max=99, step=1, initial_value=25, disabled=not has_conf)
-    size = point_size if point_size is not None else self.extent / 600.0
+    # about the spacing of the shown points spread over the scene's extent (sparser clouds get bigger points)
+    n = max(1, min(self.selector.max_points, int(s.masks.sum())))
+    size = point_size if point_size is not None else self.extent * 1.4 / np.sqrt(n)
     point = gui.add_slider("point size", min=size / 10, max=size * 10, step=size / 20, initial_value=size)
     cameras = gui.add_checkbox("cameras", initial_value=True)
     status = gui.add_markdown("")
@@ -282,12 +284,12 @@ class Viewer:
       self.update()
 
   def _initial_view(self) -> None:
-    """Look at the scene centre from behind and above the first camera, at a distance of one extent."""
+    """Look at the scene centre from behind and above the first camera (0.8 and 0.4 extents)."""
     c2w = self.scene.c2w[0]
     forward, down = c2w[:3, 2], c2w[:3, 1]
     pos = c2w[:3, 3] - self.centre
     cam = self.server.initial_camera
-    cam.position = pos - forward * 0.6 * self.extent - down * 0.35 * self.extent
+    cam.position = pos - forward * 0.8 * self.extent - down * 0.4 * self.extent
     cam.look_at = np.zeros(3)
     cam.up = -down
 

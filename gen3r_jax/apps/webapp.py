@@ -290,10 +290,12 @@ def _path(x) -> str:
   return str(getattr(x, "name", x))
 
 
-def serve(base_config, *, host: str = "127.0.0.1", port: int = 7860, out_root: str, log=print):
+def serve(base_config, *, host: str = "127.0.0.1", port: int = 7860, out_root: str, glb_points: int = GLB_POINTS,
+          log=print):
   """Build the app on ``base_config``, start the server (non-blocking), print the URL; ``(ui, app, url)``."""
   gr = require_gradio()
-  app = WebApp(base_config, out_root=out_root, log=log)
+  require(isinstance(glb_points, int) and glb_points > 0, f"glb_points must be a positive integer, got {glb_points!r}.")
+  app = WebApp(base_config, out_root=out_root, glb_points=glb_points, log=log)
   checkpoint = app.prepare()
   log(f"[app] checkpoint {checkpoint}{' (tiny demo bundle, random weights)' if app.is_demo else ''}; "
       f"runs go to {out_root}")
