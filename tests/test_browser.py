@@ -30,7 +30,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from gen3r_jax.apps.glb import GLB_MAGIC
-from tests.test_viewer import write_synthetic_output
+from tests.helpers import write_synthetic_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # few points: SwiftShader draws every frame on the CPU, and its time grows with the points

@@ -18,28 +18,10 @@ from gen3r_jax.apps import webapp
 from gen3r_jax.apps.glb import OPENCV_TO_GLTF, point_cloud_glb, write_point_cloud_glb
 from gen3r_jax.apps.scene_dir import load_output_dir, missing_files
 from gen3r_jax.apps.viewer import FRAME_MODES, PointSelector, Selection, scene_frame, vertical_fov
-from gen3r_jax.data.synthetic import render_clip
 from gen3r_jax.errors import Gen3RInputError
-from gen3r_jax.eval.io import unproject
-from gen3r_jax.sampling import export
+from tests.helpers import write_synthetic_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_synthetic_output(out: str, *, frames: int = 4, hw=(120, 160), conf: bool = False, seed: int = 1) -> dict:
-  """An output directory in the sampler's format from a rendered synthetic scene with its exact depth (what
-  launch/reconstruct.py would write for a perfect reconstruction); with ``conf`` a ``vggt_predictions.npz``."""
-  rgb, depth, c2w, K = render_clip(seed=seed, frames=frames, hw=hw)
-  Ks = np.repeat(K[None], frames, 0)
-  points = unproject(depth, Ks, c2w)
-  masks = depth < np.percentile(depth, 95)          # a mask that drops some points, as the exported one does
-  extra = {}
-  if conf:
-    extra = {"vggt_predictions.npz": {"depth_conf": (1.0 + np.arange(depth.size, dtype=np.float32)
-                                                     ).reshape(depth.shape)}}
-  export.export_all(out, rgb=rgb, depth=depth, points=points, masks=masks, c2w=c2w, K=Ks, fps=4, prompt="a room",
-                    meta={"source": "synthetic"}, extra_npz=extra)
-  return dict(rgb=rgb, depth=depth, c2w=c2w, K=Ks, points=points, masks=masks)
 
 
 @pytest.fixture(scope="module")
