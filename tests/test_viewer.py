@@ -16,9 +16,10 @@ import trimesh
 from configs import demo_tiny
 from gen3r_jax.apps import webapp
 from gen3r_jax.apps.glb import OPENCV_TO_GLTF, point_cloud_glb, write_point_cloud_glb
-from gen3r_jax.apps.scene_dir import load_output_dir, missing_files
+from gen3r_jax.apps.outputs import load_output_dir, missing_files
 from gen3r_jax.apps.viewer import FRAME_MODES, PointSelector, Selection, scene_frame, vertical_fov
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.sampling.placement import STAGE_MESSAGES
 from tests.helpers import write_synthetic_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,15 +34,14 @@ def synthetic(tmp_path_factory):
 def test_load_output_dir_reads_every_array(synthetic):
   out, ref = synthetic
   scene = load_output_dir(out)
-  assert scene.num_frames == 4 and scene.size == (120, 160)
+  assert scene.num_frames == 4 and (scene.height, scene.width) == (120, 160)
   assert scene.rgb.dtype == np.uint8 and scene.rgb.shape == ref["rgb"].shape
   assert np.abs(scene.rgb.astype(int) - ref["rgb"]).mean() < 6          # H.264 at crf 17
   np.testing.assert_array_equal(scene.points, ref["points"])
   np.testing.assert_array_equal(scene.masks, ref["masks"])
   np.testing.assert_allclose(scene.c2w, ref["c2w"], atol=1e-12)
-  assert scene.conf is not None and scene.conf.shape == ref["depth"].shape
-  assert scene.meta["prompt"] == "a room"
-  assert {"rgb.mp4", "points.ply", "vggt_predictions.npz"} <= set(scene.files)
+  assert scene.confidence is not None and scene.confidence.shape == ref["depth"].shape
+  assert scene.prompt == "a room" and scene.ply_path == os.path.join(out, "points.ply")
 
 
 def test_incomplete_output_dir_is_one_line_error_and_exit_2(synthetic, tmp_path):
@@ -49,8 +49,8 @@ def test_incomplete_output_dir_is_one_line_error_and_exit_2(synthetic, tmp_path)
   part = tmp_path / "partial"
   part.mkdir()
   (part / "rgb.mp4").write_bytes(open(os.path.join(out, "rgb.mp4"), "rb").read())
-  assert missing_files(str(part)) == ["cameras.json", "points.npz or depth.npz"]
-  with pytest.raises(Gen3RInputError, match="missing cameras.json, points.npz or depth.npz"):
+  assert missing_files(str(part)) == ["cameras.json", "depth.npz", "points.npz"]
+  with pytest.raises(Gen3RInputError, match="cameras.json, depth.npz, points.npz missing"):
     load_output_dir(str(part))
   with pytest.raises(Gen3RInputError, match="not found"):
     load_output_dir(str(tmp_path / "nowhere"))
@@ -116,20 +116,21 @@ def test_glb_reads_back_with_trimesh(tmp_path):
 def test_run_progress_maps_stages_and_steps():
   seen = []
   prog = webapp.RunProgress(lambda f, s: seen.append((f, s)), loading=True)
-  prog.log("[sample] loaded /x (1.0 s, dtype float32, placement resident)")
-  for stage in ("text", "clip", "cameras", "vae_encode"):
-    prog.log(f"[sample] {stage}: 0.1 s, weights on the device 1 MiB")
-  for k in range(1, 5):
-    prog.on_step(k, 4)
-  for stage in ("denoise", "vae_decode", "geometry_decode"):
-    prog.log(f"[sample] {stage}: 0.1 s, weights on the device 1 MiB")
   prog.log("[load] vggt: 2 MiB")                                           # other lines change nothing
+  prog.log("[sample] loaded /x (1.0 s, dtype float32, placement resident)")
+  for stage in ("text", "clip", "cameras", "vae_encode", "denoise", "vae_decode", "geometry_decode"):
+    prog.log(f"[sample] {stage}: {STAGE_MESSAGES[stage]} …")             # as StageStats logs them
+    if stage == "denoise":
+      for k in range(1, 5):
+        prog.on_step(k, 4)
+    prog.log(f"[sample] {stage}: done in 0.1 s, weights on the device 1 MiB")
   fractions = [f for f, _ in seen]
   assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] < 1.0
   texts = [s for _, s in seen]
-  assert texts[0].startswith("loading") and "denoising step 4/4" in " ".join(texts)
-  assert texts[-1].startswith("writing the outputs")
-  assert len(prog.lines) == 9
+  assert texts[:2] == ["loading the models …", "encoding the prompt (umT5) …"]
+  assert [t for t in texts if t.startswith("denoising step")][-1].startswith("denoising step 4/4")
+  assert texts[-1] == "writing the outputs …" and len(seen) == 1 + 7 + 4 + 1
+  assert len(prog.lines) == 2 + 14
 
 
 def test_app_config_copies_uploads_and_takes_the_page_values(tmp_path):
@@ -151,7 +152,7 @@ def test_app_config_copies_uploads_and_takes_the_page_values(tmp_path):
   assert cfg.images == "" and cfg.trajectory == "arc_left"
 
 
-def test_app_rejects_bad_input_before_any_model(tmp_path):
+def test_app_rejects_bad_input_before_any_model(tmp_path, monkeypatch):
   base = demo_tiny.get_config()
   base.checkpoint = str(tmp_path / "no_bundle")
   app = webapp.WebApp(base, out_root=str(tmp_path / "runs"), log=lambda s: None)
@@ -159,7 +160,9 @@ def test_app_rejects_bad_input_before_any_model(tmp_path):
     app.generate(images=[], task="1view", prompt="p", trajectory="zoom_out", cameras_file=None, num_frames=6,
                  steps=2, guidance=5.0, seed=0)
   assert app.bundle is None and os.listdir(tmp_path / "runs") == []       # no run folder left behind
-  with pytest.raises(Gen3RInputError, match="hub checkpoints"):
-    webapp.resolve_checkpoint("hf:JaceyH919/Gen3R")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  with pytest.raises(Gen3RInputError, match="hf:nobody/not-a-repo"):     # the hub path (apps.bundle), offline
+    webapp.resolve_checkpoint("hf:nobody/not-a-repo", log=lambda s: None)
   with pytest.raises(Gen3RInputError, match="folder not found"):
     webapp.resolve_checkpoint(str(tmp_path / "missing"))

@@ -5,7 +5,7 @@ cameras as frustums textured with the frames, a frame slider and the mask toggle
     viewer.controls.frame.value = 3                                         # what the GUI's slider does
 
 Works on every folder ``launch/sample.py`` or ``launch/reconstruct.py`` writes (read by
-:func:`gen3r_jax.apps.scene_dir.load_output_dir`). The panel:
+:func:`gen3r_jax.apps.outputs.load_output_dir`). The panel:
 
 * **frame** slider, **play** (steps through the frames), **points from**: every frame, the frames up to the
   slider, or the slider's frame only; the slider's camera is drawn in red.
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from gen3r_jax.apps.scene_dir import Scene, load_output_dir
+from gen3r_jax.apps.outputs import OutputDir, load_output_dir
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.ply import ply_bytes
 
@@ -63,7 +63,7 @@ class Selection:
 class PointSelector:
   """The pixels (flat indices into ``[F, H, W]``) to show for a :class:`Selection`, at most ``max_points``."""
 
-  def __init__(self, scene: Scene, max_points: int = 1_000_000, seed: int = 0):
+  def __init__(self, scene: OutputDir, max_points: int = 1_000_000, seed: int = 0):
     require(isinstance(max_points, int) and max_points > 0, f"max_points must be a positive integer, got "
                                                             f"{max_points!r}.")
     self.scene, self.max_points = scene, int(max_points)
@@ -76,7 +76,7 @@ class PointSelector:
     # one random rank per pixel: a selection keeps its max_points lowest ranks, so the kept pixels do not change
     # when a toggle adds or removes others
     self.rank = np.random.default_rng(seed).permutation(self.finite.size).astype(np.int64)
-    self.conf = None if scene.conf is None else scene.conf.reshape(-1)
+    self.conf = None if scene.confidence is None else scene.confidence.reshape(-1)
     if self.conf is not None:
       ok = self.conf[self.finite]
       self.conf_percentiles = np.percentile(ok, np.arange(101)) if ok.size else np.zeros(101)
@@ -114,7 +114,7 @@ class PointSelector:
 
 
 # ----------------------------------------------------------------------------------------------- geometry
-def scene_frame(scene: Scene) -> tuple[np.ndarray, float]:
+def scene_frame(scene: OutputDir) -> tuple[np.ndarray, float]:
   """``(centre [3], extent)``: the median finite point and the 2nd..98th percentile diagonal of the points (1 when
   there are none), for re-centring and for sizing points and frustums."""
   p = scene.points.reshape(-1, 3)
@@ -155,7 +155,7 @@ class Controls:
 class Viewer:
   """The scene on a viser server (module docstring). ``update()`` re-sends the point cloud for the panel's state."""
 
-  def __init__(self, server, scene: Scene, *, max_points: int = 1_000_000, point_size: float | None = None,
+  def __init__(self, server, scene: OutputDir, *, max_points: int = 1_000_000, point_size: float | None = None,
                fps: float = 8.0, title: str | None = None):
     self.server, self.scene = server, scene
     self.viser = require_viser()
@@ -179,8 +179,8 @@ class Viewer:
   def _panel(self, title: str, point_size: float | None) -> Controls:
     gui, s = self.server.gui, self.scene
     gui.configure_theme(control_layout="fixed", show_logo=False)
-    prompt = s.meta.get("prompt")
-    gui.add_markdown(f"**{title}**  \n{s.num_frames} frames, {s.size[0]}x{s.size[1]}"
+    prompt = s.prompt
+    gui.add_markdown(f"**{title}**  \n{s.num_frames} frames, {s.height}x{s.width}"
                      + (f"  \n*{prompt}*" if prompt else ""))
     n = s.num_frames
     frame = gui.add_slider("frame", min=0, max=max(n - 1, 1), step=1, initial_value=0, disabled=n < 2)
@@ -199,7 +199,7 @@ class Viewer:
     point = gui.add_slider("point size", min=size / 10, max=size * 10, step=size / 20, initial_value=size)
     cameras = gui.add_checkbox("cameras", initial_value=True)
     status = gui.add_markdown("")
-    ply = gui.add_button("download points.ply", disabled="points.ply" not in s.files)
+    ply = gui.add_button("download points.ply", disabled=s.ply_path is None)
     shown = gui.add_button("download shown points")
     c = Controls(frame, play, frames, depth_mask, conf_mask, conf_drop, point, cameras, status)
     for handle in (frames, depth_mask, conf_mask, conf_drop):
@@ -207,7 +207,7 @@ class Viewer:
     frame.on_update(lambda _: self._on_frame())
     point.on_update(lambda _: setattr(self.cloud, "point_size", float(point.value)))
     cameras.on_update(lambda _: self._show_cameras(bool(cameras.value)))
-    ply.on_click(lambda event: self._download(event, "points.ply", self._file_bytes("points.ply")))
+    ply.on_click(lambda event: self._download(event, "points.ply", self._file_bytes(s.ply_path)))
     shown.on_click(lambda event: self._download(event, "shown_points.ply", self.shown_ply()))
     return c
 
@@ -232,8 +232,9 @@ class Viewer:
     idx = self.shown
     return ply_bytes(self.selector.points[idx], self.selector.colors[idx])
 
-  def _file_bytes(self, name: str) -> bytes:
-    with open(self.scene.files[name], "rb") as f:
+  @staticmethod
+  def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
       return f.read()
 
   @staticmethod
@@ -249,7 +250,7 @@ class Viewer:
 
   def _add_cameras(self) -> None:
     s = self.scene
-    h, w = s.size
+    h, w = s.height, s.width
     spacing = np.linalg.norm(np.diff(s.c2w[:, :3, 3], axis=0), axis=-1)
     scale = 0.06 * self.extent if spacing.size == 0 or not np.median(spacing) > 0 else \
         float(np.clip(np.median(spacing) * 0.8, 0.02 * self.extent, 0.1 * self.extent))
@@ -318,8 +319,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8080, max_points: i
   """
   scene = load_output_dir(path)
   viser = require_viser()
-  log(f"[view] {path}: {scene.num_frames} frames {scene.size[0]}x{scene.size[1]}, "
-      f"{int(scene.masks.sum()):,} masked points" + (", VGGT confidence" if scene.conf is not None else ""))
+  log(f"[view] {path}: {scene.num_frames} frames {scene.height}x{scene.width}, "
+      f"{int(scene.valid().sum()):,} masked points" + (", VGGT confidence" if scene.confidence is not None else ""))
   server = viser.ViserServer(host=host, port=int(port), verbose=False)
   viewer = Viewer(server, scene, max_points=max_points, point_size=point_size, fps=fps)
   log(f"[view] open {url(host, server.get_port())} in a browser (Ctrl-C stops the server)")

@@ -34,24 +34,24 @@ import numpy as np
 
 from gen3r_jax.apps.glb import write_point_cloud_glb
 from gen3r_jax.apps.sample import check_config, load_for_config, resolve_demo, sample_from_config
-from gen3r_jax.apps.scene_dir import load_output_dir
+from gen3r_jax.apps.bundle import resolve_checkpoint as resolve_bundle
+from gen3r_jax.apps.outputs import load_output_dir
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES
 from gen3r_jax.sampling.export import select_points
+from gen3r_jax.sampling.placement import STAGE_MESSAGES
 
 TASKS = ("1view", "2view", "allview")
 FRAME_CHOICES = tuple(1 + 4 * k for k in range(13))          # 1 + 4k, up to the official 49
 GLB_POINTS = 300_000                                         # what a browser's WebGL shows smoothly
 GLB_FILE = "points.glb"
-# the pipeline's stages in order, with their share of the progress bar (the log line "[sample] <stage>: ..." ends
-# each; "load" only on the first Generate, "export" ends with "[sample] wrote ...")
+# the pipeline's stages in order, with their share of the progress bar: the sampler logs "[sample] <stage>: <what>
+# …" as a stage starts and "[sample] <stage>: done in ..." as it ends; "load" (first Generate only) ends with
+# "[sample] loaded ...", "export" with "[sample] wrote ..."
 STAGES = (("load", 0.05), ("text", 0.04), ("clip", 0.03), ("cameras", 0.06), ("vae_encode", 0.06),
           ("denoise", 0.55), ("vae_decode", 0.08), ("geometry_decode", 0.08), ("export", 0.05))
-STAGE_LABELS = {"load": "loading the models", "text": "encoding the prompt (umT5)", "clip": "CLIP image tokens",
-                "cameras": "cameras (VGGT estimate + trajectory)", "vae_encode": "encoding the control video (VAE)",
-                "denoise": "denoising", "vae_decode": "decoding the video (VAE)",
-                "geometry_decode": "decoding depth, points and cameras", "export": "writing the outputs"}
-_STAGE_LINE = re.compile(r"^\[sample\] (\w+): ")
+STAGE_LABELS = dict(STAGE_MESSAGES, load="loading the models", export="writing the outputs")
+_STAGE_LINE = re.compile(r"^\[sample\] (\w+): (done in )?")
 
 
 def require_gradio():
@@ -64,21 +64,16 @@ def require_gradio():
   return gradio
 
 
-def resolve_checkpoint(spec: str | None) -> str | None:
-  """``--checkpoint``: a converted bundle folder (checked now, before the server starts), or None (the demo).
-
-  ``hf:<repo id>[@revision]`` (a checkpoint from the hub, converted once into a cache) is resolved by the hub
-  support of :mod:`gen3r_jax.apps.bundle` when it is there; until then it is a one-line error naming the local
-  alternative.
-  """
+def resolve_checkpoint(spec: str | None, log=print) -> str | None:
+  """``--checkpoint``: a converted bundle folder or ``hf:<repo id>[@revision]`` (downloaded and converted once into
+  the hub cache by :func:`gen3r_jax.apps.bundle.resolve_checkpoint`), resolved before the server starts; None:
+  the tiny demo."""
   if not spec:
     return None
-  require(not spec.startswith("hf:"), f"--checkpoint {spec}: hub checkpoints are not available in this version; "
-                                      "convert a local copy (python launch/convert.py --source <Gen3R dir> --out "
-                                      "ckpt/gen3r) and pass --checkpoint ckpt/gen3r.")
-  require(os.path.isdir(spec), f"--checkpoint {spec!r}: folder not found; pass a bundle written by "
-                               "launch/convert.py (or no --checkpoint for the tiny demo).")
-  return spec
+  path = resolve_bundle(spec, log=log)
+  require(os.path.isdir(path), f"--checkpoint {spec!r}: folder not found; pass a bundle written by "
+                               "launch/convert.py, hf:<repo id>, or no --checkpoint for the tiny demo.")
+  return path
 
 
 # ---------------------------------------------------------------------------------------------------- progress
@@ -95,25 +90,26 @@ class RunProgress:
       self.start[name] = (t / total, w / total)
       t += w
     self.order = [name for name, _ in stages]
-    self.t_step = None
-    self._next(self.order[0])
+    self.t_step, self.current = None, None
+    self._begin(self.order[0])
 
-  def _next(self, name: str) -> None:
-    self.report(self.start[name][0], STAGE_LABELS[name] + "…")
+  def _begin(self, name: str) -> None:
+    if name == self.current:
+      return
+    self.current = name
+    self.report(self.start[name][0], STAGE_LABELS[name] + " …")
+    if name == "denoise":
+      self.t_step = time.perf_counter()
 
   def log(self, line: str) -> None:
     self.lines.append(line)
     m = _STAGE_LINE.match(line)
-    done = m.group(1) if m and m.group(1) in self.start else None
-    if line.startswith("[sample] loaded "):
-      done = "load"
-    if done is None or done not in self.order:
-      return
-    i = self.order.index(done)
-    if i + 1 < len(self.order):
-      self._next(self.order[i + 1])
-    if self.order[i + 1:i + 2] == ["denoise"]:
-      self.t_step = time.perf_counter()
+    if line.startswith("[sample] loaded ") and "load" in self.start:
+      self._begin(self.order[1])
+    elif m and m.group(1) in self.start and not m.group(2):
+      self._begin(m.group(1))                        # a stage starts
+    elif m and m.group(1) == "geometry_decode" and m.group(2):
+      self._begin("export")                          # the last model stage is done: export follows
 
   def warn(self, message: str) -> None:
     self.lines.append(f"warning: {message}")
