@@ -35,7 +35,11 @@ _DEMO_CACHE = flags.DEFINE_string("demo_cache", "", "where the demo bundle is wr
 
 def base_config():
   from configs import demo_tiny, sample
+  from gen3r_jax.apps.sample import DTYPES
   from gen3r_jax.apps.webapp import resolve_checkpoint
+  from gen3r_jax.errors import require
+  for name, value in (("dtype", _DTYPE.value), ("param_dtype", _PARAM_DTYPE.value)):
+    require(value in ("",) + DTYPES, f"--{name} {value!r}: use one of {', '.join(DTYPES)} (or leave it empty).")
   checkpoint = resolve_checkpoint(_CKPT.value)
   cfg = sample.get_config() if checkpoint else demo_tiny.get_config()
   if checkpoint:

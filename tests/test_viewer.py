@@ -166,3 +166,16 @@ def test_app_rejects_bad_input_before_any_model(tmp_path, monkeypatch):
     webapp.resolve_checkpoint("hf:nobody/not-a-repo", log=lambda s: None)
   with pytest.raises(Gen3RInputError, match="folder not found"):
     webapp.resolve_checkpoint(str(tmp_path / "missing"))
+
+
+def test_app_cli_bad_flags_are_one_line_errors_before_serving(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
+             HF_HUB_CACHE=str(tmp_path / "hub"), GEN3R_JAX_CACHE="off")
+  for flag, says in ((f"--checkpoint={tmp_path / 'missing'}", "folder not found"),
+                     ("--checkpoint=hf:nobody/not-a-repo", "not in the local hub cache"),
+                     ("--dtype=float16", "--dtype 'float16'")):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "app.py"), flag, f"--out={tmp_path / 'runs'}"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
