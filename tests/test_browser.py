@@ -6,8 +6,9 @@ package ``chromium``) driven by Playwright.
 * ``launch/view.py`` on that run's output folder (tiny bundle) and on a rendered synthetic scene: the 3D canvas
   draws the point cloud and the cameras (not blank), the panel's toggles change what is shown.
 
-Each test saves its screenshot under the test's tmp folder and, when ``GEN3R_SCREENSHOTS`` names a folder (the
-README's pictures: ``GEN3R_SCREENSHOTS=docs/img``), there too. No Chromium is a failure naming the install, never a
+Each test saves its screenshots under the test's tmp folder and, when ``GEN3R_SCREENSHOTS`` names a folder (the
+README's pictures: ``GEN3R_SCREENSHOTS=docs/img``), the page screenshots (app.png, viewer.png,
+viewer_synthetic.png) there too. No Chromium is a failure naming the install, never a
 skip: ``.ci/run`` installs it (``apt-get install -y chromium``); ``GEN3R_CHROMIUM`` may point at another binary.
 """
 
@@ -105,10 +106,11 @@ class Server:
         self.proc.wait()
 
 
-def save_screenshot(png: bytes, tmp_path, name: str) -> np.ndarray:
+def save_screenshot(png: bytes, tmp_path, name: str, publish: bool = False) -> np.ndarray:
+  """Write ``png`` under ``tmp_path`` (and, with ``publish``, into ``$GEN3R_SCREENSHOTS``); return its pixels."""
   (tmp_path / name).write_bytes(png)
   folder = os.environ.get("GEN3R_SCREENSHOTS")
-  if folder:
+  if folder and publish:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, name), "wb") as f:
       f.write(png)
@@ -122,16 +124,16 @@ def assert_not_blank(img: np.ndarray, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the app
-@pytest.fixture(scope="module")
+@pytest.fixture
 def app_run(browser, tmp_path_factory):
   """launch/app.py on the tiny demo bundle, Generate clicked once in the browser: ``(page, run folder, times)``."""
   tmp = tmp_path_factory.mktemp("app")
   port = free_port()
   server = Server(os.path.join(ROOT, "launch", "app.py"), f"--port={port}", f"--out={tmp / 'runs'}",
                   f"--demo_cache={tmp / 'demo_cache'}", f"--glb_points={GLB_POINTS}")
+  page = browser.new_page(viewport={"width": 1400, "height": 1100})
   try:
     url = server.wait_for(r"open (http://\S+) in a browser", timeout=300).group(1)
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
     t0 = time.time()
     page.goto(url)
     page.wait_for_selector("#generate", timeout=60_000)
@@ -147,6 +149,7 @@ def app_run(browser, tmp_path_factory):
     assert len(runs) == 1, runs
     yield page, str(tmp / "runs" / runs[0]), seconds
   finally:
+    page.close()                                                # its WebGL canvas and videos keep drawing
     server.stop()
 
 
@@ -169,7 +172,7 @@ def check_app_outputs(app_run, tmp_path) -> None:
   cloud = save_screenshot(page.locator("#cloud canvas").screenshot(), tmp_path, "app_cloud.png")
   assert_not_blank(cloud, "the app's point cloud canvas")
   page.evaluate("window.scrollTo(0, 0)")
-  save_screenshot(page.screenshot(), tmp_path, "app.png")
+  save_screenshot(page.screenshot(), tmp_path, "app.png", publish=True)
   print(f"Generate -> outputs shown in {seconds:.0f} s")
 
 
@@ -216,8 +219,9 @@ def check_viewer_on_the_run(browser, app_run, tmp_path) -> None:
     time.sleep(1)
     img = save_screenshot(page.locator("canvas").first.screenshot(), tmp_path, "viewer_canvas.png")
     assert_not_blank(img, "the viewer's canvas")
-    save_screenshot(page.screenshot(), tmp_path, "viewer.png")
+    save_screenshot(page.screenshot(), tmp_path, "viewer.png", publish=True)
   finally:
+    page.close()
     server.stop()
   assert "stopped" in "".join(server.output)
 
@@ -242,7 +246,7 @@ def test_viewer_on_a_synthetic_scene(browser, tmp_path):
     time.sleep(1)
     img = save_screenshot(page.locator("canvas").first.screenshot(), tmp_path, "viewer_synthetic_canvas.png")
     assert_not_blank(img, "the viewer's canvas")
-    save_screenshot(page.screenshot(), tmp_path, "viewer_synthetic.png")
+    save_screenshot(page.screenshot(), tmp_path, "viewer_synthetic.png", publish=True)
     set_points_from(page, "the slider's frame")                # frame 0: its masked pixels
     page.wait_for_function(f"() => !document.body.innerText.includes('{MAX_POINTS:,} points shown')", timeout=30_000)
     assert shown(page) == int(ref["masks"][0].sum())
@@ -254,4 +258,5 @@ def test_viewer_on_a_synthetic_scene(browser, tmp_path):
     page.get_by_label("depth mask").uncheck()                   # every pixel of frame 3
     page.wait_for_function(f"() => document.body.innerText.includes('{h * w:,} points shown')", timeout=30_000)
   finally:
+    page.close()
     server.stop()
