@@ -24,7 +24,8 @@ The sampling options carry the field names of :class:`gen3r_jax.sampling.pipelin
 ``checkpoint`` is a converted bundle (``python launch/convert.py --source <Gen3R dir> --out ckpt/gen3r``).
 ``cameras`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
 free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
-rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
+rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz,
+vggt_predictions.npz (depth_conf)
 (docs/sampling.md). ``images`` for ``allview`` may also be one video file or one folder of .png/.jpg frames (sorted
 by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt`` may be the path of a text file
 (its first line is the prompt, as ``infer.py --prompts``). ``export_formats`` (e.g. ``colmap,splat``) also writes

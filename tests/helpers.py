@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from gen3r_jax.data.synthetic import render_clip
+from gen3r_jax.eval.io import unproject
+from gen3r_jax.sampling import export
+
 
 def set_nested(config, **overrides):
   """``set_nested(c, optimizer__eps=1e-4)`` sets ``c.optimizer.eps``; ``__`` separates the path. Returns ``c``."""
@@ -41,3 +47,19 @@ def one_train_step(config, task, mesh):
     state, metrics = compiled(state, frozen_state, batch, key)
   return types.SimpleNamespace(compiled=compiled, batch=batch, state=state, metrics=jax.device_get(metrics),
                                before=before)
+
+
+def write_synthetic_output(out: str, *, frames: int = 4, hw=(120, 160), conf: bool = False, seed: int = 1) -> dict:
+  """An output directory in the sampler's format from a rendered synthetic scene with its exact depth (what
+  launch/reconstruct.py would write for a perfect reconstruction); with ``conf`` a ``vggt_predictions.npz``."""
+  rgb, depth, c2w, K = render_clip(seed=seed, frames=frames, hw=hw)
+  Ks = np.repeat(K[None], frames, 0)
+  points = unproject(depth, Ks, c2w)
+  masks = depth < np.percentile(depth, 95)          # a mask that drops some points, as the exported one does
+  extra = {}
+  if conf:
+    extra = {"vggt_predictions.npz": {"depth_conf": (1.0 + np.arange(depth.size, dtype=np.float32)
+                                                     ).reshape(depth.shape)}}
+  export.export_all(out, rgb=rgb, depth=depth, points=points, masks=masks, c2w=c2w, K=Ks, fps=4, prompt="a room",
+                    meta={"source": "synthetic"}, extra_npz=extra)
+  return dict(rgb=rgb, depth=depth, c2w=c2w, K=Ks, points=points, masks=masks)

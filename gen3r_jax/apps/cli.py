@@ -69,15 +69,17 @@ def setup_console(*, progress: bool = True, log_file: str | None = None) -> None
     logging.get_absl_handler().setLevel(pylogging.WARNING)    # ... and only warnings reach the console
 
 
-def run_tool(fn: Callable, *args, progress: bool = True, **kwargs) -> int:
+def run_tool(fn: Callable, *args, progress: bool = True, compilation_cache: bool = True, **kwargs) -> int:
   """Run a tool's library entry point: exit status 0, or 2 with a one-line ``error: ...`` for bad input.
   ``progress=False``: progress as plain lines even on a terminal.
 
-  Before it, library logs are quieted and the persistent compilation cache is enabled (one stdout line says
-  where; ``GEN3R_JAX_CACHE=off`` disables it).
+  Before it, library logs are quieted and (unless ``compilation_cache=False``: tools that compile nothing, such
+  as the viewer) the persistent compilation cache is enabled (one stdout line says where; ``GEN3R_JAX_CACHE=off``
+  disables it).
   """
   setup_console(progress=progress)
-  enable_compilation_cache(log=print)
+  if compilation_cache:
+    enable_compilation_cache(log=print)
   try:
     fn(*args, **kwargs)
   except (Gen3RInputError, FileNotFoundError) as e:

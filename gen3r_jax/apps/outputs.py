@@ -11,8 +11,9 @@ The exports (:mod:`gen3r_jax.apps.export`), the viewer and the web app read an o
 wraps); camera conventions in :mod:`gen3r_jax.camera_axes` and ``docs/cameras.md``.
 
 A directory missing a required file is a one-line :class:`Gen3RInputError` naming every missing file and the
-fix, before anything is decoded. ``confidence`` is VGGT's depth confidence (``vggt_predictions.npz``, written by
-``launch/reconstruct.py`` only; ``None`` for a sample).
+fix, before anything is decoded. ``confidence`` is VGGT's depth confidence (``depth_conf`` of
+``vggt_predictions.npz``, written by ``launch/reconstruct.py`` and ``launch/sample.py``; ``None`` for a directory
+without it, e.g. one written before the sampler saved it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class OutputDir:
   source_indices: list[int] | None = None
   prompt: str | None = None
   meta: dict = dataclasses.field(default_factory=dict)
-  confidence: np.ndarray | None = None  # [F, H, W] VGGT depth confidence (reconstruction only)
+  confidence: np.ndarray | None = None  # [F, H, W] VGGT depth confidence (vggt_predictions.npz, when present)
   ply_path: str | None = None
 
   @property

@@ -23,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Callable
 
 import jax
+import numpy as np
 
 from gen3r_jax.apps import demo
 from gen3r_jax.apps import export as scene_export
@@ -168,9 +170,27 @@ def check_config(cfg, checkpoint: str, paths: list[str], *, log=lambda s: None,
   return _check(cfg, checkpoint, paths, log=log, warn=warn)[0]
 
 
-def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, str]:
+def load_for_config(cfg, checkpoint: str, log=print):
+  """Load the bundle ``checkpoint`` as ``cfg`` asks (dtype, param_dtype, placement, mesh and its sharding rules,
+  ``cfg.sharding``)."""
+  shape = parse_mesh(cfg.mesh)
+  mesh = make_mesh(shape) if shape else None
+  t0 = time.perf_counter()
+  bundle = load_bundle(checkpoint, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None, mesh=mesh,
+                       rules=Rules.from_config(cfg.get("sharding")), placement=cfg.placement, log=log)
+  log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
+      f"{cfg.placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
+  return bundle
+
+
+def sample_from_config(cfg, log=print, warn=inputs.print_warning, *, bundle=None,
+                       on_step: Callable[[int, int], None] | None = None) -> dict[str, str]:
   """Run ``launch/sample.py`` for a config; returns ``{output file name: path}``. ``warn`` gets the one-line
-  warnings (default: ``warning: ...`` on stderr)."""
+  warnings (default: ``warning: ...`` on stderr).
+
+  ``bundle``: one already loaded from ``cfg.checkpoint`` (the web app keeps one across runs); it is used as is and
+  never released. ``on_step(k, num_steps)`` is called after each denoising step (:func:`generate`).
+  """
 
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
@@ -181,19 +201,13 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   images = inputs.preprocess_views(views, opts.size)
   if views.source != "images":
     log(f"[sample] {len(views)} conditioning frames from {views.source} {paths[0]}")
-  shape = parse_mesh(cfg.mesh)
-  mesh = None
-  if shape:
-    mesh = make_mesh(shape)
   placement = cfg.placement
-  t0 = time.perf_counter()
-  bundle = load_bundle(checkpoint, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None, mesh=mesh, rules=rules,
-                       placement=placement, log=log)
-  log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
-      f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
+  release = bool(cfg.release) and bundle is None
+  if bundle is None:
+    bundle = load_for_config(cfg, checkpoint, log=log)
   configure_progress(bars=bool(cfg.progress))      # False: plain progress lines (as off a terminal), no \r
-  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=True,
-                 context_parallel=cfg.context_parallel, rules=rules, log=log)
+  out = generate(bundle, images, prompt, opts, release=release, progress=True,
+                 context_parallel=cfg.context_parallel, rules=rules, log=log, on_step=on_step)
   k = out["intrinsics"]
   meta = {"task": opts.task, "cameras": opts.cameras if isinstance(opts.cameras, str) else "json",
           "seed": opts.seed, "num_frames": opts.num_frames, "num_steps": opts.num_steps,
@@ -206,7 +220,8 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
           "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
   files = export_all(cfg.out, rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"], masks=out["masks"],
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
-                     prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]}})
+                     prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]},
+                                "vggt_predictions.npz": {"depth_conf": out["depth_conf"].astype(np.float32)}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
   formats = scene_export.parse_formats(cfg.get("export_formats", ""))
   if formats:
@@ -219,5 +234,5 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   return files
 
 
-__all__ = ("sample_from_config", "check_config", "options_from_config", "resolve_demo", "image_paths", "parse_mesh",
+__all__ = ("sample_from_config", "load_for_config", "check_config", "options_from_config", "resolve_demo", "image_paths", "parse_mesh",
            "read_prompt", "check_prompt_length")

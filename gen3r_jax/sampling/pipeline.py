@@ -141,7 +141,8 @@ def _release(bundle, field: str, release: bool) -> None:
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
              release: bool = False, record: bool = False, progress: bool = True, mesh=None,
              context_parallel: str = "allgather", rules=None, log: Callable[[str], None] = lambda s: None,
-             probe: Callable[[str, tuple], None] | None = None, calibrate_cache: bool = False) -> dict:
+             probe: Callable[[str, tuple], None] | None = None, calibrate_cache: bool = False,
+             on_step: Callable[[int, int], None] | None = None) -> dict:
   """Run the whole pipeline (module docstring).
 
   Args:
@@ -160,10 +161,13 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     calibrate_cache: run the block-cache programs with every step computed and return the residual-magnitude
       ratios in ``out["cache"]["ratios"]`` (what ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a
       block cache with threshold 0).
+    on_step: called as ``on_step(k, num_steps)`` after denoising step k (1-based), e.g. a web app's progress bar
+      (``log`` gets a line as each stage starts and ends).
   Returns:
-    a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
-    point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
-    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps),
+    a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``depth_conf`` (VGGT's
+    depth confidence), ``points`` (VGGT point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``,
+    ``intrinsics``, ``c2w``, the trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise
+    compile and steps),
     ``stats`` (per stage: seconds, weights on the device and device memory, see
     :class:`~gen3r_jax.sampling.placement.StageStats`; ``denoise`` also ``full_steps`` / ``cached_steps``),
     ``cache`` (the step cache's record, :func:`gen3r_jax.sampling.cache.denoise_cached`, with ``step_kinds``);
@@ -222,7 +226,8 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   transformer = bundle.transformer if opts.precision == "exact" else with_config(bundle.transformer, gemm="fp8")
   with stats.stage("denoise", transformer) as (dit,):
     kw = dict(context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
-              guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh)
+              guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh,
+              callback=None if on_step is None else lambda i, _: on_step(i + 1, schedule.num_steps))
     if cache.enabled:
       den = step_cache.denoise_cached(dit, sched, schedule, x0, settings=cache, calibrate=calibrate_cache, **kw)
     else:
@@ -247,7 +252,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     dec = decode_geometry(ad, vg, z_geo, min_max_depth_mask=opts.min_max_depth_mask)
   dec["rgb"] = rgb
 
-  out = {k: np.asarray(dec[k])[0] for k in ("rgb", "depth", "points", "pcds", "masks", "extrinsics",
+  out = {k: np.asarray(dec[k])[0] for k in ("rgb", "depth", "depth_conf", "points", "pcds", "masks", "extrinsics",
                                             "intrinsics", "c2w", "pose_enc")}
   timings = {name: st["seconds"] for name, st in stats.stages.items()}
   out.update(traj_c2w=np.asarray(c2ws), traj_K=np.asarray(ks), latents=final,
