@@ -186,6 +186,7 @@ def _stub_models(monkeypatch, calls):
     return dict(rgb=rng.random((f, 16, 16, 3), np.float32), depth=1 + rng.random((f, 16, 16, 1), np.float32),
                 pcds=rng.random((f, 16, 16, 3), np.float32), masks=np.ones((f, 16, 16), bool), c2w=c2w,
                 intrinsics=np.tile(np.array([[8.0, 0, 8], [0, 8, 8], [0, 0, 1]]), (f, 1, 1)),
+                depth_conf=np.ones((f, 16, 16), np.float32),
                 latents=np.zeros((1, 2, 2, 4, 16), np.float32), timings={}, stats={"peak_bytes_in_use": None},
                 cache={"kind": "none", "full_steps": opts.num_steps, "cached_steps": 0, "cached": []})
   monkeypatch.setattr(pipeline, "generate", generate)
