@@ -170,7 +170,7 @@ def _sample_config(**change):
 @pytest.mark.parametrize("change, message", [
     (dict(placement="offload"), "placement must be one of"),
     (dict(mesh="fsdp:2"), "mesh 'fsdp:2': expected comma-separated axis=size"),
-    (dict(mesh="pipeline=2"), "axes among \\('data', 'fsdp', 'context', 'tensor'\\)"),
+    (dict(mesh="pipeline=2"), "axes among \\('cfg', 'data', 'fsdp', 'context', 'tensor'\\)"),
     (dict(param_dtype="fp8"), "param_dtype 'fp8' is not supported"),
     (dict(context_parallel="tree"), "context_parallel must be one of"),
 ])
