@@ -27,7 +27,7 @@ from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
 from gen3r_jax.sampling import inputs
-from gen3r_jax.sampling.denoise import check_parallel
+from gen3r_jax.sampling.denoise import check_cfg_axis, check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
 from gen3r_jax.sampling.pipeline import SampleOptions, check_options, generate
 from gen3r_jax.sampling.placement import check_placement
@@ -128,6 +128,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png] (allview: also a video file or "
                           "a folder of frames).")
   opts = options_from_config(cfg)
+  check_cfg_axis(parse_mesh(cfg.mesh), opts.guidance_scale)
   inputs.check_task(opts.task)
   inputs.check_num_frames(opts.num_frames)
   inputs.check_size(opts.size)
