@@ -19,8 +19,8 @@ Parts (``--only``, comma-separated; default all):
   ``[uncond, cond]`` pair + UniPC, random bf16 weights made on their shards) for the 14B DiT on each ``d``: ``fsdp=d``,
   ``context=d`` x (allgather, ring, ulysses), ``cfg=2 x fsdp=d/2``, ``cfg=2 x context=d/2`` (ulysses). ``median_s``
   per step over 5 steady steps (the first compiles); ``loop_s`` = 50 x that median (the 50-step denoising loop
-  without compilation; the other stages are not parallelised and are in the ``cfg`` part's latency); ``speedup`` = the 1-GPU row's step (same size) over this one (the target:
-  8 GPUs <= 0.16 x, i.e. speedup >= 6.25).
+  without compilation; the other stages are not parallelised and are in the ``cfg`` part's latency); ``speedup``
+  = the 1-GPU row's step (same size) over this one (the target: 8 GPUs <= 0.16 x, i.e. speedup >= 6.25).
 * ``cfg``: the whole 1.3B sample (``sampling.pipeline.generate``: text, CLIP, cameras, VAE, the loop, decoders;
   ``bench.sample``'s random full-size bundle) on 1 GPU and with the DiT CFG-parallel over ``cfg=2`` (2 GPUs), the
   other stages on the first GPU. ``latency_s`` = the second call (the first compiles); ``ratio`` = cfg=2 / 1 GPU

@@ -22,6 +22,7 @@ def get_config() -> ConfigDict:
   c.max_consecutive_skips = 10    # "skip": stop (as "stop") after more than this many non-finite steps in a row
   c.skip_batches_at_steps = ()    # drop these steps' updates (e.g. =5 after a NaN stop at step 5; the stop says which)
   c.tensorboard = True
+  c.progress = True       # console progress bars on a terminal; False: one plain line every log_every steps
   c.host_device_count = 0         # > 0: that many fake CPU devices (debugging; set before jax starts)
   c.matmul_precision = "default"  # jax_default_matmul_precision ("highest" for float32 parity-like runs)
 

@@ -8,8 +8,9 @@
 The settings measured best on one H200 (bench/RESULTS.md, "Issue 15", 2026-12-04, 1.3B, one 49-frame 560² clip per
 GPU): remat ``attention`` 2.150 s per step, 38.7 % MFU, 59.9 GiB; ``dots`` (fits on the H200, not on the H100) is
 slower, 2.422 s at 76.8 GiB; ``full`` 2.545 s. Attention ``auto``: under differentiation it runs cuDNN's forward
-and backward at every head dim (FlashAttention-3's packaged backward gives wrong gradients, so FA3 only ever runs
-forward-only, i.e. in sampling). Everything else (optimisation, batch 192 clips per optimiser step, the 14B's
+and backward at every head dim (``fa3_fwd`` at head dim 128): the step with FlashAttention-3's forward and
+(fixed) backward, ``attention="fa3"``, measured slower, 2.29-2.32 s, although its kernels alone are faster.
+Everything else (optimisation, batch 192 clips per optimiser step, the 14B's
 fsdp x context mesh) is the H100 file's: ``configs/gpu_h100.py``.
 """
 

@@ -17,7 +17,8 @@ free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outp
 rgb.mp4, depth.npz, depth.mp4, points.npz, points.ply, cameras.json, preview.png, prompt.txt, latents.npz
 (docs/sampling.md). ``images`` for ``allview`` may also be one video file or one folder of .png/.jpg frames (sorted
 by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt`` may be the path of a text file
-(its first line is the prompt, as ``infer.py --prompts``).
+(its first line is the prompt, as ``infer.py --prompts``). ``export_formats`` (e.g. ``colmap,splat``) also writes
+those exports into ``out/<format>`` (``launch/export.py`` does the same for an existing output directory).
 """
 
 from ml_collections import ConfigDict
@@ -25,7 +26,7 @@ from ml_collections import ConfigDict
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
-  c.checkpoint = ""              # converted bundle directory
+  c.checkpoint = ""              # converted bundle directory, or hf:<repo id>[@revision] (converted once, cached)
   c.task = "1view"               # 1view (first frame) | 2view (first + last) | allview (every frame)
   c.images = ""                  # comma-separated image paths (1, 2 or num_frames); allview: or a video / a folder
   c.prompt = ""                  # the prompt, or the path of a text file whose first line is the prompt
@@ -51,8 +52,9 @@ def get_config() -> ConfigDict:
   c.min_max_depth_mask = True
   c.fps = 16
   c.max_points = 0               # > 0: subsample points.ply to at most this many points
+  c.export_formats = ""          # also export: comma-separated colmap, nerfstudio, splat (into out/<format>)
   c.release = True               # drop each model once no later stage needs it
-  c.progress = True
+  c.progress = True              # progress bars on a terminal; False: plain lines (always plain off a terminal)
   c.matmul_precision = "default"
   c.demo = ConfigDict(dict(enabled=False, cache_dir="", seed=0))
   return c

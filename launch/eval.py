@@ -41,6 +41,7 @@ _CAMERA_CONVENTION = flags.DEFINE_enum("camera_convention", "vggt", ["vggt", "vg
                                        "relative poses: vggt = E_i inv(E_j) (current VGGT evaluation code); "
                                        "vggt_early = inv(E_i) E_j after making each trajectory relative to its "
                                        "first camera (an early copy)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "progress bars on a terminal (false: plain lines)")
 _PC_NONFINITE = flags.DEFINE_enum("pc_nonfinite", "exclude", ["exclude", "miss", "error"],
                                   "predicted pixels with NaN/inf points (always counted and warned): exclude "
                                   "them from both clouds, score them as misses (their GT points stay), or stop")
@@ -48,8 +49,8 @@ _PC_NONFINITE = flags.DEFINE_enum("pc_nonfinite", "exclude", ["exclude", "miss",
 
 def main(argv) -> int:
   del argv
-  from gen3r_jax.apps.cli import quiet_library_logs
-  quiet_library_logs()
+  from gen3r_jax.apps.cli import setup_console
+  setup_console(progress=_PROGRESS.value)
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.apps.evaluate import EvalOptions, evaluate, format_table
 
@@ -65,7 +66,7 @@ def main(argv) -> int:
         num_points=_NUM_POINTS.value, depth_png_scale=_DEPTH_PNG_SCALE.value, nn_chunk=_NN_CHUNK.value,
         ssim_convention=_SSIM.value, camera_convention=_CAMERA_CONVENTION.value,
         pc_nonfinite=_PC_NONFINITE.value)
-    result = evaluate(_PRED.value, _GT.value, opts)
+    result = evaluate(_PRED.value, _GT.value, opts, progress=True)
   except (Gen3RInputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

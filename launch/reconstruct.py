@@ -27,6 +27,9 @@ _CHUNK = flags.DEFINE_integer("frames_chunk", None, "frames per DPT-head chunk (
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _MASK = flags.DEFINE_bool("min_max_depth_mask", True, "drop points outside the per-frame 0.1 / 98 depth percentiles")
 _MAX_POINTS = flags.DEFINE_integer("max_points", None, "subsample the PLY to at most this many points")
+_EXPORT = flags.DEFINE_string("export_formats", "", "also export to these formats, comma-separated: colmap, "
+                              "nerfstudio, splat (into <out>/<format>; see launch/export.py)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "progress bars on a terminal (false: plain lines)")
 flags.mark_flags_as_required(["images", "checkpoint", "out"])
 
 
@@ -36,7 +39,7 @@ def main(argv) -> int:
   from gen3r_jax.apps.reconstruct import reconstruct
   return run_tool(reconstruct, _IMAGES.value, _CKPT.value, _OUT.value, size=_SIZE.value, mode=_MODE.value,
                   frames_chunk_size=_CHUNK.value, dtype=_DTYPE.value, min_max_depth_mask=_MASK.value,
-                  max_points=_MAX_POINTS.value)
+                  max_points=_MAX_POINTS.value, export_formats=_EXPORT.value, progress=_PROGRESS.value)
 
 if __name__ == "__main__":
   app.run(lambda argv: sys.exit(main(argv)))

@@ -13,8 +13,8 @@
         --coordinator_address=localhost:12345 --num_processes=2 --process_id=$i
 
 All logic lives in :mod:`gen3r_jax.apps.sample` (checks, loading, generation, export). With several processes
-every process reads the same inputs and runs the sampler over the global mesh; only process 0 writes the outputs. Bad input prints a
-one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled; the
+every process reads the same inputs and runs the sampler over the global mesh; only process 0 writes the outputs.
+Bad input prints a one-line ``error: ...`` naming the fix and exits with status 2, before any model is loaded or compiled; the
 output directory is created and probed for writing first. Inputs used in a way you may not expect (a prompt cut
 at 512 tokens, a small or very elongated image, frames left out of a long video, a previous run's outputs about
 to be replaced) print one ``warning: ...`` line each on stderr.

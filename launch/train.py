@@ -11,6 +11,11 @@
     # slow or overloaded hosts: --heartbeat_timeout_s=600 (jax aborts a run whose process is silent 100 s)
     # TPU pods / SLURM: --distributed (jax.distributed.initialize() finds the cluster itself)
 
+Console: a progress bar (plain lines off a terminal or with ``--config.progress=false``) with the loss, steps/s,
+examples/s and ETA; warnings and errors. Everything logged at INFO (metrics, Orbax, the run's set-up) goes to
+``<workdir>/train.log`` (``train.<process>.log`` for processes other than 0) beside the TensorBoard events;
+``--verbosity=0`` shows it on the console too.
+
 Thin: parses flags, sets up devices / distributed / logging, calls :func:`gen3r_jax.training.loop.train` (or
 :func:`gen3r_jax.training.loop.dry_run`: the named stage-2 entry, or every stage-2 entry of the file). A run
 restarted with the same ``--workdir`` resumes from its newest checkpoint. Exit status 2 on bad input (the
@@ -27,7 +32,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from launch.distributed import setup_distributed  # noqa: E402  (defines the multi-process flags)
+from launch.distributed import PROC_ID, setup_distributed  # noqa: E402  (defines the multi-process flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events and profiles go here")
@@ -67,6 +72,10 @@ def main(argv) -> int:
   if _DRY_RUN.value:
     return dry_run(config)
   setup_devices(config)
+  from gen3r_jax.apps.cli import setup_console
+  proc = PROC_ID.value or 0
+  setup_console(progress=bool(config.get("progress", True)),
+                log_file=os.path.join(_WORKDIR.value, "train.log" if proc == 0 else f"train.{proc}.log"))
   import jax
   jax.config.update("jax_default_matmul_precision", config.get("matmul_precision", "default"))
   setup_distributed()
@@ -82,8 +91,8 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 3
   last = result.history[-1] if result.history else {}
-  logging.info("done: step %s, loss %s, last checkpoint %s", last.get("step"), last.get("loss"),
-               result.last_checkpoint)
+  print(f"done: step {last.get('step')}, loss {last.get('loss')}, last checkpoint {result.last_checkpoint} "
+        f"(log: {os.path.join(_WORKDIR.value, 'train.log')})")
   return 0
 
 

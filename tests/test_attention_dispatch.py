@@ -1,5 +1,5 @@
 """The attention dispatch's choice of kernel (CPU: availability is faked), its fallbacks and error messages, the
-FA3 forward/backward split, and the remat policy's kernel names. The kernels themselves are checked on a GPU by
+FA3 custom-VJP wiring and row buffers, and the remat policy's kernel names. The kernels themselves are checked on a GPU by
 tests/test_attention_gpu.py."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn import attention as attn
+from gen3r_jax.nn import fa3
 from gen3r_jax.nn.stack import checkpointed, remat_policy
 from gen3r_jax.parallel.rules import make_mesh
 
@@ -25,10 +26,10 @@ def _avail(*names):
 
 
 def test_auto_picks_per_head_dim_from_the_measured_table():
-  every = _avail("xla", "cudnn", "fa3")
-  assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3"      # the DiT
+  every = _avail("xla", "cudnn", "fa3", "fa3_fwd")
+  assert attn.resolve_implementation("auto", BF16, 128, available=every) == "fa3_fwd"      # the DiT
   assert attn.resolve_implementation("auto", BF16, 64, available=every) == "cudnn"     # VGGT, CLIP
-  assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", jnp.float16, 128, available=every) == "fa3_fwd"
   assert attn.resolve_implementation("auto", BF16, 96, available=every) == attn.GPU_DEFAULT[0]
   assert attn.resolve_implementation("auto", BF16, None, available=every) == attn.GPU_DEFAULT[0]
   # a bias or mask: only cuDNN / XLA take one
@@ -37,7 +38,7 @@ def test_auto_picks_per_head_dim_from_the_measured_table():
   assert attn.resolve_implementation("auto", jnp.float32, 128, available=every) == "xla"
   assert attn.resolve_implementation("auto", BF16, 128, available=_avail("xla")) == "xla"
   # head dims a kernel cannot take are skipped
-  assert attn.resolve_implementation("auto", BF16, 256, available=every) == "fa3"
+  assert attn.resolve_implementation("auto", BF16, 256, available=every) == "fa3_fwd"
   assert attn.resolve_implementation("auto", BF16, 256, available=_avail("xla", "cudnn")) == "xla"
 
 
@@ -47,7 +48,7 @@ def test_a_missing_optional_kernel_is_not_chosen():
 
 
 def test_explicit_names_pass_through_and_unknown_names_fail():
-  for name in ("xla", "cudnn", "fa3", "splash"):
+  for name in ("xla", "cudnn", "fa3", "fa3_fwd", "splash"):
     assert attn.resolve_implementation(name, jnp.float32, 64, available=_avail()) == name
   with pytest.raises(ValueError, match="must be one of"):
     attn.resolve_implementation("flash", BF16, 128)
@@ -65,8 +66,9 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
   monkeypatch.setattr(attn, "_has_package", lambda m: False)
   assert attn.kernel_available("cudnn") and not attn.kernel_available("fa3")
   assert attn.resolve_implementation("auto", BF16, 128) == "cudnn"
-  with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
-    attn._require_runnable("fa3")
+  for name in ("fa3", "fa3_fwd"):
+    with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
+      attn._require_runnable(name)
   # an Ampere GPU with the package: FA3 is Hopper-only
   monkeypatch.setattr(attn, "_gpu_capability", lambda: (8, 0))
   monkeypatch.setattr(attn, "_has_package", lambda m: True)
@@ -78,7 +80,7 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
 def test_explicit_gpu_kernel_without_a_gpu_is_a_one_line_error(monkeypatch):
   monkeypatch.setattr(attn, "_gpu_capability", lambda: None)   # no GPU, on any backend
   q = jnp.zeros((1, 4, 2, 8), BF16)
-  for name in ("fa3", "cudnn"):
+  for name in ("fa3", "fa3_fwd", "cudnn"):
     with pytest.raises(Gen3RInputError, match="attention='auto' or 'xla'") as e:
       attn.attention(q, q, q, implementation=name)
     assert "\n" not in str(e.value)
@@ -124,6 +126,57 @@ def test_forward_with_training_kernel_uses_each_where_it_should():
     out = jax.jit(f)(qs, ks, vs)
     g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
   np.testing.assert_allclose(out, infer(q, k, v), rtol=1e-6, atol=1e-6)
+  for a, b in zip(g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fa3_row_buffers_fit_every_backward_tile():
+  """The backward's float32 row buffers hold the query length rounded up to any of FA3's query tiles (the
+  package's wrapper rounded to 128 only; the kernel's tile at head dim 128 is 80 rows)."""
+  for lq in (1, 80, 127, 1000, 1024, 4000, 4096, 31850):
+    rows = fa3.softmax_rows(lq)
+    assert all(rows >= -(-lq // t) * t for t in (64, 80, 96, 128)), (lq, rows)
+    assert rows < lq + 128
+  assert fa3.softmax_rows(1024) > 1024 and fa3.softmax_rows(4096) > 4096
+
+
+def test_fa3_custom_vjp_routes_forward_and_backward(monkeypatch):
+  """``nn.fa3.fa3_attention`` is FA3's forward (with its log-sum-exp) and FA3's backward: with both kernels
+  stood in for by XLA (CPU), values and gradients equal ``xla`` attention, also under remat and under a
+  batch/heads-sharded mesh of 8 devices."""
+  q, k, v = _qkv()
+  scale = 0.3
+  ref = lambda q, k, v: attn.xla_attention(q, k, v, scale=scale)
+  calls = {"fwd": 0, "bwd": 0}
+
+  def fake_fwd(q, k, v, *, scale):
+    calls["fwd"] += 1
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    return ref(q, k, v), jax.nn.logsumexp(logits, axis=-1)
+
+  def fake_bwd(dout, q, k, v, out, lse, *, scale, rows=None):
+    calls["bwd"] += 1
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    return jax.vjp(ref, q, k, v)[1](dout)
+
+  monkeypatch.setattr(fa3, "fa3_forward_with_lse", fake_fwd)
+  monkeypatch.setattr(fa3, "fa3_backward", fake_bwd)
+  f = lambda q, k, v: fa3.fa3_attention(q, k, v, scale)
+  np.testing.assert_allclose(f(q, k, v), ref(q, k, v), rtol=1e-6)
+  loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
+  want_v, want_g = jax.value_and_grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+  for a, b in zip(got_g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert calls["bwd"] >= 1
+  g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
+  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  with jax.set_mesh(mesh):
+    g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
   for a, b in zip(g, want_g):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

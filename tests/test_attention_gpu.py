@@ -25,7 +25,11 @@ from gen3r_jax.nn.stack import checkpointed
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run on the GPU machine)")
 
 KERNELS = [k for k in attn.GPU_KERNELS if jax.default_backend() == "gpu" and attn.kernel_available(k)]
-SMALL = {"self_odd_d64": (2, 65, 65, 2, 64), "cross_d128": (2, 130, 33, 2, 128), "self_d128": (2, 256, 256, 4, 128)}
+SMALL = {"self_odd_d64": (2, 65, 65, 2, 64), "cross_d128": (2, 130, 33, 2, 128), "self_d128": (2, 256, 256, 4, 128),
+         # where flash-attn3-jax's own backward overran its buffers (bench/fa3_check.py): 1,024 and 4,096 queries,
+         # and 1,000 queries with 12 heads
+         "self_1024": (1, 1024, 1024, 2, 128), "self_4096": (1, 4096, 4096, 2, 128),
+         "heads12_1000": (2, 1000, 1000, 12, 128)}
 FULL = {  # Gen3R's shapes: DiT self / text / CLIP attention, VGGT frame / global attention
     "dit_self": (2, 31850, 31850, 12, 128), "dit_text": (2, 31850, 512, 12, 128),
     "dit_clip": (2, 31850, 257, 12, 128), "vggt_frame": (49, 1605, 1605, 16, 64),
@@ -89,7 +93,7 @@ def test_kernel_matches_xla_small(kernel, name):
 
 # the kernel each full shape runs under ``auto`` (FA3 at head dim 128 when installed), plus cuDNN at the DiT's
 # self-attention (its fallback there); the global VGGT case last (the slowest reference)
-FULL_CASES = [(k, n) for k, n in (("fa3", "dit_self"), ("fa3", "dit_text"), ("fa3", "dit_clip"),
+FULL_CASES = [(k, n) for k, n in (("fa3", "dit_self"), ("fa3", "dit_text"), ("fa3", "dit_clip"), ("fa3_fwd", "dit_self"),
                                   ("cudnn", "dit_self"), ("cudnn", "vggt_frame"), ("cudnn", "vggt_global"))
               if k in KERNELS]
 
@@ -100,7 +104,7 @@ def test_kernel_matches_xla_full_shapes(kernel, name):
 
 
 def test_auto_picks_the_measured_kernel_per_head_dim():
-  want128 = "fa3" if "fa3" in KERNELS else "cudnn"
+  want128 = "fa3_fwd" if "fa3_fwd" in KERNELS else "cudnn"
   assert attn.resolve_implementation("auto", jnp.bfloat16, 128) == want128
   assert attn.resolve_implementation("auto", jnp.bfloat16, 64) == "cudnn"
   assert attn.resolve_implementation("auto", jnp.bfloat16, 128, masked=True) == "cudnn"
@@ -134,13 +138,27 @@ def test_attention_remat_policy_keeps_the_kernel_residuals(kernel):
   assert any(s in ((1, 2, 512), (1, 2, 512, 1), (1, 512, 2)) for s in shapes), shapes   # the softmax statistics
 
 
-def test_fa3_runs_its_forward_only_when_not_differentiated():
-  """``fa3`` samples with FlashAttention-3's forward; differentiated it runs cuDNN's forward and backward (the
-  package's own backward is wrong at many shapes: bench/fa3_check.py) and no FA3 kernel at all."""
+def test_fa3_differentiates_with_its_own_backward_kernel():
+  """``fa3`` trains with FlashAttention-3's backward kernel (called with correctly sized buffers), not cuDNN's,
+  and two identical calls give the same gradients (an overrun buffer made them differ)."""
   if "fa3" not in KERNELS:
     pytest.skip("flash-attn3-jax not installed here")
   q, k, v, ct = _inputs((1, 1024, 1024, 2, 128), seed=3)
   f = lambda q, k, v: attn.local_attention(q, k, v, implementation="fa3")
+  grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * ct), argnums=(0, 1, 2)))
+  hlo = grad.lower(q, k, v).as_text()
+  assert "flash_mha_fwd" in hlo and "flash_mha_bwd" in hlo and "cudnn" not in hlo.lower()
+  first, second = grad(q, k, v), grad(q, k, v)
+  assert max(_rel(a, b) for a, b in zip(second, first)) < 1e-3
+
+
+def test_fa3_fwd_runs_fa3_when_not_differentiated_and_cudnn_when_it_is():
+  """``fa3_fwd`` (``auto`` at head dim 128) samples with FA3's forward; differentiated it runs cuDNN's forward
+  and backward only."""
+  if "fa3_fwd" not in KERNELS:
+    pytest.skip("flash-attn3-jax not installed here")
+  q, k, v, ct = _inputs((1, 1024, 1024, 2, 128), seed=4)
+  f = lambda q, k, v: attn.local_attention(q, k, v, implementation="fa3_fwd")
   fwd_hlo = jax.jit(f).lower(q, k, v).as_text()
   grad_hlo = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * ct))).lower(q, k, v).as_text()
   assert "flash_mha_fwd" in fwd_hlo

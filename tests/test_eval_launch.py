@@ -87,8 +87,14 @@ def test_eval_main_end_to_end(tmp_path, capsys):
   rc = _run_main([f"--pred={pred}", f"--gt={gt}", "--gt_start=1", "--gt_stride=2", f"--output_json={out}",
                   "--num_points=1000", "--voxel_size=0.01"])
   assert rc == 0
-  printed = capsys.readouterr().out
+  cap = capsys.readouterr()
+  printed = cap.out
   assert "image/psnr" in printed and "camera/auc@30" in printed and "pointcloud/corrected/chamfer" in printed
+  # progress: a line as each step starts and ends (plain lines: not a terminal)
+  for step in ("reading the prediction", "reading 4 ground-truth frames", "image metrics", "point-cloud metrics",
+               "camera metrics"):
+    assert f"[eval] {step}" in cap.err and cap.err.count(f"[eval] {step}") == 2, cap.err
+  assert "\r" not in cap.err and ": done (" in cap.err
   with open(out) as f:
     res = json.load(f)
   assert res["frames"]["gt_indices"] == [1, 3, 5, 7] and res["frames"]["size"] == [H, W]

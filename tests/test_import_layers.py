@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, "gen3r_jax")
 # lacks (grain, ml_collections: tests/test_bench.py keeps them out of everything a benchmark imports)
 HEAVY = {"torch", "tensorflow", "tensorflow_datasets", "clu", "flash_attn3_jax", "tokamax", "skimage",
          "torchmetrics", "lpips", "viser", "gradio", "array_record", "tensorboardX", "imageio_ffmpeg", "psutil",
-         "grain", "ml_collections"}
+         "grain", "ml_collections", "huggingface_hub"}
 
 
 def test_lint_imports_contracts_hold():

@@ -35,8 +35,14 @@ def cache(tmp_path_factory):
 def test_demo_cli_writes_every_output(tmp_path, cache):
   out = tmp_path / "out"
   r = _run("--config", os.path.join(ROOT, "configs", "demo_tiny.py"), f"--config.out={out}",
-           f"--config.demo.cache_dir={cache}", "--config.num_frames=1", "--config.steps=2", "--config.fps=8")
+           f"--config.demo.cache_dir={cache}", "--config.num_frames=1", "--config.steps=2", "--config.fps=8",
+           "--config.export_formats=nerfstudio,splat")
   assert r.returncode == 0, r.stderr[-3000:]
+  # a readable console off a terminal: a line per stage and per step, no \r bar, no library chatter
+  assert "\r" not in r.stdout + r.stderr
+  assert "[denoise] compiling the denoising step" in r.stderr and "[denoise] step 2/2" in r.stderr
+  assert "[sample] vae_decode: decoding the video" in r.stdout and "[sample] geometry_decode: done in" in r.stdout
+  assert "os.fork()" not in r.stderr and "[export] splat: " in r.stdout
   names = {"rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png",
            "prompt.txt", "latents.npz"}
   assert names <= set(os.listdir(out))
@@ -52,6 +58,9 @@ def test_demo_cli_writes_every_output(tmp_path, cache):
   assert xyz.shape == (n_valid, 3) and col.shape == (n_valid, 3) and n_valid > 0
   assert np.isfinite(xyz).all()
   assert (out / "prompt.txt").read_text().strip() == demo_tiny.get_config().prompt
+  # the sampler option writes the exports beside the outputs (read back in tests/test_scene_export.py)
+  assert (out / "splat" / "splat.ply").is_file() and (out / "nerfstudio" / "images" / "frame00000.png").is_file()
+  assert json.loads((out / "nerfstudio" / "transforms.json").read_text())["camera_axes"] == "opengl"
 
 
 def _cfg(tmp_path, **kw):
@@ -81,6 +90,7 @@ def _fake_checkpoint(path, missing=()):
     (dict(trajectory="orbit"), "unknown camera trajectory 'orbit'"),
     (dict(dtype="float16"), "dtype 'float16' is not supported"),
     (dict(prompt=""), "no prompt"),
+    (dict(export_formats="colmap,obj"), "unknown export format 'obj'"),
 ])
 def test_bad_config_one_line_errors(tmp_path, change, message):
   _fake_checkpoint(str(tmp_path / "ckpt"))

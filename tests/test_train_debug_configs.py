@@ -1,8 +1,9 @@
 """The README's debug training commands (``configs/cpu_debug.py`` stage 1 and ``:stage2``) run as subprocesses of
 ``launch/train.py``, as a user runs them: they finish (exit 0, the checkpoint of the last step, TensorBoard events,
 a finite loss logged at every step) within the laptop budget of peak resident memory (4 GiB), measured by a fresh
-wrapper process with ``getrusage(RUSAGE_CHILDREN)``. Fewer steps than configured keep CI short; the full runs'
-times are in the config's docstring."""
+wrapper process with ``getrusage(RUSAGE_CHILDREN)``. The console (not a terminal here) holds progress lines and no
+library INFO lines (Orbax, the metric writer: those go to ``<workdir>/train.log``) and no ``\r``. Fewer steps than
+configured keep CI short; the full runs' times are in the config's docstring."""
 
 import json
 import math
@@ -51,12 +52,20 @@ def test_debug_entry_finishes_within_laptop_memory(tmp_path, entry, steps):
   tail = "\n".join(l for l in out.splitlines() if not l.startswith(("I1", "W1")))[-3000:]
   assert rc == 0, f"exit {rc}:\n{tail}"
   assert f"done: step {steps}" in out, tail
+  # a readable console: progress with the loss, throughput and ETA; no INFO chatter; no \r off a terminal
+  info = [l for l in out.splitlines() if re.match(r"I\d{4} ", l)]
+  assert not info, info[:5]
+  assert "\r" not in out
+  progress = re.findall(r"\[train\] step (\d+)/\d+ .*examples/s .*ETA .*loss [-+0-9.eE]+", out)
+  assert [int(k) for k in progress] == list(range(1, steps + 1)), out[-2000:]
   run = tmp_path / "run"
+  log = (run / "train.log").read_text()
+  assert "orbax" in log.lower() or "checkpoint" in log.lower(), log[-2000:]
   assert (run / "checkpoints" / str(steps) / "state").is_dir(), sorted(os.listdir(run / "checkpoints"))
   events = [f for f in os.listdir(run) if f.startswith("events.out.tfevents")]
   assert events and all(os.path.getsize(run / f) > 0 for f in events), os.listdir(run)
   # one log line per step (log_every 1) with a finite loss
-  losses = {int(s): float(v) for s, v in re.findall(r"\] \[(\d+)\] .*?\bloss=([-+0-9.eE]+|nan|inf)", out)}
+  losses = {int(s): float(v) for s, v in re.findall(r"\] \[(\d+)\] .*?\bloss=([-+0-9.eE]+|nan|inf)", log)}
   assert sorted(losses) == list(range(1, steps + 1)), losses
   assert all(math.isfinite(v) for v in losses.values()), losses
   assert peak_gib <= PEAK_RSS_LIMIT_GIB, f"peak resident memory {peak_gib:.2f} GiB > {PEAK_RSS_LIMIT_GIB} GiB"

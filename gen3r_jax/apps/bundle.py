@@ -24,6 +24,14 @@ problems its report lists, loaded with a warning; ``random``: random demo weight
 :func:`load_bundle` (and :func:`check_bundle`) refuse a bundle without it, with a component of another status, or
 with a file missing or of another size.
 
+Checkpoints from the Hugging Face hub (``hf:<repo id>[@revision]``, :func:`resolve_checkpoint`; optional extra
+``[hub]``): ``huggingface_hub.snapshot_download`` fetches the official layout (or finds it in the local hub cache;
+``HF_HUB_OFFLINE=1`` never touches the network), then the strict conversion above writes the bundle into
+``$GEN3R_HUB_CACHE`` (default ``~/.cache/gen3r_jax/hub``) under ``<owner>--<name>@<commit>``. The next call with the
+same repository and revision finds that bundle complete (its completeness record verified) and converts nothing;
+an incomplete one (a killed conversion) is converted again. Without network and not in the cache, or a repository
+that does not exist: one line naming the local-folder alternative.
+
 Configs: the official loaders read ``config.json`` for the text encoder, the DiT and the geometry adapter, but
 hard-code the Wan VAE width (96), the CLIP tower (ViT-H/14) and VGGT-1B. We do the same, except that the widths
 the weights reveal unambiguously (VAE base width, the DiT's CLIP projection width) are read from the tensor shapes,
@@ -53,6 +61,7 @@ from gen3r_jax.models.config import DTYPES
 from gen3r_jax.models.init import random_params
 from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
 from gen3r_jax.models.wan_dit.config import WanDiTConfig
+from gen3r_jax.progress import Progress
 from gen3r_jax.sampling import placement as pl
 
 
@@ -65,6 +74,10 @@ FAILED_REPORT_SUFFIX = "failed_conversion_report.json"
 _RECONVERT = "re-run `python launch/convert.py --source <Gen3R checkpoint> --out {d} --overwrite`"
 
 _META_KEYS = ("_class_name", "_diffusers_version", "note")
+HUB_PREFIX = "hf:"
+HUB_CACHE_ENV = "GEN3R_HUB_CACHE"
+_LOCAL_ALTERNATIVE = ("or download the official Gen3R checkpoint folder yourself and pass its local path instead "
+                      "(launch/convert.py --source <dir> --out <dir>, then the converted folder as the checkpoint)")
 
 
 def _read_json(path: str) -> dict:
@@ -301,8 +314,10 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
   if unknown:
     raise Gen3RInputError(f"overrides for unknown component(s) {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
   reports, index = {}, {"format": "gen3r_jax bundle v1", "source": os.path.abspath(source_dir), "components": {}}
+  comps = list(components or COMPONENTS)
+  bar = Progress(len(comps), "convert", unit="component", every=1)
   with staged_dir(out_dir, overwrite=overwrite, is_ours=_is_bundle_dir, what="checkpoint", log=log) as tmp:
-    for comp in components or COMPONENTS:
+    for comp in comps:
       folder = os.path.join(source_dir, comp)
       src = open_source(folder)
       spec = _spec(comp, official_config(comp, folder, src, overrides.get(comp)))
@@ -311,6 +326,7 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
                                     failed_report=failed_report_path(out_dir, comp), log=log)
       index["components"][comp] = {"model": spec.name, "class": COMPONENTS[comp][1],
                                    "counts": reports[comp].counts()}
+      bar.update(extra=f"{comp} converted")
     for comp in COPIED:
       _copy_tree(os.path.join(source_dir, comp), os.path.join(tmp, comp))
     with open(os.path.join(tmp, INDEX_FILE), "w") as f:
@@ -324,10 +340,108 @@ def convert_bundle(source_dir: str, out_dir: str, *, overrides: dict[str, dict] 
   return reports
 
 
-def convert_any(source: str, out: str, *, model: str | None = None, config: dict | None = None,
+def is_hub_spec(spec) -> bool:
+  return isinstance(spec, str) and spec.startswith(HUB_PREFIX)
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+  """``"hf:owner/name@rev"`` -> ``("owner/name", "rev")`` (revision None when not given)."""
+  body = spec[len(HUB_PREFIX):].strip()
+  repo, _, rev = body.partition("@")
+  ok = repo.count("/") == 1 and all(part.strip() for part in repo.split("/")) and (rev.strip() or not _)
+  if not ok:
+    raise Gen3RInputError(f"{spec!r}: expected hf:<owner>/<name>[@revision], e.g. hf:JaceyH919/Gen3R")
+  return repo, (rev.strip() or None)
+
+
+def hub_cache_root() -> str:
+  return os.environ.get(HUB_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gen3r_jax", "hub")
+
+
+def download_hub_checkpoint(repo: str, revision: str | None = None, log: Callable = print) -> str:
+  """The local snapshot folder of ``repo`` at ``revision`` (``huggingface_hub.snapshot_download``: from the local
+  hub cache when it is there, else downloaded). Errors are one line naming the local-folder alternative."""
+  spec = f"{HUB_PREFIX}{repo}" + (f"@{revision}" if revision else "")
+  try:
+    import huggingface_hub  # heavy optional dependency (extra [hub]): imported on first use
+    from huggingface_hub import errors as hf_errors  # heavy optional dependency (extra [hub])
+  except ImportError:
+    raise Gen3RInputError(f"{spec}: loading from the hub needs huggingface_hub (pip install 'gen3r-jax[hub]'), "
+                          + _LOCAL_ALTERNATIVE) from None
+  missing = tuple(getattr(hf_errors, n) for n in ("LocalEntryNotFoundError", "IncompleteSnapshotError")
+                  if hasattr(hf_errors, n))
+  t0 = time.time()
+  try:
+    path = huggingface_hub.snapshot_download(repo, revision=revision)
+  except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as e:
+    what = "revision" if isinstance(e, hf_errors.RevisionNotFoundError) else "repository (or it is gated)"
+    raise Gen3RInputError(f"{spec}: no such {what} on the hub; check the id, log in for a gated repository, "
+                          + _LOCAL_ALTERNATIVE) from None
+  except missing:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+    raise Gen3RInputError(f"{spec}: not in the local hub cache and {why}; download it where there is network "
+                          f"(huggingface-cli download {repo}) " + _LOCAL_ALTERNATIVE) from None
+  except (hf_errors.HfHubHTTPError, hf_errors.HFValidationError, OSError, ValueError) as e:
+    raise Gen3RInputError(f"{spec}: the hub download failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); " + _LOCAL_ALTERNATIVE) from None
+  log(f"[hub] {spec}: snapshot {path} ({time.time() - t0:.1f} s)")
+  return path
+
+
+def _bundle_complete(directory: str) -> bool:
+  try:
+    check_bundle(directory)
+  except Gen3RInputError:
+    return False
+  return True
+
+
+def _reusable(target: str, snapshot: str, in_cache: bool) -> bool:
+  """A complete bundle converted from this snapshot (in the cache the folder name holds the commit already)."""
+  if not _bundle_complete(target):
+    return False
+  if in_cache:
+    return True
+  with open(os.path.join(target, INDEX_FILE)) as f:
+    return json.load(f).get("source") == os.path.abspath(snapshot)
+
+
+def resolve_checkpoint(spec: str, *, out: str | None = None, overrides: dict | None = None, strict: bool = True,
+                       allow_nonfinite: bool = False, overwrite: bool = False, log: Callable = print) -> str:
+  """A converted bundle folder for ``spec``: a local folder is returned as it is; ``hf:<repo>[@rev]`` is fetched
+  and converted once into ``out`` (default: the hub cache, module docstring), then reused while complete. The
+  sampler, the web app and ``launch/convert.py --source hf:...`` all go through here. ``overwrite`` lets a
+  conversion replace another bundle in ``out`` (the cache folder is always ours to replace)."""
+  if not is_hub_spec(spec):
+    return spec
+  repo, revision = parse_hub_spec(spec)
+  snapshot = download_hub_checkpoint(repo, revision, log=log)
+  commit = os.path.basename(os.path.normpath(snapshot))
+  target = out or os.path.join(hub_cache_root(), f"{repo.replace('/', '--')}@{commit}")
+  if _reusable(target, snapshot, in_cache=not out):
+    log(f"[hub] {spec}: reusing the converted bundle {target}")
+    return target
+  log(f"[hub] {spec}: converting {snapshot} -> {target}")
+  convert_bundle(snapshot, target, overrides=overrides, strict=strict, overwrite=overwrite or not out,
+                 allow_nonfinite=allow_nonfinite, log=log)
+  return target
+
+
+def convert_any(source: str, out: str | None, *, model: str | None = None, config: dict | None = None,
                 overrides: dict | None = None, strict: bool = True, overwrite: bool = False,
                 allow_nonfinite: bool = False, log: Callable = print):
-  """What ``launch/convert.py`` does: one network (``model`` given) or a whole Gen3R checkpoint directory."""
+  """What ``launch/convert.py`` does: one network (``model`` given), a whole Gen3R checkpoint directory, or
+  ``hf:<repo>[@rev]`` (:func:`resolve_checkpoint`: into ``out`` or the hub cache; returns the bundle folder)."""
+  if is_hub_spec(source):
+    if model:
+      raise Gen3RInputError("--model converts one local file or folder; hf:<repo> sources are whole Gen3R "
+                            "checkpoints (drop --model)")
+    return resolve_checkpoint(source, out=out, overrides=overrides, strict=strict, allow_nonfinite=allow_nonfinite,
+                              overwrite=overwrite, log=log)
+  if not out:
+    raise Gen3RInputError("--out is required for a local --source (only hf:<repo> sources default to the hub "
+                          "cache)")
   if not os.path.exists(source):
     raise Gen3RInputError(f"{source}: no such file or directory")
   if model:

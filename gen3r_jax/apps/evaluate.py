@@ -28,6 +28,7 @@ from gen3r_jax.eval import io as eio
 from gen3r_jax.eval import lpips
 from gen3r_jax.eval import pointcloud as pc
 from gen3r_jax.eval import scene as sc
+from gen3r_jax.progress import stage
 
 METRICS = ("image", "pointcloud", "camera")
 # What to do with predicted pixels whose point is NaN or infinite (``docs/evaluation.md``, "Non-finite points").
@@ -149,27 +150,36 @@ def _camera_metrics(pred: eio.Prediction, gt: sc.Scene, opts: EvalOptions) -> di
                                     convention=opts.camera_convention)
 
 
-def evaluate(pred_dir: str, gt_dir: str, opts: EvalOptions | None = None) -> dict[str, Any]:
-  """Score one sample output directory against one ground-truth scene folder."""
+def evaluate(pred_dir: str, gt_dir: str, opts: EvalOptions | None = None, *,
+             progress: bool = False) -> dict[str, Any]:
+  """Score one sample output directory against one ground-truth scene folder. ``progress``: one line on stderr
+  as each step starts and ends (``launch/eval.py``; the point-cloud metrics take minutes on a CPU)."""
   opts = opts or EvalOptions()
   opts.validate()
-  pred = eio.read_prediction(pred_dir)
+  step = lambda msg: stage("eval", msg, enabled=progress)  # noqa: E731
+  with step("reading the prediction"):
+    pred = eio.read_prediction(pred_dir)
   frames = sc.read_transforms(gt_dir)
   size = pred.size
   require(size is not None or opts.metrics == ("camera",),
           f"{pred_dir}: no rgb.mp4, depth.npz or points.npz to take the evaluation resolution from.")
   idx = sc.select_frames(len(frames), pred.num_frames, source_indices=pred.source_indices,
                          start=opts.gt_start, stride=opts.gt_stride)
-  gt = sc.read_scene(gt_dir, idx, size or (1, 1), images="image" in opts.metrics,
-                     depth="pointcloud" in opts.metrics, depth_png_scale=opts.depth_png_scale)
+  with step(f"reading {len(idx)} ground-truth frames"):
+    gt = sc.read_scene(gt_dir, idx, size or (1, 1), images="image" in opts.metrics,
+                       depth="pointcloud" in opts.metrics, depth_png_scale=opts.depth_png_scale)
   result: dict[str, Any] = {"pred": pred_dir, "gt": gt_dir,
                             "frames": {"num": pred.num_frames, "gt_indices": idx, "size": list(size or ())}}
   if "image" in opts.metrics:
-    result["image"] = _image_metrics(pred, gt, opts)
+    with step("image metrics (PSNR, SSIM" + (", LPIPS)" if opts.lpips_weights else ")")):
+      result["image"] = _image_metrics(pred, gt, opts)
   if "pointcloud" in opts.metrics:
-    result["pointcloud"] = _pointcloud_metrics(pred, gt, opts)
+    with step(f"point-cloud metrics ({', '.join(opts.pc_protocols)}: alignment, voxel + FPS subsampling, "
+              "Chamfer)"):
+      result["pointcloud"] = _pointcloud_metrics(pred, gt, opts)
   if "camera" in opts.metrics:
-    result["camera"] = _camera_metrics(pred, gt, opts)
+    with step("camera metrics (AUC)"):
+      result["camera"] = _camera_metrics(pred, gt, opts)
   return result
 
 

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 import jax.numpy as jnp
 import numpy as np
 
+from gen3r_jax.apps import export as scene_export
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.vggt import VGGT, validate_images
 from gen3r_jax.models.vggt.geometry import pose_encoding_to_extri_intri
@@ -155,13 +156,16 @@ def check_checkpoint(checkpoint: str) -> None:
 
 def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int = 518, mode: str = "crop",
                 frames_chunk_size: int | None = None, dtype: str = "float32", min_max_depth_mask: bool = True,
-                max_points: int | None = None, fps: float = 8, log=print, warn=None) -> dict[str, str]:
+                max_points: int | None = None, fps: float = 8, export_formats="", log=print,
+                warn=None) -> dict[str, str]:
   """Reconstruct one scene and write the output directory (module docstring); returns ``{file name: path}``.
 
   ``checkpoint`` is a converted VGGT folder (``VGGT.save_checkpoint`` / ``launch/convert.py``) or a VGGT model.
   Every input is checked (images found and readable, checkpoint present, options, the output directory created
   and writable) before the model runs. ``warn`` (default: ``warning: ...`` on stderr) gets one-line warnings, e.g.
-  that ``out`` holds a previous run's outputs, replaced at the end.
+  that ``out`` holds a previous run's outputs, replaced at the end. ``export_formats`` (``"colmap,nerfstudio,splat"``
+  or a subset) also writes those exports into ``out/<format>`` (:mod:`gen3r_jax.apps.export`; returned under the
+  format's name).
   """
   warn = print_warning if warn is None else warn
 
@@ -170,6 +174,7 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   require(dtype in DTYPES, f"dtype must be one of {DTYPES}, got {dtype!r}.")
   require(frames_chunk_size is None or (isinstance(frames_chunk_size, int) and frames_chunk_size >= 0),
           f"frames_chunk must be a non-negative integer (0 = all frames at once), got {frames_chunk_size!r}.")
+  formats = scene_export.parse_formats(export_formats)
   paths = find_images(images)
   if isinstance(checkpoint, str):
     check_checkpoint(checkpoint)
@@ -196,4 +201,9 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
                                 "pose_enc", "extrinsics", "intrinsics", "depth_conf", "world_points",
                                 "world_points_conf")}})
   log(f"[reconstruct] wrote {', '.join(sorted(files))} to {out}")
+  scene = scene_export.scene_from_arrays(rgb=x, depth=pred["depth"], points=pred["pcds"], masks=pred["masks"],
+                                         c2w=pred["c2w"], K=pred["intrinsics"], meta=meta, path=out)
+  files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, out),
+                                         log=log) if formats else {})
+  scene_export.remove_stale_exports(out, keep=formats)
   return files

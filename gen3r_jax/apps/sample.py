@@ -27,10 +27,12 @@ import jax
 from jax.experimental import multihost_utils
 
 from gen3r_jax.apps import demo
-from gen3r_jax.apps.bundle import check_bundle, load_bundle
+from gen3r_jax.apps import export as scene_export
+from gen3r_jax.apps.bundle import check_bundle, load_bundle, resolve_checkpoint
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, make_mesh
+from gen3r_jax.progress import configure as configure_progress
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_cfg_axis, check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
@@ -147,6 +149,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
           f"param_dtype {cfg.param_dtype!r} is not supported; use \"\" (as converted) or one of "
           f"{', '.join(DTYPES)}.")
   check_placement(cfg.placement)
+  scene_export.parse_formats(cfg.get("export_formats", ""))
   parse_mesh(cfg.mesh)
   check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
@@ -187,6 +190,7 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
   if cfg.matmul_precision != "default":
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
   checkpoint, paths = resolve_demo(cfg, log)
+  checkpoint = resolve_checkpoint(checkpoint, log=log)   # hf:<repo>[@rev]: converted once into the hub cache
   opts, views, prompt = _check(cfg, checkpoint, paths, log=log, warn=warn)
   images = inputs.preprocess_views(views, opts.size)
   if views.source != "images":
@@ -201,7 +205,8 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
                        placement=placement, log=log)
   log(f"[sample] loaded {checkpoint} ({time.perf_counter() - t0:.1f} s, dtype {cfg.dtype}, placement "
       f"{placement}{', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})")
-  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=bool(cfg.progress),
+  configure_progress(bars=bool(cfg.progress))      # False: plain progress lines (as off a terminal), no \r
+  out = generate(bundle, images, prompt, opts, release=bool(cfg.release), progress=True,
                  context_parallel=cfg.context_parallel, log=log)
   k = out["intrinsics"]
   meta = {"task": opts.task, "trajectory": opts.cameras if isinstance(opts.cameras, str) else "json",
@@ -219,6 +224,14 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
                      prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
+  formats = scene_export.parse_formats(cfg.get("export_formats", ""))
+  if formats:
+    scene = scene_export.scene_from_arrays(rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"],
+                                           masks=out["masks"], c2w=out["c2w"], K=k, prompt=prompt, meta=meta,
+                                           path=cfg.out)
+    files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, cfg.out),
+                                           seed=opts.seed, log=log))
+  scene_export.remove_stale_exports(cfg.out, keep=formats)
   return files
 
 

@@ -4,7 +4,9 @@
 <root>/<dataset>/<scene>/images/frameNNNNN.png   any .png/.jpg/.jpeg, sorted by name
 <root>/<dataset>/<scene>/captions.txt            one caption per line (usually two)
 <root>/<dataset>/<scene>/transforms.json         per-frame w, h, fl_x, fl_y, cx, cy, file_path,
-                                                  transform_matrix (4x4 camera-to-world, OpenCV axes)
+                                                  transform_matrix (4x4 camera-to-world, OpenCV axes; OpenGL
+                                                  axes when the file says "camera_axes": "opengl", as our
+                                                  nerfstudio export writes: converted to OpenCV on reading)
 <root>/<dataset>/train_{videos_dirs,cameras_paths,captions_paths}.txt   line i of each = scene i
 <root>/{train,test}_{videos_dirs,cameras_paths,captions_paths}.txt      all scenes of the split
 ```
@@ -39,6 +41,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 import numpy as np
 
+from gen3r_jax.camera_axes import AXES, OPENCV, to_opencv
 from gen3r_jax.errors import Gen3RInputError, fmt_list, require
 
 
@@ -157,7 +160,9 @@ def read_transforms(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """Parse and validate ``transforms.json``.
 
   Returns:
-    intrinsics [N, 6] float64 (w, h, fl_x, fl_y, cx, cy), c2w [N, 4, 4] float64, file names [N] (basenames).
+    intrinsics [N, 6] float64 (w, h, fl_x, fl_y, cx, cy), c2w [N, 4, 4] float64 with OpenCV camera axes (a
+    top-level ``"camera_axes": "opengl"``, nerfstudio's convention, is converted; absent means OpenCV, as the
+    official data), file names [N] (basenames).
   """
   path = Path(path)
   try:
@@ -169,6 +174,8 @@ def read_transforms(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
   frames = meta.get("frames") if isinstance(meta, dict) else None
   require(isinstance(frames, list) and len(frames) > 0,
           f"{path}: expected a non-empty 'frames' list; each frame needs {fmt_list(FRAME_KEYS)}.")
+  axes = meta.get("camera_axes", OPENCV)
+  require(axes in AXES, f"{path}: camera_axes must be one of {fmt_list(AXES)}, got {axes!r}.")
   intr, c2w, names = [], [], []
   for i, fr in enumerate(frames):
     missing = [k for k in FRAME_KEYS if not isinstance(fr, dict) or k not in fr]
@@ -187,7 +194,7 @@ def read_transforms(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     require(abs(np.linalg.det(m[:3, :3])) > 1e-8 and np.allclose(m[3], [0, 0, 0, 1], atol=1e-6),
             f"{path}: frame {i} transform_matrix is not an invertible rigid 4x4 (last row must be 0 0 0 1).")
     intr.append(vals)
-    c2w.append(m)
+    c2w.append(to_opencv(m, axes))
     names.append(str(fr["file_path"]).replace("\\", "/").split("/")[-1])
   return np.stack(intr), np.stack(c2w), names
 

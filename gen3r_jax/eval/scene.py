@@ -14,6 +14,7 @@ import os
 from PIL import Image
 import numpy as np
 
+from gen3r_jax.camera_axes import AXES, OPENCV, to_opencv
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.eval.io import resize_crop_params, unproject
 
@@ -100,17 +101,24 @@ def _read_depth(path: str, png_scale: float) -> np.ndarray:
 
 
 def read_transforms(scene: str) -> list[dict]:
-  """The ``frames`` list of ``transforms.json`` (checked for the keys the evaluation needs)."""
+  """The ``frames`` list of ``transforms.json`` (checked for the keys the evaluation needs), ``transform_matrix``
+  with OpenCV camera axes (a top-level ``"camera_axes": "opengl"``, as our nerfstudio export writes, is
+  converted; docs/cameras.md)."""
   path = os.path.join(scene, "transforms.json")
   require(os.path.isdir(scene), f"ground-truth scene folder not found: {scene}")
   require(os.path.exists(path), f"{scene}: ground-truth cameras missing (no transforms.json).")
   with open(path) as f:
-    frames = json.load(f).get("frames", [])
+    meta = json.load(f)
+  frames = meta.get("frames", [])
   require(len(frames) > 0, f"{path}: no frames.")
+  axes = meta.get("camera_axes", OPENCV)
+  require(axes in AXES, f"{path}: camera_axes must be one of {', '.join(AXES)}, got {axes!r}.")
   keys = ("file_path", "w", "h", "fl_x", "fl_y", "cx", "cy", "transform_matrix")
   for i, fr in enumerate(frames):
     missing = [k for k in keys if k not in fr]
     require(not missing, f"{path}: frame {i} lacks {', '.join(missing)}.")
+  if axes != OPENCV:
+    frames = [dict(fr, transform_matrix=to_opencv(fr["transform_matrix"], axes).tolist()) for fr in frames]
   return frames
 
 

@@ -7,10 +7,13 @@ Implementations:
   * ``"xla"``: reference einsum path; logits and softmax in float32, works on every backend and dtype.
   * ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (flash attention on NVIDIA GPUs;
     needs bf16/fp16 inputs and head dim <= 128 for the fused kernel); takes a bias or mask.
-  * ``"fa3"``: FlashAttention-3's forward (Hopper, sm90) through the optional package ``flash-attn3-jax``
-    (``pip install 'gen3r-jax[fa3]'``, an XLA FFI custom call); bf16/fp16, no bias or mask, any sequence length
-    as it is. Differentiated, it runs cuDNN's forward and backward instead (the package's own backward is wrong
-    at many shapes: :func:`fa3_attention`), so it speeds up sampling and leaves training as with ``cudnn``.
+  * ``"fa3"``: FlashAttention-3 (Hopper, sm90) through the optional package ``flash-attn3-jax``
+    (``pip install 'gen3r-jax[fa3]'``, XLA FFI custom calls); bf16/fp16, no bias or mask, any sequence length
+    as it is; forward and backward are FA3's kernels (the backward called with correctly sized buffers:
+    :mod:`gen3r_jax.nn.fa3`).
+  * ``"fa3_fwd"``: FA3's forward when nothing is differentiated (sampling), cuDNN's forward and backward when it
+    is (training): ``auto``'s choice at head dim 128 on Hopper (measured: the stage-2 step is faster with
+    cuDNN's pair than with FA3's, although FA3's kernels alone are faster; ``bench/RESULTS.md`` "Issue 15").
   * ``"splash"``: the upstream TPU splash-attention kernel (Pallas, :mod:`gen3r_jax.nn.splash`); no bias
     or mask. Off TPU it is an error unless Pallas interpret mode is on
     (``gen3r_jax.nn.splash.splash_options(interpret=True)``, tests only), never a silent fallback.
@@ -44,20 +47,23 @@ import jax
 import jax.numpy as jnp
 
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax.nn import fa3
 from gen3r_jax.nn.splash import splash_attention
 from gen3r_jax.parallel.rules import constrain
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "splash")
-GPU_KERNELS = ("cudnn", "fa3")          # fused GPU kernels (bf16/fp16 only)
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "fa3_fwd", "splash")
+GPU_KERNELS = ("cudnn", "fa3", "fa3_fwd")          # fused GPU kernels (bf16/fp16 only)
 MASKABLE = ("xla", "cudnn")             # the implementations that take a bias or mask
 
 # ``auto`` on a GPU: candidates in order of measured speed per head dim (H200, jax 0.11.2, 2026-12-04,
 # bench/RESULTS.md "Attention kernels"); the first one available and able to run the call wins.
 GPU_PREFERENCE: dict[int, tuple[str, ...]] = {
-    128: ("fa3", "cudnn"),   # DiT: FA3 629 vs cuDNN 559 TFLOP/s forward on the ragged 31,850-token length
-    64: ("cudnn", "fa3"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
+    # DiT: FA3's forward 657 vs cuDNN 580 TFLOP/s on the ragged 31,850 tokens; in the whole stage-2 step cuDNN's
+    # forward + backward (2.174 s) beat FA3's (2.32 s) although FA3's kernels alone are faster: fa3_fwd
+    128: ("fa3_fwd", "cudnn"),
+    64: ("cudnn", "fa3_fwd"),    # VGGT: cuDNN 460 vs FA3 352 TFLOP/s (global), 386 vs 286 (frame)
 }
-GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3")   # other head dims
+GPU_DEFAULT: tuple[str, ...] = ("cudnn", "fa3_fwd")   # other head dims
 
 FA3_PACKAGE = "flash_attn3_jax"
 _log = logging.getLogger(__name__)
@@ -92,7 +98,7 @@ def kernel_available(name: str) -> bool:
     return False
   if name == "cudnn":
     return True
-  if name == "fa3":
+  if name in ("fa3", "fa3_fwd"):
     return cap[0] == 9 and _has_package(FA3_PACKAGE)
   return False
 
@@ -100,7 +106,7 @@ def kernel_available(name: str) -> bool:
 def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
   if masked and name not in MASKABLE:
     return False
-  if name == "fa3" and head_dim is not None and (head_dim > 256 or head_dim % 8):
+  if name in ("fa3", "fa3_fwd") and head_dim is not None and (head_dim > 256 or head_dim % 8):
     return False
   if name == "cudnn" and head_dim is not None and head_dim > 128:
     return False
@@ -147,10 +153,10 @@ def _record(implementation: str, q, k, masked: bool, impl: str) -> None:
 
 def _require_runnable(impl: str) -> None:
   if impl in GPU_KERNELS and not kernel_available(impl):
-    if impl == "fa3" and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
-      raise Gen3RInputError("attention='fa3' needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
+    if impl in ("fa3", "fa3_fwd") and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
+      raise Gen3RInputError(f"attention={impl!r} needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
                             "(or set attention='auto', which falls back to cuDNN).")
-    raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl == 'fa3' else ''}"
+    raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl.startswith('fa3') else ''}"
                           f" (backend here: {jax.default_backend()}); use attention='auto' or 'xla'.")
 
 
@@ -210,26 +216,29 @@ def forward_with_training_kernel(infer, train):
   return f
 
 
-def fa3_forward(q, k, v, *, scale: float):
-  """FlashAttention-3's forward kernel (``flash_attn3_jax.flash_mha``), no gradient rule of ours."""
-  from flash_attn3_jax import flash_mha  # optional GPU package (the [fa3] extra)
-  return flash_mha(q, k, v, softmax_scale=float(scale))
-
 
 def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
-  """FlashAttention-3 forward (``flash-attn3-jax``), any length, no bias or mask; gradients through cuDNN.
+  """FlashAttention-3 forward and backward (``flash-attn3-jax``'s FFI kernels, :mod:`gen3r_jax.nn.fa3`).
 
-  flash-attn3-jax 0.2.3's backward returns wrong gradients that change from call to call at many shapes
-  (relative error 50-250 at 1,024 or 4,096 tokens, or with 12 heads; ``python -m bench.fa3_check``), so it is
-  never used: under differentiation this implementation runs cuDNN's forward and backward instead
-  (:func:`forward_with_training_kernel`), without running the FA3 forward as well. Sampling (no gradient) runs
-  FA3's forward. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a mesh all three are
-  constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they pass unchanged.
+  Any sequence length as it is, no bias or mask. The package's own backward wrapper under-allocates two of the
+  kernel's buffers (wrong gradients at many shapes); :func:`gen3r_jax.nn.fa3.fa3_attention` calls the same
+  kernel with buffers of the right size. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a
+  mesh all three are constrained to ``(batch, -, heads, -)``; inside ``shard_map`` (context parallelism) they
+  pass unchanged.
   """
   if bias is not None or mask is not None:
     raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
   q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
-  f = forward_with_training_kernel(functools.partial(fa3_forward, scale=scale),
+  return fa3.fa3_attention(q, k, v, float(scale))
+
+
+def fa3_forward_attention(q, k, v, *, scale: float, bias=None, mask=None):
+  """FlashAttention-3's forward when not differentiated (sampling), cuDNN's forward and backward when it is
+  (:func:`forward_with_training_kernel`): the fastest pair measured on the H200 (``auto``'s choice)."""
+  if bias is not None or mask is not None:
+    raise ValueError("attention implementation 'fa3_fwd' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
+  q, k, v = (constrain(x, ("batch", None, "heads", None)) for x in (q, k, v))
+  f = forward_with_training_kernel(lambda q, k, v: fa3.fa3_attention(q, k, v, float(scale)),
                                    functools.partial(cudnn_attention, scale=scale))
   return f(q, k, v)
 
@@ -284,4 +293,6 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
     return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   if impl == "fa3":
     return fa3_attention(q, k, v, scale=scale, bias=bias, mask=mask)
+  if impl == "fa3_fwd":
+    return fa3_forward_attention(q, k, v, scale=scale, bias=bias, mask=mask)
   return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -47,6 +46,7 @@ from gen3r_jax.models.wan_dit.inputs import pad_text
 from gen3r_jax.models.wan_dit.transformer import create
 from gen3r_jax.nn.context_parallel import SELF_STRATEGIES, check_strategy, context_size, use_context_parallel
 from gen3r_jax.parallel.rules import constrain
+from gen3r_jax.progress import Progress, fmt_seconds
 from gen3r_jax.sampling import placement
 from gen3r_jax.sampling.schedulers import get_scheduler
 
@@ -187,7 +187,8 @@ def check_cfg_axis(mesh_shape, guidance_scale: float) -> None:
                        "guidance, so it is 1 or 2.")
   require(n == 1 or float(guidance_scale) > 1.0,
           f"mesh cfg=2 runs the unconditional and conditional branches on two device groups, but guidance "
-          f"{float(guidance_scale):g} <= 1 turns guidance off (one branch); set guidance > 1 or drop cfg from the mesh.")
+          f"{float(guidance_scale):g} <= 1 turns guidance off (one branch); set guidance > 1 or drop cfg from the "
+          "mesh.")
 
 
 def _check_context_split(mesh, latents, dit_cfg, strategy: str = "allgather") -> None:
@@ -198,28 +199,6 @@ def _check_context_split(mesh, latents, dit_cfg, strategy: str = "allgather") ->
     tokens = (latents.shape[1] // pt) * (latents.shape[2] // ph) * (latents.shape[3] // pw)
     require(tokens % n == 0, f"the DiT sees {tokens} video tokens, not divisible by the mesh 'context' size {n}; "
                              f"use a context size that divides it (or context=1).")
-
-
-class Progress:
-  """A one-line progress bar on stderr: ``step k/S  s/step  steps/s  ETA``."""
-
-  def __init__(self, total: int, enabled: bool = True, stream=None, label: str = "denoise"):
-    self.total, self.enabled, self.label = total, enabled, label
-    self.stream = stream or sys.stderr
-    self.times: list[float] = []
-
-  def update(self, k: int, seconds: float) -> None:
-    self.times.append(seconds)
-    if not self.enabled:
-      return
-    steady = self.times[1:] or self.times               # the first step includes compilation
-    per = float(np.median(steady))
-    eta = per * (self.total - k)
-    bar = "#" * int(20 * k / self.total)
-    end = "\n" if k == self.total else ""
-    self.stream.write(f"\r[{self.label}] [{bar:<20}] {k}/{self.total}  {per:.2f} s/step  "
-                      f"{1.0 / max(per, 1e-9):.2f} steps/s  ETA {eta:.0f} s{end}")
-    self.stream.flush()
 
 
 def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_camera=None,
@@ -260,10 +239,12 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
                                                              mesh)
   g = jnp.float32(guidance_scale)
   n = schedule.num_steps
-  bar = Progress(n, progress)
+  bar = Progress(n, "denoise", enabled=progress)
   hist, guided_all, secs = [], [], []
   t_compile = 0.0
   for i in range(n):
+    if i == 0:
+      bar.note("compiling the denoising step … (the first step includes compilation)")
     t0 = time.perf_counter()
     with mesh_scope(mesh):
       x, state, guided = denoise_step(params, graphdef, x, state, jnp.int32(i), timesteps, context, clip_fea, y,
@@ -273,7 +254,7 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
     if i == 0:
       t_compile = dt
     secs.append(dt)
-    bar.update(i + 1, dt)
+    bar.update(seconds=dt, extra=f"(first step + compile {fmt_seconds(dt)})" if i == 0 else "")
     if record:
       hist.append(np.asarray(x))
       guided_all.append(np.asarray(guided))
@@ -369,4 +350,5 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
 
 
 __all__ = ("DenoiseOutput", "cfg_context", "denoise", "denoise_scan", "denoise_step", "Progress",
-           "check_denoise_inputs", "check_parallel", "check_cfg_axis", "mesh_scope", "param_mesh", "time_denoise_step")
+           "check_denoise_inputs", "check_parallel", "check_cfg_axis", "mesh_scope", "param_mesh",
+           "time_denoise_step")

@@ -318,11 +318,19 @@ def select_points(points, colors=None, *, masks=None, max_points: int | None = N
   lead = p.shape[:-1]
   col = np.full(lead + (3,), 255, np.uint8) if colors is None else to_uint8(colors, "colors")
   require(col.shape[:-1] == lead, f"colors: expected shape {lead + (3,)} to match points, got {col.shape}.")
+  idx = select_indices(_masks(masks, lead) & np.isfinite(p).all(-1), max_points=max_points, seed=seed)
+  return p.reshape(-1, 3)[idx].astype(np.float32), col.reshape(-1, 3)[idx]
+
+
+def select_indices(valid, *, max_points: int | None = None, seed: int = 0) -> np.ndarray:
+  """Flat indices of the True entries of ``valid``, in order; with ``max_points`` (< their count) a uniform
+  subset without replacement drawn by ``np.random.default_rng(seed)``, kept in order (:func:`select_points`'s
+  rule; the exports use it to know which pixel each point came from)."""
   _check_max_points(max_points)
-  idx = np.flatnonzero(_masks(masks, lead) & np.isfinite(p).all(-1))  # flat pixel indices, in order
+  idx = np.flatnonzero(np.asarray(valid))
   if max_points is not None and idx.size > max_points:
     idx = idx[np.sort(np.random.default_rng(seed).choice(idx.size, int(max_points), replace=False))]
-  return p.reshape(-1, 3)[idx].astype(np.float32), col.reshape(-1, 3)[idx]
+  return idx
 
 
 def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | None = None, seed: int = 0) -> int:

@@ -215,6 +215,14 @@ def fmt_bytes(v) -> str:
   return f"{v / GiB:.2f} GiB" if v >= GiB // 4 else f"{v / 2 ** 20:.1f} MiB"
 
 
+# what each sampling stage does, for the line logged when it starts (a long stage is never silent)
+STAGE_MESSAGES = {"text": "encoding the prompt (umT5)", "clip": "CLIP tokens of the first frame",
+                  "cameras": "cameras (VGGT estimate for built-in trajectories, Plücker map, camera latents)",
+                  "vae_encode": "encoding the control video (Wan VAE)", "denoise": "denoising (DiT)",
+                  "vae_decode": "decoding the video (Wan VAE)",
+                  "geometry_decode": "decoding depth, points and cameras (geometry adapter + VGGT heads)"}
+
+
 class StageStats:
   """Per-stage wall time, weights placed, and device memory (see the module docstring).
 
@@ -233,6 +241,7 @@ class StageStats:
 
   @contextlib.contextmanager
   def stage(self, name: str, *models, only: dict[int, Sequence[str]] | None = None, mesh=None):
+    self.log(f"[sample] {name}: {STAGE_MESSAGES.get(name, name)} …")
     t0 = time.perf_counter()
     with staged(*models, only=only, mesh=mesh) as placed:
       weights = sum(param_bytes_on_device(m) for m in placed)
@@ -252,7 +261,7 @@ class StageStats:
     self.stages[name] = rec
     mem = "" if rec["bytes_in_use"] is None else (f", in use {fmt_bytes(rec['bytes_in_use'])}, peak so far "
                                                    f"{fmt_bytes(rec['peak_bytes_in_use'])}")
-    self.log(f"[sample] {name}: {seconds:.1f} s, weights on the device {fmt_bytes(weights)}{mem}")
+    self.log(f"[sample] {name}: done in {seconds:.1f} s, weights on the device {fmt_bytes(weights)}{mem}")
 
   def summary(self) -> dict:
     peaks = [s["peak_bytes_in_use"] for s in self.stages.values() if s["peak_bytes_in_use"] is not None]

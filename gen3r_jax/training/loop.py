@@ -49,6 +49,7 @@ import optax
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.nn.context_parallel import use_context_parallel
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, activation_spec, make_mesh, state_shardings
+from gen3r_jax.progress import Progress as ConsoleProgress
 from gen3r_jax.training.checkpointing import Checkpointer
 from gen3r_jax.training.memory import estimate, format_table
 from gen3r_jax.training.metrics import Progress, create_writer
@@ -283,6 +284,8 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   # lazy: clu is a training-run dependency only (make_train_step is also used where clu is absent, bench/)
   writer = create_writer(workdir, tensorboard=bool(config.tensorboard))
   progress = Progress(step, num_steps)
+  bar = ConsoleProgress(num_steps, "train", initial=step, every=int(config.log_every),
+                        enabled=jax.process_index() == 0, throughput=(int(config.data.batch_size), "examples"))
   profile = _ProfileWindow(config.profile, workdir)
   history: list[dict] = []
   end = num_steps if stop_after is None else min(stop_after, num_steps)
@@ -319,6 +322,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
         m.update(progress.report(step))
         writer.write_scalars(step, m)
         history.append(dict(m, step=step))
+      bar.update(extra=f"loss {float(m['loss']):.4g}" if log_now else None)
       if save_now:
         ckpt.save(step, state, data if ckpt.with_data else None, config)
       if step < end:
