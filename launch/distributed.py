@@ -46,5 +46,10 @@ def setup_distributed() -> None:
       distributed.initialize(COORD.value, NUM_PROC.value, PROC_ID.value, **timeouts)
     else:
       distributed.initialize(**timeouts)
-  logging.info("jax process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  # on the console (train.py sends absl INFO to <workdir>/train.log only): which process this is matters to a user
+  # reading several processes' output
+  line = (f"jax process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local / "
+          f"{jax.device_count()} global devices ({jax.devices()[0].platform})")
+  logging.info(line)
+  if multi or DISTRIBUTED.value:
+    print(line, flush=True)
