@@ -11,6 +11,11 @@
 Small GPUs (24 GiB): ``--config.placement=sequential --config.param_dtype=bfloat16`` (peak = the largest stage,
 the umT5 encoder's ~11 GiB). Two GPUs (14B DiT): ``--config.mesh=fsdp=2`` (docs/sampling.md).
 
+Faster, approximate sampling (opt-in; docs/sampling.md "Accelerators"): ``--config.cache=first_block
+--config.cache_threshold=0.05``, ``--config.cache=magcache --config.cache_schedule=schedule.json`` (from
+``python launch/calibrate_cache.py --checkpoint ckpt/gen3r --out schedule.json``), ``--config.cache=cfg``,
+``--config.precision=fp8`` (Hopper / Ada GPUs).
+
 ``checkpoint`` is a converted bundle (``python launch/convert.py --source <Gen3R dir> --out ckpt/gen3r``).
 ``trajectory`` is a built-in trajectory (zoom_in, zoom_out, arc_left, arc_right, translate_up, translate_down,
 free) or a cameras JSON file (format in ``gen3r_jax/sampling/cameras.py``). Outputs (``gen3r_jax.sampling.export``):
@@ -21,7 +26,7 @@ by name); the first ``num_frames`` frames are used, as in ``infer.py``. ``prompt
 those exports into ``out/<format>`` (``launch/export.py`` does the same for an existing output directory).
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 
 def get_config() -> ConfigDict:
@@ -56,5 +61,13 @@ def get_config() -> ConfigDict:
   c.release = True               # drop each model once no later stage needs it
   c.progress = True              # progress bars on a terminal; False: plain lines (always plain off a terminal)
   c.matmul_precision = "default"
+  # opt-in accelerators, approximate (docs/sampling.md "Accelerators"); the defaults are the exact path
+  c.cache = "none"               # none | first_block | magcache | cfg
+  c.cache_threshold = config_dict.placeholder(float)   # first_block / magcache; unset: 0.05 / 0.12; 0 never caches
+  c.cache_schedule = ""          # magcache: schedule JSON from launch/calibrate_cache.py (your checkpoint, steps)
+  c.cache_steps = ""             # forced plan: these step indices are served from the cache, e.g. "20,22,24"
+  c.cache_max_skips = config_dict.placeholder(int)     # most cached steps in a row; unset: 3 / 2 / 4
+  c.cache_warmup = config_dict.placeholder(int)        # steps always computed first; unset: 1 / 20 % / a third
+  c.precision = "exact"          # exact | fp8 (float8 e4m3 GEMMs in the DiT blocks; FP8 GPUs: Ada, Hopper)
   c.demo = ConfigDict(dict(enabled=False, cache_dir="", seed=0))
   return c

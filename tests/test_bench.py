@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_REF = os.path.join(ROOT, "bench", "_torch_ref")
 MODULES = ("bench.run", "bench.common", "bench.dit", "bench.vggt", "bench.vae", "bench.adapter", "bench.sample",
            "bench.stage2_step", "bench.torch_ref", "bench.dit14b_memory", "bench.compile_probe", "bench.compile_log",
-           "bench.multi_gpu")
+           "bench.accelerators", "bench.multi_gpu")
 
 
 # ------------------------------------------------------------------------------------------------ import hygiene
@@ -237,6 +237,20 @@ def test_compile_log_and_probe_summaries():
   events = [dict(name="config-assigner", dur=2e6), dict(name="$profiler.py:1 wrapper", dur=9e6),
             dict(name="PTX->CUBIN", dur=1e6), dict(name="PTX->CUBIN", dur=5e5)]
   assert compile_probe.summarise(events, 5) == [("config-assigner", 2.0, 1), ("PTX->CUBIN", 1.5, 2)]
+
+
+def test_accelerators_first_block_threshold_is_picked_from_the_measured_changes():
+  from bench import accelerators as acc
+  changes = [None, 0.02, 0.03, 0.01, 0.05, 0.02, 0.02, 0.04, 0.03, 0.02]
+  # the change since the last full step is the running sum of the consecutive ones
+  assert acc.predicted_fb_plan(changes, 0.045, warmup=1, max_skips=3) == [
+      False, True, False, True, False, True, True, False, True, False]
+  assert acc.predicted_fb_plan(changes, 1.0, warmup=1, max_skips=3) == [False] + [True] * 3 + [False] + [True] * 3 + [
+      False, True]                                         # at most 3 in a row
+  thr = acc.auto_threshold(changes, 0.45, warmup=1, max_skips=3)
+  assert sum(acc.predicted_fb_plan(changes, thr, warmup=1, max_skips=3)) >= 4.5 and 0.02 < thr < 0.05
+  med = acc._medians([5.0, 1.0, 1.2, 3.0, 0.5, 0.4], ["full", "full", "full", "cached", "cached", "cached"])
+  assert med["full"] == 1.1 and med["cached"] == 0.45 and med["compile_excess"] == pytest.approx(3.9 + 2.55)
 
 
 # ------------------------------------------------------------------------------------------------ multi_gpu plan

@@ -52,7 +52,20 @@ def options_from_config(cfg) -> SampleOptions:
   return SampleOptions(task=cfg.task, cameras=cameras, num_frames=cfg.num_frames, num_steps=cfg.steps,
                        guidance_scale=float(cfg.guidance), shift=cfg.shift, negative_prompt=cfg.negative_prompt,
                        seed=int(cfg.seed), scheduler=cfg.scheduler or None, posterior=cfg.posterior,
-                       min_max_depth_mask=bool(cfg.min_max_depth_mask), size=cfg.resolution)
+                       min_max_depth_mask=bool(cfg.min_max_depth_mask), size=cfg.resolution,
+                       **accelerator_options(cfg))
+
+
+ACCELERATOR_KEYS = ("cache", "cache_threshold", "cache_schedule", "cache_steps", "cache_max_skips", "cache_warmup",
+                    "precision")
+
+
+def accelerator_options(cfg) -> dict:
+  """The accelerator fields of :class:`SampleOptions` present in ``cfg`` (same names; ``""`` = unset)."""
+  out = {k: cfg.get(k) for k in ACCELERATOR_KEYS if cfg.get(k) is not None}
+  if out.get("cache_steps") == "":
+    del out["cache_steps"]
+  return out
 
 
 def is_writer() -> bool:
@@ -214,6 +227,8 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning) -> dict[str, s
           "guidance": opts.guidance_scale, "shift": opts.shift, "scheduler": opts.scheduler or "checkpoint",
           "posterior": opts.posterior, "dtype": cfg.dtype, "images": paths, "checkpoint": checkpoint,
           "views": views.source, "num_views": len(views),
+          "cache": {k: out["cache"].get(k) for k in ("kind", "full_steps", "cached_steps", "cached")},
+          "precision": opts.precision,
           "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},
           "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
   if not is_writer():

@@ -13,25 +13,34 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gen3r_jax.nn.fp8 import fp8_dot
 from gen3r_jax.nn.params import Axes, make_param, torch_uniform
 
 
 class Dense(nnx.Module):
-  """``y = x @ W + b`` computed in ``dtype`` with float32 accumulation."""
+  """``y = x @ W + b`` computed in ``dtype`` with float32 accumulation.
+
+  ``fp8=True``: the product runs on float8 e4m3 operands with dynamic scales (:func:`gen3r_jax.nn.fp8.fp8_dot`;
+  opt-in, approximate); the bias and the output dtype are unchanged. The parameters are the same either way.
+  """
 
   def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-               axes: Axes = ("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32,
+               axes: Axes = ("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32, fp8: bool = False,
                rngs: nnx.Rngs):
     self.in_features, self.out_features = in_features, out_features
     self.dtype = dtype
+    self.fp8 = fp8
     init = torch_uniform(in_features)
     self.kernel = make_param(rngs, init, (in_features, out_features), axes, param_dtype)
     self.bias = make_param(rngs, init, (out_features,), (axes[-1],), param_dtype) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = self.dtype
-    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype),
-                preferred_element_type=jnp.float32 if dtype == jnp.float32 else None)
+    if self.fp8:
+      y = fp8_dot(x.astype(dtype), self.kernel[...])
+    else:
+      y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype),
+                  preferred_element_type=jnp.float32 if dtype == jnp.float32 else None)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y.astype(dtype)

@@ -20,6 +20,10 @@ order does not change any output):
 6. ``vae_decode``: appearance half -> Wan VAE decode -> rgb;
 7. ``geometry_decode``: geometry half -> adapter -> VGGT heads (not its aggregator) -> depth, points, cameras.
 
+Opt-in accelerators (approximate, off by default): ``opts.cache`` (``first_block`` | ``magcache`` | ``cfg``, step
+caches of :mod:`gen3r_jax.sampling.cache`) and ``opts.precision="fp8"`` (the DiT blocks' GEMMs in float8,
+:mod:`gen3r_jax.nn.fp8`); docs/sampling.md "Accelerators".
+
 With ``release=True`` each model is dropped from the bundle (field set to ``None``) once no later stage needs it.
 A bundle loaded with ``placement="sequential"`` keeps its weights in host memory; each stage copies its model to
 the device and deletes the copy afterwards, so the device holds one stage's weights at a time
@@ -39,6 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gen3r_jax.errors import require
+from gen3r_jax.models.wan_dit.transformer import with_config
+from gen3r_jax.nn.fp8 import check_fp8_supported
+from gen3r_jax.sampling import cache as step_cache
 from gen3r_jax.sampling import inputs, stages
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES, check_num_frames, load_cameras_json, parse_cameras
 from gen3r_jax.sampling.denoise import cfg_context, check_cfg_axis, check_parallel, denoise
@@ -64,6 +71,23 @@ class SampleOptions:
   min_max_depth_mask: bool = True
   max_sequence_length: int = 512
   size: int = inputs.SIZE
+  # opt-in accelerators (approximate; docs/sampling.md "Accelerators"): defaults = the exact path
+  cache: str = "none"                      # none | first_block | magcache | cfg (gen3r_jax.sampling.cache)
+  cache_threshold: float | None = None     # first_block / magcache; None: 0.05 / 0.12; 0 never caches
+  cache_schedule: str = ""                 # magcache: the schedule JSON of launch/calibrate_cache.py
+  cache_steps: Any = None                  # forced plan: these step indices are cached ("10,12,14")
+  cache_max_skips: int | None = None       # most cached steps in a row; None: 3 / 2 / 4 (first_block/magcache/cfg)
+  cache_warmup: int | None = None          # steps computed before any is cached; None: 1 / 20 % / a third
+  precision: str = "exact"                 # exact | fp8 (the DiT blocks' linear layers in float8 e4m3)
+
+
+PRECISIONS = ("exact", "fp8")
+
+
+def cache_settings(opts: SampleOptions) -> step_cache.CacheSettings:
+  return step_cache.CacheSettings(kind=opts.cache, threshold=opts.cache_threshold,
+                                  schedule=opts.cache_schedule or None, steps=opts.cache_steps,
+                                  max_skips=opts.cache_max_skips, warmup=opts.cache_warmup)
 
 
 def check_options(opts: SampleOptions, num_views: int) -> None:
@@ -85,6 +109,14 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
     load_cameras_json(opts.cameras, opts.num_frames)
   if opts.scheduler is not None:
     get_scheduler(opts.scheduler)
+  step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
+                            use_cfg=opts.guidance_scale > 1.0,
+                            scheduler=None if opts.scheduler is None else
+                            step_cache.scheduler_name(get_scheduler(opts.scheduler)))
+  require(opts.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
+                                        f"{opts.precision!r}.")
+  if opts.precision == "fp8":
+    check_fp8_supported()
 
 
 def make_scheduler(opts: SampleOptions, scheduler_config: dict | None):
@@ -108,7 +140,7 @@ def _release(bundle, field: str, release: bool) -> None:
 def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(), *, latents=None,
              release: bool = False, record: bool = False, progress: bool = True, mesh=None,
              context_parallel: str = "allgather", log: Callable[[str], None] = lambda s: None,
-             probe: Callable[[str, tuple], None] | None = None) -> dict:
+             probe: Callable[[str, tuple], None] | None = None, calibrate_cache: bool = False) -> dict:
   """Run the whole pipeline (module docstring).
 
   Args:
@@ -124,12 +156,17 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
       ``"ring"`` | ``"ulysses"`` | ...) is the self-attention strategy when the mesh has ``context > 1``; a mesh
       axis ``cfg=2`` runs the two guidance branches on two device groups (CFG-parallel, needs guidance > 1).
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
+    calibrate_cache: run the block-cache programs with every step computed and return the residual-magnitude
+      ratios in ``out["cache"]["ratios"]`` (what ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a
+      block cache with threshold 0).
   Returns:
     a dict of numpy arrays (batch axis removed for the video outputs): ``rgb``, ``depth``, ``points`` (VGGT
     point head), ``pcds`` (depth unprojection), ``masks``, ``extrinsics``, ``intrinsics``, ``c2w``, the
-    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps) and
+    trajectory (``traj_c2w``, ``traj_K``), ``timings`` (seconds per stage, denoise compile and steps),
     ``stats`` (per stage: seconds, weights on the device and device memory, see
-    :class:`~gen3r_jax.sampling.placement.StageStats`); with ``record`` also ``stages`` (a dict).
+    :class:`~gen3r_jax.sampling.placement.StageStats`; ``denoise`` also ``full_steps`` / ``cached_steps``),
+    ``cache`` (the step cache's record, :func:`gen3r_jax.sampling.cache.denoise_cached`, with ``step_kinds``);
+    with ``record`` also ``stages`` (a dict).
   """
   images = np.asarray(images)
   require(isinstance(prompt, str) and prompt.strip() != "", "prompt must be a non-empty string.")
@@ -138,7 +175,11 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   check_parallel(mesh, context_parallel)
   dit_mesh = mesh if mesh is not None else mesh_of(bundle.transformer)
   check_cfg_axis(dit_mesh.shape if dit_mesh is not None else None, opts.guidance_scale)   # before any stage runs
+  use_cfg = opts.guidance_scale > 1.0
   sched = make_scheduler(opts, bundle.scheduler_config)
+  cache = cache_settings(opts)
+  step_cache.check_settings(cache, num_steps=int(opts.num_steps), shift=float(opts.shift), use_cfg=use_cfg,
+                            scheduler=step_cache.scheduler_name(sched))
   shape = latent_shape(opts, bundle.transformer.cfg.out_dim)
   if latents is not None:
     require(tuple(np.shape(latents)) == shape,
@@ -149,7 +190,6 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   rec = {}
 
   # 1. umT5 on the prompt and the negative prompt
-  use_cfg = opts.guidance_scale > 1.0
   with stats.stage("text", bundle.text_encoder) as (te,):
     pos = stages.encode_text(bundle.tokenizer, te, prompt, opts.max_sequence_length)
     neg = stages.encode_text(bundle.tokenizer, te, opts.negative_prompt, opts.max_sequence_length) \
@@ -179,10 +219,23 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   schedule = sched.set_timesteps(int(opts.num_steps), float(opts.shift))
   x0 = (jnp.asarray(latents, jnp.float32) if latents is not None
         else jax.random.normal(key_noise, shape, jnp.float32))
-  with stats.stage("denoise", bundle.transformer) as (dit,):
-    den = denoise(dit, sched, schedule, x0, context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
-                  guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh,
-                  context_parallel=context_parallel)
+  # precision=fp8: the same parameters under a DiT config whose block GEMMs run in float8 (nothing is copied)
+  transformer = bundle.transformer if opts.precision == "exact" else with_config(bundle.transformer, gemm="fp8")
+  with stats.stage("denoise", transformer) as (dit,):
+    kw = dict(context=context, clip_fea=clip_ctx, y=control, y_camera=cam_latents,
+              guidance_scale=float(opts.guidance_scale), record=record, progress=progress, mesh=mesh)
+    if cache.enabled:
+      den = step_cache.denoise_cached(dit, sched, schedule, x0, settings=cache, calibrate=calibrate_cache, **kw)
+    else:
+      den = denoise(dit, sched, schedule, x0, context_parallel=context_parallel, **kw)
+  del transformer
+  cache_stats = getattr(den, "cache_stats", None) or {"kind": "none", "full_steps": schedule.num_steps,
+                                                      "cached_steps": 0}
+  stats.stages["denoise"].update(full_steps=cache_stats["full_steps"], cached_steps=cache_stats["cached_steps"],
+                                 cache=cache_stats["kind"], precision=opts.precision)
+  if cache.enabled or opts.precision != "exact":
+    log(f"[sample] denoise: {cache_stats['full_steps']} full + {cache_stats['cached_steps']} cached steps "
+        f"(cache {cache_stats['kind']}, precision {opts.precision})")
   _release(bundle, "transformer", release)
 
   # 6. appearance half -> Wan VAE decode -> rgb; geometry half -> adapter -> VGGT heads -> depth, points, cameras
@@ -199,7 +252,7 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   timings = {name: st["seconds"] for name, st in stats.stages.items()}
   out.update(traj_c2w=np.asarray(c2ws), traj_K=np.asarray(ks), latents=final,
              timings=dict(timings, denoise_compile=den.compile_seconds, denoise_steps=den.seconds),
-             stats=stats.summary())
+             stats=stats.summary(), cache=dict(cache_stats, step_kinds=getattr(den, "step_kinds", None)))
   if record:
     rec.update(prompt_ids=pos["input_ids"], prompt_mask=pos["attention_mask"], prompt_embeds=pos["embeds"],
                c2ws_raw=np.asarray(raw), c2ws=np.asarray(c2ws), Ks=np.asarray(ks), plucker=plucker,
@@ -214,4 +267,4 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   return out
 
 
-__all__ = ("SampleOptions", "check_options", "generate", "latent_shape", "make_scheduler")
+__all__ = ("SampleOptions", "PRECISIONS", "cache_settings", "check_options", "generate", "latent_shape", "make_scheduler")

@@ -19,8 +19,14 @@ from gen3r_jax.nn.params import make_param
 from gen3r_jax.nn.rope import apply_rope
 
 
-def _dense_kw(cfg, rngs):
-  return dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), rngs=rngs)
+def _dense_kw(cfg, rngs, fp8: bool = False):
+  return dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), fp8=fp8, rngs=rngs)
+
+
+def _block_dense_kw(cfg, rngs):
+  """The blocks' projections and FFN run in FP8 with ``cfg.gemm == "fp8"`` (the embeddings and the head, ~1 % of
+  the FLOPs and the most sensitive layers, stay in the compute dtype)."""
+  return _dense_kw(cfg, rngs, fp8=cfg.gemm == "fp8")
 
 
 def _qk_norm(cfg, rngs):
@@ -35,7 +41,7 @@ class SelfAttention(nnx.Module):
   """``[B, L, D] -> [B, L, D]``; q/k RMS-normed over the full dim, then split into heads and rotated."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    kw = _dense_kw(cfg, rngs)
+    kw = _block_dense_kw(cfg, rngs)
     self.cfg = cfg
     self.q = Dense(cfg.dim, cfg.dim, axes=("embed", "heads"), **kw)
     self.k = Dense(cfg.dim, cfg.dim, axes=("embed", "heads"), **kw)
@@ -61,7 +67,7 @@ class I2VCrossAttention(nnx.Module):
   """``o(attn(q, k_txt, v_txt) + attn(q, k_img, v_img))``; no RoPE, no mask (text padding is attended)."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    kw = _dense_kw(cfg, rngs)
+    kw = _block_dense_kw(cfg, rngs)
     self.cfg = cfg
     for name in ("q", "k", "v", "k_img", "v_img"):
       setattr(self, name, Dense(cfg.dim, cfg.dim, axes=("embed", "heads"), **kw))
@@ -84,7 +90,7 @@ class I2VCrossAttention(nnx.Module):
 
 class FeedForward(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    kw = _dense_kw(cfg, rngs)
+    kw = _block_dense_kw(cfg, rngs)
     self.fc1 = Dense(cfg.dim, cfg.ffn_dim, axes=("embed", "mlp"), **kw)
     self.fc2 = Dense(cfg.ffn_dim, cfg.dim, axes=("mlp", "embed"), **kw)
 

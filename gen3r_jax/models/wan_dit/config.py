@@ -11,6 +11,7 @@ from gen3r_jax.nn.attention import IMPLEMENTATIONS
 from gen3r_jax.nn.stack import REMAT_POLICIES as _POLICIES
 
 REMAT_POLICIES = tuple(_POLICIES)  # gen3r_jax.nn.stack
+GEMMS = ("default", "fp8")         # the blocks' Dense layers: compute dtype, or float8 e4m3 (gen3r_jax.nn.fp8)
 
 # Official constructor arguments that exist only for other variants and must keep their default here.
 _FIXED = {"model_type": "i2v", "window_size": (-1, -1), "add_ref_conv": False}
@@ -50,12 +51,14 @@ class WanDiTConfig(ModelConfig):
   param_dtype: str = "float32"
   attention: str = "auto"             # gen3r_jax.nn.attention implementation
   remat: str = "none"                 # one of REMAT_POLICIES (per block)
+  gemm: str = "default"               # block linear layers: default (compute dtype) | fp8 (gen3r_jax.nn.fp8)
 
   def __post_init__(self):
     if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
       raise Gen3RInputError(f"WanDiTConfig: dim {self.dim} must split into {self.num_heads} heads of even size")
     self.require_choice("remat", REMAT_POLICIES)
     self.require_choice("attention", IMPLEMENTATIONS)
+    self.require_choice("gemm", GEMMS)
     if self.in_dim <= self.out_dim:
       raise Gen3RInputError(f"WanDiTConfig: i2v needs in_dim > out_dim (conditioning channels), got in_dim "
                             f"{self.in_dim}, out_dim {self.out_dim}")

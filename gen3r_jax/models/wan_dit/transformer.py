@@ -70,6 +70,22 @@ class WanDiT(CheckpointMixin, nnx.Module):
 
   def forward(self, x, t, context, *, clip_fea=None, y=None, y_camera=None, intermediates: bool = False):
     """``(out, extras)``; with ``intermediates`` ``extras`` holds the embeddings and every block's output."""
+    xs, cond, extras = self.embed(x, t, context, clip_fea=clip_fea, y=y, y_camera=y_camera)
+    grid = self.token_grid(x.shape)
+    xs, per_block = self.run_blocks(xs, cond, grid, collect=intermediates)
+    if intermediates:
+      extras["blocks_out"] = per_block                                 # [layers, B, L, D]
+    return self.output(xs, cond, grid), (extras if intermediates else {})
+
+  def token_grid(self, latent_shape) -> tuple[int, int, int]:
+    """``(f, h, w)`` tokens of latents ``[B, F, H, W, C]`` (the patch grid)."""
+    pt, ph, pw = self.cfg.patch_size
+    return latent_shape[1] // pt, latent_shape[2] // ph, latent_shape[3] // pw
+
+  def embed(self, x, t, context, *, clip_fea=None, y=None, y_camera=None):
+    """Everything before the blocks: ``(tokens [B, L, D] float32, cond, extras)``; ``cond`` holds the time
+    embedding ``e [B, D]``, its projection ``e0 [B, 6, D]`` and the text / image tokens ``txt`` / ``img``
+    (what every block and the head read; a step cache passes it between programs)."""
     cfg = self.cfg
     check_inputs(cfg, x, t, clip_fea, y, y_camera, batch_of(context))
     context = pad_text(context, cfg)                                   # [B, text_len, text_dim]
@@ -92,19 +108,23 @@ class WanDiT(CheckpointMixin, nnx.Module):
     img = self.img_emb(clip_fea.astype(dt))                            # [B, 257, D]
     extras.update(time_embedding_out=e, time_projection_out=e0.reshape(b, 6 * d),
                   text_embedding_out=txt, img_emb_out=img)
+    return xs, {"e": e, "e0": e0, "txt": txt, "img": img}, extras
 
-    rope = rope_tables((f, h, w), cfg.head_dim, concatenated=h != w, theta=cfg.rope_theta)
-    xs, per_block = self.run_blocks(xs, e0, rope, txt, img, collect=intermediates)
-    if intermediates:
-      extras["blocks_out"] = per_block                                 # [layers, B, L, D]
-    out = self.head(xs, e)                                             # [B, L, p*p*p*C]
-    out = unpatchify(out, (f, h, w), cfg.patch_size, cfg.out_dim)      # [B, F, H, W, C]
-    return out, (extras if intermediates else {})
-
-  def run_blocks(self, x, e0, rope, txt, img, *, collect: bool = False):
-    """Scan the stacked blocks over ``x [B, L, D]`` (float32); optionally return every block's output."""
+  def run_blocks(self, x, cond, grid, *, start: int = 0, stop: int | None = None, collect: bool = False):
+    """Scan blocks ``start:stop`` (default: all) over ``x [B, L, D]`` (float32); ``cond`` from :meth:`embed`,
+    ``grid`` the token grid. Returns ``(x, per_block [layers, B, L, D] or None)``."""
+    f, h, w = grid
+    rope = rope_tables((f, h, w), self.cfg.head_dim, concatenated=h != w, theta=self.cfg.rope_theta)
     graphdef, state = nnx.split(self.blocks)
-    return scan_blocks(graphdef, state, x, e0, rope, txt, img, remat=self.cfg.remat, collect=collect)
+    if (start, stop) != (0, None):
+      state = jax.tree.map(lambda a: a[start:stop], state)
+    return scan_blocks(graphdef, state, x, cond["e0"], rope, cond["txt"], cond["img"], remat=self.cfg.remat,
+                       collect=collect)
+
+  def output(self, x, cond, grid) -> jax.Array:
+    """The head on the last block's output ``[B, L, D]`` -> flow prediction ``[B, F, H, W, out_dim]`` float32."""
+    out = self.head(x, cond["e"])                                      # [B, L, p*p*p*C]
+    return unpatchify(out, grid, self.cfg.patch_size, self.cfg.out_dim)  # [B, F, H, W, C]
 
 
 def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", collect: bool = False):
@@ -124,6 +144,14 @@ def scan_blocks(graphdef, state, x, e0, rope, txt, img, *, remat: str = "none", 
 def abstract_model(cfg: WanDiTConfig) -> WanDiT:
   """The model with ``ShapeDtypeStruct`` parameters (nothing allocated): fill it with ``load_torch_weights``."""
   return abstract_module(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
+
+
+def with_config(model: WanDiT, **changes) -> WanDiT:
+  """The same parameters (shared, not copied) under a config with ``changes`` that add or drop no parameter,
+  e.g. ``with_config(dit, gemm="fp8")``: the static structure of a model built for the new config, merged with
+  ``model``'s state."""
+  graphdef, _ = nnx.split(abstract_model(model.cfg.replace(**changes)))
+  return nnx.merge(graphdef, nnx.state(model))
 
 
 def create(cfg: WanDiTConfig, *, seed: int = 0, mesh=None, rules=DEFAULT_RULES,
