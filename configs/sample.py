@@ -49,8 +49,10 @@ def get_config() -> ConfigDict:
   c.dtype = "bfloat16"           # compute dtype of every model (infer.py casts the pipeline to bfloat16)
   c.param_dtype = ""             # "" = as converted (float32); bfloat16 halves the weights (as infer.py's cast)
   c.placement = "resident"       # resident | sequential (weights in host memory, one model on the device at a time)
-  c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices
-  c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring
+  c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices;
+  #                                "cfg=2[,context=4]": the two guidance branches on two device groups (guidance > 1)
+  c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring | ulysses |
+  #                                   ulysses_ring | ulysses_allgather (nn/context_parallel.py)
   c.posterior = "sample"         # VAE posterior of the control video: sample (official) | mode
   c.resolution = 560             # Gen3R works on 560x560 frames only (inputs are resized + centre-cropped)
   c.min_max_depth_mask = True

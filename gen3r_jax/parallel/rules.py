@@ -1,9 +1,16 @@
 """Logical axis names -> mesh axes, and the shardings they give.
 
-The mesh always has the four axes ``data, fsdp, context, tensor`` (size 1 where unused). Models name their
+The mesh always has the five axes ``cfg, data, fsdp, context, tensor`` (size 1 where unused). Models name their
 parameter and activation axes logically; this one table decides where they go. A logical axis whose size does
 not divide the mesh axes it maps to is replicated instead (reported by :func:`explain`), so tiny test models
-still shard on 8 devices.
+still shard on 8 devices; for a logical axis mapped to several mesh axes (``batch``), trailing mesh axes are
+dropped until the rest divide it.
+
+``cfg`` is the sampler's classifier-free-guidance axis: the CFG batch ``[unconditional, conditional]`` splits over
+it (``batch`` maps to ``cfg`` first) while no parameter does, so each of the two device groups holds the whole
+(or its ``fsdp``/``tensor``-sharded) model and runs one branch with no communication until the two predictions
+are combined (``gen3r_jax.sampling.denoise``). It is the outermost mesh axis (devices ``[0, n/2)`` and
+``[n/2, n)``), the one that communicates least. Training takes ``cfg = 1``.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gen3r_jax.compat import logical_axes, value_of
 from gen3r_jax.errors import Gen3RInputError
 
-MESH_AXES = ("data", "fsdp", "context", "tensor")
+MESH_AXES = ("cfg", "data", "fsdp", "context", "tensor")
 
 # logical name -> mesh axis / axes (None = replicated)
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("cfg", "data", "fsdp")),
     ("length", "context"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -56,8 +63,9 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
     m = mesh_axes_for(name, rules)
     ms = (m,) if isinstance(m, str) else tuple(m or ())
     ms = tuple(a for a in ms if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
-    n = int(np.prod([mesh.shape[a] for a in ms])) if ms else 1
-    if not ms or size % n:
+    while ms and size % int(np.prod([mesh.shape[a] for a in ms])):
+      ms = ms[:-1]          # as constrain(): batch 2 on cfg=2 x fsdp=2 splits over cfg only
+    if not ms:
       out.append(None)
       continue
     used.update(ms)
@@ -102,7 +110,7 @@ def explain(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
-  """A mesh over all (or the given) devices with axes ``data, fsdp, context, tensor``.
+  """A mesh over all (or the given) devices with axes ``cfg, data, fsdp, context, tensor``.
 
   ``shape`` gives sizes per axis; one axis may be ``-1`` to take the remaining devices (default: all devices on
   ``fsdp``). A shape that does not divide the device count is a clear error.
