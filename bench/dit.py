@@ -157,7 +157,7 @@ def abstract_14b_memory(fsdp: int = 8, param_dtype: str = "bfloat16", rules=None
   ``jax.eval_shape`` only."""
   cfg = WanDiTConfig.wan_14b(param_dtype=param_dtype)
   state = jax.eval_shape(lambda: nnx.split(WanDiT(cfg, rngs=nnx.Rngs(0)))[1])
-  mesh = AbstractMesh((1, fsdp, 1, 1), MESH_AXES)
+  mesh = AbstractMesh(tuple(fsdp if a == "fsdp" else 1 for a in MESH_AXES), MESH_AXES)
   total = per_device = replicated = 0
   largest = (0, "")
   for path, var in nnx.to_flat_state(state):

@@ -4,9 +4,6 @@
 #   run(command="bash bench/gpu_accelerators.sh", carry=[".whl"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/gen3r_bench_out}"; mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
-. bench/gpu_wheels.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. bench/gpu_wheels.sh   # the optional kernels + the shared device-call environment ($out, PYTHONPATH)
 timeout "${ACCEL_TIMEOUT_S:-520}" python3 -m bench.accelerators --options "${ACCEL_OPTIONS:-first_block,fp8,first_block+fp8,magcache,cfg}" \
   --out "$out/accelerators_h200.json" 2>&1 | grep -v "^\[denoise" | tail -40

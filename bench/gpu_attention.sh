@@ -7,10 +7,7 @@
 # Kernel table: python -m bench.run --what attention_kernels; FA3 gradient check: python -m bench.fa3_check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/gen3r_bench_out}"; mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
-. bench/gpu_wheels.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. bench/gpu_wheels.sh   # the optional kernels + the shared device-call environment ($out, PYTHONPATH)
 if ls bench/_torch_ref/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gen3r_torch_ref_site \
     bench/_torch_ref/wheels/*.whl && export GEN3R_TORCH_REF_SITE=/tmp/gen3r_torch_ref_site

@@ -6,10 +6,7 @@
 #   run(command="bash bench/gpu_fa3.sh [--check]", carry=[".whl"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/gen3r_bench_out}"; mkdir -p "$out"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
-. bench/gpu_wheels.sh
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. bench/gpu_wheels.sh   # the optional kernels + the shared device-call environment ($out, PYTHONPATH)
 check=--no-check; [ "${1:-}" = "--check" ] && check=
 timeout 200 python3 -m bench.fa3_check --time $check 2>&1 | tee "$out/fa3_check.log"
 for remat in attention dots; do

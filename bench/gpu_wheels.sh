@@ -6,6 +6,10 @@
 #     annotated-types typing-inspection
 # tokamax imports xprof (32 MiB, only for its own benchmarking helpers) at import time: a stub module stands in.
 #   . bench/gpu_wheels.sh
+# Also the device-call environment every bench/gpu_*.sh driver shares: $out (= $OUT, the folder that comes back),
+# unbuffered Python, quiet TF/XLA logging, 90 % of the GPU for the one JAX process, the repo on PYTHONPATH.
+out="${OUT:-/tmp/gen3r_bench_out}"; mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=0.90
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -19,3 +23,4 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   echo "no .whl/: optional kernels not installed"
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -85,9 +85,13 @@ def _batch(cfg: WanDiTConfig, b: int, f: int, h: int, w: int, sharding) -> dict:
 
 def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = "bfloat16", *,
         frames: int = 49, image: int = 560, batch_per_device: int = 1, repeats: int = 5, warmup: int = 1,
-        attention: str = "auto", peak_tflops: float | None = None, quick: bool = False, rules=None) -> dict:
+        attention: str = "auto", peak_tflops: float | None = None, quick: bool = False,
+        mesh_shape: dict | None = None, context_strategy: str = "allgather", rules=None) -> dict:
   """Time ``repeats`` consecutive train steps (state donated) on ``devices`` GPUs (fsdp).
 
+  ``mesh_shape``: the mesh over the ``devices`` (default ``{"fsdp": devices}``; e.g. ``{"fsdp": 4, "context": 2}``),
+  ``context_strategy`` the self-attention strategy with ``context > 1`` (the trainer's ``config.context_strategy``).
+  The global batch is ``batch_per_device`` clips per data-parallel rank (``devices / (context * tensor)``).
   ``rules``: the sharding rules (a :class:`gen3r_jax.parallel.rules.Rules`, a ``config.sharding`` section or a
   ``{name: mesh axes}`` table; default the library's, which ``configs/base.py`` spells out).
 
@@ -100,8 +104,8 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   if len(devs) < devices:
     raise ValueError(f"devices={devices} but only {len(devs)} are visible")
   cfg = SIZES[size](dtype=dtype, param_dtype="float32", remat=remat, attention=attention)
-  mesh = make_mesh({"fsdp": devices}, devs)
-  b = batch_per_device * devices
+  mesh = make_mesh(mesh_shape or {"fsdp": devices}, devs)
+  b = batch_per_device * devices // (mesh.shape["context"] * mesh.shape["tensor"])
   f, h = (frames - 1) // 4 + 1, image // 8
   tx, _ = make_optimizer(OPTIMIZER, 1000)
   t0 = time.perf_counter()
@@ -123,7 +127,7 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   if remat == "attention":  # recomputes each block's first FFN matmul
     pt, ph, pw = cfg.patch_size
     hw_flops += 2 * b * (f // pt) * (h // ph) * (2 * h // pw) * cfg.dim * cfg.ffn_dim * cfg.num_layers
-  with step_context(mesh, rules=rules):
+  with step_context(mesh, context_strategy, rules):
     t = time_jitted(jitted, state, None, batch, jax.random.PRNGKey(0), warmup=warmup, repeats=repeats,
                     flops=model_flops, carry=True)
   step_s = t["median_s"]
@@ -137,6 +141,7 @@ def run(devices: int = 1, remat: str = "full", size: str = "1.3b", dtype: str = 
   return row_base(
       "stage2_train_step", dtype=dtype, ref_key="stage2_step", size=size, param_dtype="float32",
       master_params="float32", remat=remat, devices=devices, mesh=dict(mesh.shape), batch=b,
+      context_strategy=context_strategy if mesh.shape["context"] > 1 else None,
       batch_per_device=batch_per_device, frames=frames, image=image, loss=loss_name, optimizer="clip 0.25 + AdamW", step="training.loop.make_train_step",
       shapes={"x0": [b, f, h, 2 * h, cfg.out_dim], "y": [b, f, h, 2 * h, cfg.cond_dim],
               "context": [b, cfg.text_len, cfg.text_dim], "clip_fea": [b, cfg.clip_tokens, cfg.clip_dim],

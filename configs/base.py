@@ -28,7 +28,9 @@ def get_config() -> ConfigDict:
 
   # mesh: sizes of (data, fsdp, context, tensor); one may be -1 (the remaining devices)
   c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
-  c.context_strategy = "allgather"  # attention over mesh.context > 1: "allgather" (fused kernels) | "ring" (einsum)
+  # attention over mesh.context > 1: "allgather" (fused kernels) | "ring" (einsum) | "ulysses" (all-to-all over
+  # heads, fused kernels; heads % context == 0) | "ulysses_ring" | "ulysses_allgather" (any head count)
+  c.context_strategy = "allgather"
   # what --dry_run estimates for (stage 2): device kind, count and memory per device
   c.hardware = ConfigDict(dict(name="", platform="cpu", num_devices=0, hbm_gib=0.0))
 
@@ -122,7 +124,7 @@ def sharding() -> ConfigDict:
           embed=("fsdp",), mlp=("tensor",), heads=("tensor",), kv=(), vocab=("tensor",), conv_in=(),
           conv_out=("fsdp",), layers=(), norm=(),
           # activations
-          act_batch=("data", "fsdp"), act_length=("context",), act_embed=(), act_heads=("tensor",), act_kv=(),
+          act_batch=("cfg", "data", "fsdp"), act_length=("context",), act_embed=(), act_heads=("tensor",), act_kv=(),
       )),
       model_rules=ConfigDict({m: ConfigDict() for m in ("dit", "vggt", "wan_vae", "adapter", "text_encoder",
                                                         "clip")}),

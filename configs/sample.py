@@ -63,8 +63,10 @@ def get_config() -> ConfigDict:
   c.dtype = "bfloat16"           # compute dtype of every model (infer.py casts the pipeline to bfloat16)
   c.param_dtype = ""             # "" = as converted (float32); bfloat16 halves the weights (as infer.py's cast)
   c.placement = "resident"       # resident | sequential (weights in host memory, one model on the device at a time)
-  c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices
-  c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring
+  c.mesh = ""                    # e.g. "fsdp=2" or "fsdp=2,context=2": shard every model over these devices;
+  #                                "cfg=2[,context=4]": the two guidance branches on two device groups (guidance > 1)
+  c.context_parallel = "allgather"  # self-attention over a 'context' mesh axis: allgather | ring | ulysses |
+  #                                   ulysses_ring | ulysses_allgather (nn/context_parallel.py)
   c.sharding = base.sharding()   # sharding rules of a mesh run (gen3r_jax.parallel.rules)
   c.fps = 16
   c.max_points = 0               # > 0: subsample points.ply to at most this many points

@@ -33,20 +33,10 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import renamed  # noqa: E402  (after the path: the repository's configs package)
+from launch.distributed import PROC_ID, setup_distributed  # noqa: E402  (defines the multi-process flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events and profiles go here")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (cluster auto-detect)")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
-_NUM_PROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
-_PROC_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
-_INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout_s", None, "multi-process: seconds for all processes to "
-                                     "connect (jax's default if unset)")
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout_s", None, "multi-process: a process silent this many "
-                                          "seconds is declared dead and the run aborted (jax's default if unset; "
-                                          "raise it on slow or overloaded hosts)")
-_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout_s", None, "multi-process: seconds a finished process "
-                                         "waits for the others at exit (jax's default if unset)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "print the per-device memory of the config's stage-2 entries on their "
                              "target hardware (nothing is allocated) and exit")
 
@@ -60,23 +50,6 @@ def setup_devices(config) -> None:
     xla = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in xla:
       os.environ["XLA_FLAGS"] = (xla + " " + flag).strip()
-
-
-def setup_distributed() -> None:
-  import jax
-  multi = _COORD.value is not None or (_NUM_PROC.value or 1) > 1
-  if multi or _DISTRIBUTED.value:
-    if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from gen3r_jax.training import distributed
-    timeouts = dict(initialization_timeout_s=_INIT_TIMEOUT.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
-                    shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value)
-    if multi:
-      distributed.initialize(_COORD.value, _NUM_PROC.value, _PROC_ID.value, **timeouts)
-    else:
-      distributed.initialize(**timeouts)
-  logging.info("jax process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 
 
 def dry_run(config) -> int:
@@ -102,7 +75,7 @@ def main(argv) -> int:
     return dry_run(config)
   setup_devices(config)
   from gen3r_jax.apps.cli import setup_console
-  proc = _PROC_ID.value or 0
+  proc = PROC_ID.value or 0
   setup_console(progress=bool(config.get("progress", True)),
                 log_file=os.path.join(_WORKDIR.value, "train.log" if proc == 0 else f"train.{proc}.log"))
   import jax

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_REF = os.path.join(ROOT, "bench", "_torch_ref")
 MODULES = ("bench.run", "bench.common", "bench.dit", "bench.vggt", "bench.vae", "bench.adapter", "bench.sample",
            "bench.stage2_step", "bench.torch_ref", "bench.dit14b_memory", "bench.compile_probe", "bench.compile_log",
-           "bench.accelerators")
+           "bench.accelerators", "bench.multi_gpu")
 
 
 # ------------------------------------------------------------------------------------------------ import hygiene
@@ -251,3 +251,33 @@ def test_accelerators_first_block_threshold_is_picked_from_the_measured_changes(
   assert sum(acc.predicted_fb_plan(changes, thr, warmup=1, max_skips=3)) >= 4.5 and 0.02 < thr < 0.05
   med = acc._medians([5.0, 1.0, 1.2, 3.0, 0.5, 0.4], ["full", "full", "full", "cached", "cached", "cached"])
   assert med["full"] == 1.1 and med["cached"] == 0.45 and med["compile_excess"] == pytest.approx(3.9 + 2.55)
+
+
+# ------------------------------------------------------------------------------------------------ multi_gpu plan
+def test_multi_gpu_plan_schemes_and_derived_numbers():
+  from bench import multi_gpu as mg
+  # the 1.3B's 12 heads do not divide context 8: the Ulysses row runs the hybrid; the 14B's 40 do
+  assert mg.resolve_scheme("ulysses", 12, 8) == "ulysses_allgather" and mg.resolve_scheme("ulysses", 40, 8) == "ulysses"
+  assert mg.resolve_scheme("ring", 12, 8) == "ring"
+  cases = mg.plan(["train", "sample14b", "cfg"], ["1.3b"], [1, 2, 4], [2], tiny=False)
+  names = [(c["part"], c["devices"], mg.mesh_name(c["mesh"]), c.get("strategy")) for c in cases]
+  assert ("train", 1, "fsdp=1", None) in names and ("train", 4, "fsdp=2xcontext=2", "ulysses") in names
+  assert ("sample14b", 4, "context=4", "ulysses") in names and ("sample14b", 4, "cfg=2xcontext=2", "ulysses") in names
+  assert ("cfg", 2, "cfg=2", None) in names and ("cfg", 1, "single", None) in names
+  assert len([n for n in names if n[0] == "train"]) == 1 + 4 + 4     # d=1: fsdp; d=2, 4: fsdp + 3 schemes each
+  rows = [dict(bench="multi_gpu_train", size="1.3b", devices=1, mesh={"fsdp": 1}, ok=True, tokens_per_s_per_gpu=100.0,
+               name="a"),
+          dict(bench="multi_gpu_train", size="1.3b", devices=8, mesh={"fsdp": 8}, ok=True, tokens_per_s_per_gpu=92.0,
+               name="b"),
+          dict(bench="multi_gpu_sample14b", devices=1, ok=True, median_s=8.0, name="c"),
+          dict(bench="multi_gpu_sample14b", devices=8, ok=True, median_s=1.25, name="d"),
+          dict(bench="multi_gpu_cfg", devices=1, ok=True, latency_s=100.0, name="e"),
+          dict(bench="multi_gpu_cfg", devices=2, ok=True, latency_s=52.0, name="f"),
+          dict(bench="multi_gpu_cfg", devices=2, ok=False, error="RESOURCE_EXHAUSTED: out of memory", name="g")]
+  mg.derive(rows)
+  assert rows[1]["scaling_efficiency"] == pytest.approx(0.92) and rows[1]["efficiency_base_devices"] == 1
+  assert rows[3]["speedup"] == pytest.approx(6.4) and rows[5]["ratio"] == pytest.approx(0.52)
+  text = mg.table(rows)
+  assert "| b | 8 |" in text and "0.92" in text and "RESOURCE_EXHAUSTED" in text
+  with pytest.raises(SystemExit, match="not in 1..4"):
+    mg.device_counts(4, "1,8")

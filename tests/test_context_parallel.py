@@ -9,7 +9,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn.attention import attention, local_attention
-from gen3r_jax.nn.context_parallel import (active, context_attention, qkv_spec, use_context_parallel)
+from gen3r_jax.nn.context_parallel import (active, check_strategy, context_attention, local_heads, qkv_spec,
+                                            ulysses_groups, ulysses_split, use_context_parallel)
 from gen3r_jax.parallel.rules import make_mesh
 
 
@@ -158,4 +159,109 @@ def test_wan_dit_block_runs_unchanged_under_context_parallel():
     text = _jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, e0, rope, txt, img), state, x)
     out = np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, e0, rope, txt, img))(state, x))
   assert text.count("shard_map[") == 3 and text.count("ppermute[") == 2  # self: k, v once round a 2-ring; 2 x cross
+  np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ Ulysses
+
+
+def _grads(fn, q, k, v, w):
+  return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2))(q, k, v)
+
+
+@pytest.mark.parametrize("shape,heads,strategy,split,collectives", [
+    # plain Ulysses: heads divide context; one all-to-all in (stacked q/k/v), one out
+    ({"context": 8}, 8, "ulysses", (8, 1), ("all_to_all",)),
+    ({"data": 2, "context": 4}, 4, "ulysses", (4, 1), ("all_to_all",)),
+    # 12 heads on context 8 (the 1.3B DiT's count): Ulysses over 4, then a ring / all-gather over 2
+    ({"context": 8}, 12, "ulysses_ring", (4, 2), ("all_to_all", "ppermute")),
+    ({"context": 8}, 12, "ulysses_allgather", (4, 2), ("all_to_all", "all_gather")),
+    # heads sharded over tensor first: 12 / 2 = 6 per shard, Ulysses over gcd(6, 4) = 2, ring over 2
+    ({"context": 4, "tensor": 2}, 12, "ulysses_ring", (2, 2), ("all_to_all", "ppermute")),
+    # heads coprime to context: no all-to-all at all, the hybrid is the plain ring / all-gather
+    ({"context": 8}, 3, "ulysses_ring", (1, 8), ("ppermute",)),
+    ({"context": 4, "fsdp": 2}, 3, "ulysses_allgather", (1, 4), ("all_gather",)),
+])
+def test_ulysses_values_and_gradients_match_unsharded_ring_and_allgather(shape, heads, strategy, split,
+                                                                           collectives):
+  mesh = make_mesh(shape)
+  # ragged: 24 tokens = 3 per shard on context 8 (not a power of two), batch 2, head dim 8
+  q, k, v = _qkv(l=24, h=heads, seed=10)
+  w = jnp.asarray(np.random.RandomState(11).randn(*q.shape), jnp.float32)
+  n = shape["context"]
+  spec = qkv_spec(q.shape, mesh)
+  assert ulysses_split(local_heads(q.shape, spec, mesh), n) == split
+  fn = lambda strategy: (lambda q, k, v: context_attention(q, k, v, mesh=mesh, strategy=strategy,  # noqa: E731
+                                                           implementation="xla"))
+  text = _jaxpr(fn(strategy), q, k, v)
+  for c in ("all_to_all", "ppermute", "all_gather"):
+    assert (c in text) == (c in collectives), (c, text.count(c))
+  out = jax.jit(fn(strategy))(q, k, v)
+  assert out.sharding.is_equivalent_to(NamedSharding(mesh, spec), 4), out.sharding
+  ref = _ref(q, k, v)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=2e-6, rtol=1e-5)
+  for other in ("ring", "allgather"):               # the same numbers as the existing strategies
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jax.jit(fn(other))(q, k, v)), atol=2e-6, rtol=1e-5)
+  grads = jax.jit(lambda q, k, v: _grads(fn(strategy), q, k, v, w))(q, k, v)
+  want = _grads(lambda q, k, v: local_attention(q, k, v, implementation="xla"), q, k, v, w)
+  for name, g, r in zip("qkv", grads, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-6, rtol=1e-5, err_msg=name)
+
+
+def test_ulysses_bfloat16_and_large_logits():
+  mesh = make_mesh({"context": 4, "tensor": 2})
+  q, k, v = _qkv(h=8, dtype=jnp.bfloat16, seed=12)
+  out = context_attention(q, k, v, mesh=mesh, strategy="ulysses", implementation="xla")
+  assert out.dtype == jnp.bfloat16
+  ref = _ref(*(a.astype(jnp.float32) for a in (q, k, v)))
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=3e-2, rtol=3e-2)
+  q, k, v = _qkv(h=6, amp=12.0, seed=13)                                   # logits ~ +-1e3, hybrid ring
+  out = np.asarray(context_attention(q, k, v, mesh=make_mesh({"context": 8}), strategy="ulysses_ring"))
+  assert np.isfinite(out).all()
+  np.testing.assert_allclose(out, _ref(q, k, v), atol=1e-4, rtol=1e-4)
+
+
+def test_ulysses_that_cannot_split_the_heads_is_a_one_line_error():
+  mesh = make_mesh({"context": 8})
+  q, k, v = _qkv(l=16, h=12)
+  msg = (r"context strategy 'ulysses' needs the attention heads per 'tensor' shard \(12\) divisible by the mesh "
+         r"'context' size 8; use 'ulysses_ring' or 'ulysses_allgather' \(Ulysses over 4, then ring / all-gather "
+         r"over 2\), or a 'context' size that divides 12\.")
+  with pytest.raises(Gen3RInputError, match=msg):
+    context_attention(q, k, v, mesh=mesh, strategy="ulysses")
+  with use_context_parallel(mesh, "ulysses"), pytest.raises(Gen3RInputError, match=msg):
+    attention(q, k, v)                                   # through the model hook too
+  # the same check from config values alone (the sampler and the trainer run it before compiling)
+  with pytest.raises(Gen3RInputError, match=msg):
+    check_strategy("ulysses", 12, {"context": 8})
+  with pytest.raises(Gen3RInputError, match=r"heads per 'tensor' shard \(6\)"):
+    check_strategy("ulysses", 12, {"context": 4, "tensor": 2})
+  check_strategy("ulysses", 40, {"context": 8})             # the 14B: 40 heads on 8
+  check_strategy("ulysses_ring", 12, {"context": 8})
+  with pytest.raises(Gen3RInputError, match="context strategy must be one of"):
+    check_strategy("usp", 12, {"context": 8})
+  assert ulysses_groups(4, 2) == ([[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 4], [1, 5], [2, 6], [3, 7]])
+
+
+def test_wan_dit_block_under_ulysses_hook():
+  # a real DiT block (2 heads) on context 2: self-attention all-to-alls over heads, cross-attention as before
+  from flax import nnx
+  from gen3r_jax.models.wan_dit.blocks import DiTBlock
+  from gen3r_jax.models.wan_dit.config import WanDiTConfig
+  from gen3r_jax.nn.rope import rope_tables
+  cfg = WanDiTConfig.tiny()
+  graphdef, state = nnx.split(DiTBlock(cfg, rngs=nnx.Rngs(3)))
+  grid, r = (2, 2, 4), np.random.RandomState(8)
+  x = jnp.asarray(r.randn(2, 16, cfg.dim), jnp.float32)
+  e0 = jnp.asarray(r.randn(2, 6, cfg.dim), jnp.float32)
+  txt, img = (jnp.asarray(r.randn(2, n, cfg.dim), jnp.float32) for n in (cfg.text_len, 5))
+  rope = rope_tables(grid, cfg.head_dim)
+  # a fresh function per trace: a traced function is cached with the hook it saw
+  run = lambda: (lambda s, x: nnx.merge(graphdef, s)(x, e0, rope, txt, img))    # noqa: E731
+  ref = np.asarray(jax.jit(run())(state, x))
+  mesh = make_mesh({"context": 2}, devices=jax.devices()[:2])
+  with use_context_parallel(mesh, "ulysses"):
+    text = _jaxpr(run(), state, x)
+    out = np.asarray(jax.jit(run())(state, x))
+  assert text.count("shard_map[") == 3 and text.count("all_to_all[") == 2 and "ppermute" not in text
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)

@@ -4,6 +4,8 @@ on the device; per-stage stats are returned; no jitted entry point copies its pa
 host memory space) works; a DiT loaded sharded over a (fsdp 2 x context 2) mesh, host-resident, runs the whole
 pipeline with context-parallel attention; bad placement / dtype fail before loading."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -113,6 +115,22 @@ def test_generate_with_a_sharded_host_resident_dit(bundle_dir, image, reference)
     np.testing.assert_allclose(out[k], reference[k], atol=2e-3, rtol=1e-3, err_msg=k)
 
 
+def test_generate_cfg_parallel_equals_single_device(bundle_dir, image, reference):
+  # the whole tiny bundle on a cfg=2 mesh: every model replicated over the two groups, the DiT's CFG pair split
+  from gen3r_jax.parallel.rules import make_mesh
+  assert OPTS.guidance_scale > 1
+  mesh = make_mesh({"cfg": 2}, devices=jax.devices()[:2])
+  bundle = load_bundle(bundle_dir, mesh=mesh)
+  kernel = bundle.transformer.blocks.ffn.fc1.kernel.get_value()
+  assert kernel.sharding.mesh == mesh and kernel.sharding.is_fully_replicated
+  out = generate(bundle, image, "a palace", OPTS, progress=False)
+  np.testing.assert_allclose(out["latents"], reference["latents"], atol=1e-4, rtol=1e-4)
+  for k in ("rgb", "depth", "extrinsics", "intrinsics"):
+    np.testing.assert_allclose(out[k], reference[k], atol=2e-3, rtol=1e-3, err_msg=k)
+  with pytest.raises(Gen3RInputError, match="mesh cfg=2 runs the unconditional and conditional branches"):
+    generate(bundle, image, "a palace", dataclasses.replace(OPTS, guidance_scale=1.0), progress=False)
+
+
 def test_numpy_fallback_and_offload(bundle_dir, monkeypatch):
   bundle = load_bundle(bundle_dir, components=["clip_image_encoder"])
   views = (demo.example_image(2)[None, None] / 255.0).astype(np.float32)
@@ -170,9 +188,12 @@ def _sample_config(**change):
 @pytest.mark.parametrize("change, message", [
     (dict(placement="offload"), "placement must be one of"),
     (dict(mesh="fsdp:2"), "mesh 'fsdp:2': expected comma-separated axis=size"),
-    (dict(mesh="pipeline=2"), "axes among \\('data', 'fsdp', 'context', 'tensor'\\)"),
+    (dict(mesh="pipeline=2"), "axes among \\('cfg', 'data', 'fsdp', 'context', 'tensor'\\)"),
     (dict(param_dtype="fp8"), "param_dtype 'fp8' is not supported"),
     (dict(context_parallel="tree"), "context_parallel must be one of"),
+    (dict(mesh="cfg=2", guidance_scale=1.0), "mesh cfg=2 runs the unconditional and conditional branches on two "
+                                             "device groups, but guidance_scale 1 <= 1"),
+    (dict(mesh="cfg=4"), "mesh cfg=4: the cfg axis splits"),
 ])
 def test_bad_sampling_config(change, message):
   from gen3r_jax.apps.sample import check_config, parse_mesh

@@ -85,3 +85,78 @@ def test_bad_parallel_settings_fail_before_compiling():
     dn.denoise(model, sched, schedule, progress=False, mesh={"context": 2}, **kw)
   with pytest.raises(Gen3RInputError, match="frames must be 1 \\+ 4k"):
     dn.time_denoise_step(CFG, mesh, frames=4, height=32, width=32)
+
+
+def _step_collectives(model, mesh, kw, strategy="allgather"):
+  """Per-device flops and collective counts of the compiled CFG step on ``mesh``."""
+  graphdef, params = nnx.split(_sharded(model, mesh))
+  sched = get_scheduler("unipc")
+  schedule = sched.set_timesteps(2, 5.0)
+  x = jnp.array(kw["latents"])
+  args = (params, graphdef, x, sched.init_state(jnp.asarray(schedule.sigmas, jnp.float32), x), jnp.int32(0),
+          jnp.asarray(np.asarray(schedule.timesteps, np.float32)), kw["context"], kw["clip_fea"], kw["y"],
+          kw["y_camera"], jnp.float32(5.0))
+  with dn.mesh_scope(mesh):
+    c = dn.denoise_step.lower(*args, scheduler=sched, use_cfg=True, parallel=(mesh, strategy)).compile()
+  text = c.as_text()
+  return c.cost_analysis()["flops"], {k: text.count(f" {k}(") for k in ("all-gather", "all-reduce", "all-to-all",
+                                                                          "collective-permute", "reduce-scatter")}
+
+
+def test_cfg_parallel_step_matches_unsharded_and_meets_once_per_step():
+  model = random_params(WanDiT, CFG, seed=1)
+  kw = _inputs(CFG)
+  sched = get_scheduler("unipc")
+  schedule = sched.set_timesteps(2, 5.0)
+  ref = dn.denoise(model, sched, schedule, guidance_scale=5.0, record=True, progress=False, **kw)
+  for shape, strategy in (({"cfg": 2}, "allgather"), ({"cfg": 2, "context": 2}, "ulysses")):
+    mesh = make_mesh(shape, devices=jax.devices()[:2 * shape.get("context", 1)])
+    out = dn.denoise(_sharded(model, mesh), sched, schedule, guidance_scale=5.0, record=True, progress=False,
+                     context_parallel=strategy, **kw)
+    np.testing.assert_allclose(out.guided, ref.guided, atol=2e-5, rtol=1e-5, err_msg=str(shape))
+    np.testing.assert_allclose(out.history, ref.history, atol=2e-5, rtol=1e-5, err_msg=str(shape))
+  # each cfg group runs one branch (half the flops of the whole CFG batch per device), the weights are replicated
+  # over cfg (nothing gathered), and the two predictions meet in exactly one collective per step
+  mesh = make_mesh({"cfg": 2}, devices=jax.devices()[:2])
+  flops, coll = _step_collectives(model, mesh, kw)
+  full = jax.jit(lambda p, x, t, c, f, y, cam: nnx.merge(nnx.graphdef(model), p)(
+      dn._double(x), jnp.broadcast_to(t, (2,)), c, clip_fea=dn._double(f), y=dn._double(y), y_camera=dn._double(cam)))
+  whole = full.lower(nnx.state(model), kw["latents"], jnp.float32(1.0), kw["context"], kw["clip_fea"], kw["y"],
+                     kw["y_camera"]).compile().cost_analysis()["flops"]
+  assert flops < 0.6 * whole, (flops, whole)
+  assert coll == {"all-gather": 1, "all-reduce": 0, "all-to-all": 0, "collective-permute": 0,
+                  "reduce-scatter": 0}, coll
+
+
+def test_ulysses_sampling_matches_unsharded():
+  model = random_params(WanDiT, CFG, seed=2)                    # 2 heads: Ulysses over context 2
+  kw = _inputs(CFG, seed=3)
+  sched = get_scheduler("unipc")
+  schedule = sched.set_timesteps(2, 5.0)
+  ref = dn.denoise(model, sched, schedule, guidance_scale=5.0, record=True, progress=False, **kw)
+  mesh = make_mesh({"fsdp": 2, "context": 2}, devices=jax.devices()[:4])
+  out = dn.denoise(_sharded(model, mesh), sched, schedule, guidance_scale=5.0, record=True, progress=False,
+                   context_parallel="ulysses_ring", **kw)
+  np.testing.assert_allclose(out.history, ref.history, atol=2e-5, rtol=1e-5)
+
+
+def test_bad_cfg_parallel_settings_fail_before_compiling():
+  model = random_params(WanDiT, CFG, seed=1)
+  sched = get_scheduler("unipc")
+  schedule = sched.set_timesteps(1, 5.0)
+  kw = _inputs(CFG, f=1)
+  one = dict(kw, context=kw["context"][1:])                     # guidance off: the positive row only
+  mesh = make_mesh({"cfg": 2}, devices=jax.devices()[:2])
+  with pytest.raises(Gen3RInputError, match=r"mesh cfg=2 runs the unconditional and conditional branches on two "
+                                            r"device groups, but guidance 1 <= 1 turns guidance off"):
+    dn.denoise(_sharded(model, mesh), sched, schedule, guidance_scale=1.0, progress=False, **one)
+  with pytest.raises(Gen3RInputError, match="mesh cfg=4: the cfg axis splits the .* so it is 1 or 2"):
+    dn.denoise(model, sched, schedule, progress=False, mesh=make_mesh({"cfg": 4}, devices=jax.devices()[:4]), **kw)
+  with pytest.raises(Gen3RInputError, match="does not divide the 8 devices"):
+    make_mesh({"cfg": 3, "fsdp": -1})
+  with pytest.raises(Gen3RInputError, match=r"needs 6 devices but 8 are available"):
+    make_mesh({"cfg": 2, "context": 3})
+  # 12 heads cannot do plain Ulysses on context 8: named before compiling, with the hybrids as the fix
+  big = WanDiTConfig.tiny(num_heads=12, dim=96)
+  with pytest.raises(Gen3RInputError, match="use 'ulysses_ring' or 'ulysses_allgather'"):
+    dn._check_context_split(make_mesh({"context": 8}), np.zeros((1, 2, 4, 8, 16)), big, "ulysses")

@@ -327,6 +327,11 @@ def test_dit_checkpoint_of_another_size_is_rejected_before_restore(tmp_path):
     (dict(data__batch_size=3), r"batch_size 3 must be divisible by mesh data x fsdp = 2"),
     (dict(data__num_frames=9, mesh__context=2), None),  # 4900 tokens split fine (control: no error expected)
     (dict(data__num_frames=1, mesh__context=4, mesh__tensor=1), r"2450 tokens .* does not split over mesh context=4"),
+    (dict(data__num_frames=9, mesh__context=2, context_strategy="ulysses_ring"), None),
+    (dict(data__num_frames=9, mesh__context=8, mesh__fsdp=1, mesh__data=1, mesh__tensor=1,
+          context_strategy="ulysses"), r"'ulysses' needs the attention heads .* use 'ulysses_ring'"),
+    (dict(context_strategy="usp"), r"context strategy must be one of \('allgather', 'ring', 'ulysses'"),
+    (dict(mesh__cfg=2, mesh__fsdp=4), r"mesh cfg=2: the cfg axis is the sampler's"),
 ])
 def test_bad_mesh_and_batch_are_clear_errors_before_compiling(tmp_path, change, message):
   c = stage2_config(size=560, **change)

@@ -16,6 +16,10 @@ it runs as ``free`` (no VGGT camera estimate).
 The config's sampling options carry :class:`SampleOptions`' field names (``num_steps``, ``cameras``,
 ``guidance_scale``, ``size``, ...: :func:`options_from_config`); ``config.sharding`` gives the sharding rules of a
 ``mesh`` run (:class:`gen3r_jax.parallel.rules.Rules`).
+
+Several processes (``jax.distributed``, one per GPU: ``launch/sample.py --coordinator_address=... --num_processes=N
+--process_id=i``, docs/multi_gpu.md): every process reads the same inputs and runs the sampler over the global
+mesh (``mesh``); process 0 alone creates the demo cache and probes and writes the output directory (:func:`is_writer`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gen3r_jax.apps import demo
 from gen3r_jax.apps import export as scene_export
@@ -36,7 +41,7 @@ from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, Rules, make_mesh
 from gen3r_jax.progress import configure as configure_progress
 from gen3r_jax.sampling import inputs
-from gen3r_jax.sampling.denoise import check_parallel
+from gen3r_jax.sampling.denoise import check_cfg_axis, check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
 from gen3r_jax.sampling.pipeline import SampleOptions, check_options, generate
 from gen3r_jax.sampling.placement import check_placement
@@ -64,10 +69,30 @@ def options_from_config(cfg) -> SampleOptions:
   return SampleOptions(**kw)
 
 
+def is_writer() -> bool:
+  """Whether this process writes files: with several processes (``jax.distributed``) only process 0 does; every
+  process reads the same inputs and runs the same sampler over the global mesh."""
+  return jax.process_index() == 0
+
+
+def _writer_first(fn):
+  """``fn()`` on process 0, then (several processes) on the others once process 0 is done: files ``fn`` creates
+  (the demo cache) are written by one process and only read by the others."""
+  if jax.process_count() == 1:
+    return fn()
+  out = fn() if is_writer() else None
+  multihost_utils.sync_global_devices("gen3r_jax.apps.sample: demo cache written")
+  return out if is_writer() else fn()
+
+
 def resolve_demo(cfg, log=print):
   """Demo config: fill ``checkpoint`` / ``images`` with the cached random bundle and example image."""
   if not cfg.demo.enabled:
     return cfg.checkpoint, image_paths(cfg.images)
+  return _writer_first(lambda: _resolve_demo(cfg, log))
+
+
+def _resolve_demo(cfg, log):
   cache = cfg.demo.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gen3r_jax_demo")
   images = image_paths(cfg.images) or [demo.ensure_example_image(cache, seed=int(cfg.demo.seed))]
   if inputs.expected_views(cfg.task, cfg.num_frames) != len(images) and not cfg.images:
@@ -146,6 +171,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png] (allview: also a video file or "
                           "a folder of frames).")
   opts = options_from_config(cfg)
+  check_cfg_axis(parse_mesh(cfg.mesh), opts.guidance_scale)
   inputs.check_task(opts.task)
   inputs.check_num_frames(opts.num_frames)
   inputs.check_size(opts.size)
@@ -160,7 +186,8 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
     texts["negative_prompt"] = opts.negative_prompt
   check_prompt_length(checkpoint, texts, opts.max_sequence_length, warn=warn)
   expected = output_bytes(opts.num_frames, opts.size, opts.size, int(cfg.max_points) or None)
-  prepare_output_dir(cfg.out, expected_bytes=expected, overwrite=bool(cfg.get("overwrite", True)), warn=warn)
+  if is_writer():
+    prepare_output_dir(cfg.out, expected_bytes=expected, overwrite=bool(cfg.get("overwrite", True)), warn=warn)
   return opts, views, prompt
 
 
@@ -218,6 +245,10 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning, *, bundle=None
           "precision": opts.precision,
           "placement": placement, "timings_s": {n: v for n, v in out["timings"].items() if not isinstance(v, list)},
           "peak_bytes_in_use": out["stats"]["peak_bytes_in_use"]}
+  if not is_writer():
+    log(f"[sample] process {jax.process_index()} of {jax.process_count()}: done; process 0 writes the outputs "
+        f"to {cfg.out}")
+    return {}
   files = export_all(cfg.out, rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"], masks=out["masks"],
                      c2w=out["c2w"], K=k, fps=cfg.fps, max_points=int(cfg.max_points) or None, seed=opts.seed,
                      prompt=prompt, meta=meta, extra_npz={"latents.npz": {"latents": out["latents"]},

@@ -11,6 +11,19 @@ of the ``act_batch`` rule, heads over those of ``act_heads`` when they divide, e
   K/V memory stays one block. Einsum blocks (XLA); gradients by autodiff through the scan.
 * ``"replicate_kv"``: only ``q`` is split; K/V are replicated over ``context`` (cross-attention to text/image
   tokens, whose length has nothing to do with the video's). No communication.
+* ``"ulysses"`` (DeepSpeed-Ulysses): one ``all_to_all`` over ``context`` turns the sequence-split q/k/v
+  ``[B, L/n, H, D]`` into head-split ones ``[B, L, H/n, D]``, the local dispatch (any kernel: cuDNN, FA3,
+  splash) runs on the full sequence for ``H/n`` heads, and one ``all_to_all`` turns the result back. Four
+  all-to-alls of one block each per call (q, k, v, out) instead of the ring's ``n - 1`` K/V transfers; needs the
+  (per-``tensor``-shard) head count to be divisible by the ``context`` size.
+* ``"ulysses_ring"`` / ``"ulysses_allgather"`` (USP-style hybrid): Ulysses over ``u = gcd(heads, n)`` devices
+  (contiguous groups of the ``context`` axis), then ring / all-gather attention over the ``r = n / u`` groups
+  for the sequence chunk each group now holds. With ``u == n`` this is plain Ulysses, with ``u == 1`` plain ring
+  / all-gather. Chosen over padding the heads to a multiple of ``n`` because it is exact without wasted work:
+  the 1.3B DiT's 12 heads on ``context=8`` would pad to 16 heads (33 % more attention compute and activation
+  memory), whereas the hybrid runs Ulysses over 4 and a 2-step ring. Both stages communicate inside one
+  ``shard_map`` over the mesh's ``context`` axis (``axis_index_groups`` / group-local permutations), so the
+  sequence layout outside is the plain ``context`` split, the same as for every other strategy.
 
 Model hook (models need no change): inside ``with use_context_parallel(mesh, "ring"):`` every
 ``gen3r_jax.nn.attention.attention`` call traced with ``bias=None, mask=None`` and ``Lq`` divisible by the
@@ -46,7 +59,9 @@ if not hasattr(jax, "shard_map"):  # pragma: no cover - older jax
   from jax.experimental.shard_map import shard_map as _legacy_shard_map
 
 AXIS = "context"
-STRATEGIES = ("allgather", "ring", "replicate_kv")
+# self-attention strategies (what configs choose), then the cross-attention one the hook picks by itself
+SELF_STRATEGIES = ("allgather", "ring", "ulysses", "ulysses_ring", "ulysses_allgather")
+STRATEGIES = SELF_STRATEGIES + ("replicate_kv",)
 
 
 def _shard_map(f, mesh, in_specs, out_specs, check: bool):
@@ -107,13 +122,14 @@ def _online_block(q, k, v, carry, scale):
   return m_new, l * corr + p.sum(-1), acc * jnp.swapaxes(corr, 1, 2)[..., None] + pv
 
 
-def _ring_local(q, k, v, *, scale, n):
+def _ring_local(q, k, v, *, scale, n, perm=None):
   """Per-shard ring attention: ``q [b, lq, h, d]`` attends to all ``n`` K/V blocks passed around ``context``.
 
   Each step sends the block it holds to the next device before computing on it (transfer and compute
-  overlap); ``n - 1`` transfers in all.
+  overlap); ``n - 1`` transfers in all. ``perm``: the ``(source, destination)`` pairs over ``context`` of one
+  step (default: the whole axis as one ring; the Ulysses hybrid passes several disjoint rings of ``n``).
   """
-  perm = [(i, (i + 1) % n) for i in range(n)]
+  perm = perm if perm is not None else [(i, (i + 1) % n) for i in range(n)]
   send = lambda k, v: jax.lax.ppermute((k, v), AXIS, perm)
   carry = None
   if n > 1:
@@ -132,6 +148,77 @@ def _ring_local(q, k, v, *, scale, n):
   return (acc / jnp.swapaxes(l, 1, 2)[..., None]).astype(q.dtype)
 
 
+def ulysses_split(heads: int, n: int) -> tuple[int, int]:
+  """``(u, r)``: Ulysses (all-to-all over heads) across ``u = gcd(heads, n)`` devices of the ``context`` axis,
+  ring / all-gather across the ``r = n // u`` groups. ``heads`` is the count per ``tensor`` shard."""
+  u = math.gcd(int(heads), int(n))
+  return u, int(n) // u
+
+
+def ulysses_groups(u: int, r: int) -> tuple[list[list[int]], list[list[int]]]:
+  """``(ulysses_groups, ring_groups)`` of ``context`` indices for :func:`ulysses_split`'s ``(u, r)``.
+
+  Ulysses groups are contiguous (``[i*u, ..., i*u + u - 1]``): their all-to-all concatenates ``u`` adjacent
+  sequence blocks, so group ``i`` then holds sequence chunk ``i`` of ``r`` for head slice ``j`` (its member
+  index). Ring group ``j`` links the members of index ``j`` of every Ulysses group (same heads, all chunks).
+  """
+  return ([[i * u + j for j in range(u)] for i in range(r)],
+          [[i * u + j for i in range(r)] for j in range(u)])
+
+
+def local_heads(shape, spec: P, mesh: Mesh) -> int:
+  """Heads per shard of a ``[B, L, H, D]`` operand with ``spec`` (the ``tensor`` split of :func:`qkv_spec`)."""
+  entry = spec[2]
+  names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+  return shape[2] // int(math.prod(mesh.shape[a] for a in names))
+
+
+def check_ulysses(strategy: str, heads: int, n: int) -> None:
+  """Plain ``"ulysses"`` needs ``heads`` (per ``tensor`` shard) divisible by the ``context`` size ``n``; the
+  hybrids take any count. A one-line error naming the fix otherwise."""
+  if strategy != "ulysses" or n <= 1 or heads % n == 0:
+    return
+  u, r = ulysses_split(heads, n)
+  raise Gen3RInputError(
+      f"context strategy 'ulysses' needs the attention heads per 'tensor' shard ({heads}) divisible by the mesh "
+      f"'{AXIS}' size {n}; use 'ulysses_ring' or 'ulysses_allgather' (Ulysses over {u}, then ring / all-gather "
+      f"over {r}), or a '{AXIS}' size that divides {heads}.")
+
+
+def check_strategy(strategy: str, num_heads: int, mesh_shape) -> None:
+  """Before compiling: ``strategy`` is a self-attention strategy and, for ``"ulysses"``, a model of
+  ``num_heads`` heads can use it on a mesh of ``mesh_shape`` (``{axis: size}`` or a ``Mesh``'s ``.shape``);
+  heads split over ``tensor`` only when they divide it, as :func:`qkv_spec` does."""
+  require(strategy in SELF_STRATEGIES, f"context strategy must be one of {SELF_STRATEGIES}, got {strategy!r}.")
+  tensor = max(int(mesh_shape.get("tensor", 1)), 1)        # -1 ("the rest") is checked once resolved
+  check_ulysses(strategy, num_heads // tensor if num_heads % tensor == 0 else num_heads,
+                int(mesh_shape.get(AXIS, 1)))
+
+
+def _ulysses_local(q, k, v, *, u, r, inner, implementation, scale):
+  """Per-shard Ulysses (+ ring / all-gather over ``r`` groups when ``r > 1``); see the module docstring.
+
+  q/k/v ``[b, L/n, h, d]`` -> (one all-to-all of the stacked q/k/v within each Ulysses group) ``[b, L/r, h/u, d]``
+  -> attention over the whole sequence (locally when ``r == 1``) -> one all-to-all back -> ``[b, L/n, h, d]``.
+  """
+  ulysses, rings = ulysses_groups(u, r)
+  groups = ulysses if r > 1 else None       # None: the whole axis (the plain collective)
+  if u > 1:
+    qkv = jax.lax.all_to_all(jnp.stack([q, k, v]), AXIS, 3, 2, tiled=True, axis_index_groups=groups)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+  if r == 1:
+    out = local_attention(q, k, v, implementation=implementation, scale=scale)
+  elif inner == "ring":
+    perm = [(g[i], g[(i + 1) % r]) for g in rings for i in range(r)]
+    out = _ring_local(q, k, v, scale=scale, n=r, perm=perm)
+  else:
+    k, v = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True, axis_index_groups=rings) for a in (k, v))
+    out = local_attention(q, k, v, implementation=implementation, scale=scale)
+  if u > 1:
+    out = jax.lax.all_to_all(out, AXIS, 1, 2, tiled=True, axis_index_groups=groups)
+  return out
+
+
 def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, implementation: str = "auto",
                       strategy: str = "allgather", scale: float | None = None, rules=DEFAULT_RULES) -> jax.Array:
   """Attention with the sequence split over the mesh axis ``context`` (see the module docstring).
@@ -145,14 +232,23 @@ def context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh, i
   n = context_size(mesh)
   q_spec = qkv_spec(q.shape, mesh, rules)
   kv_spec = qkv_spec(k.shape, mesh, rules, split_length=strategy != "replicate_kv")
-  if strategy == "ring" and n > 1:
+  xla_local = resolve_implementation(implementation, q.dtype, q.shape[-1]) == "xla"  # checkable by shard_map
+  if strategy.startswith("ulysses") and n > 1:
+    heads = local_heads(q.shape, q_spec, mesh)
+    check_ulysses(strategy, heads, n)
+    u, r = ulysses_split(heads, n)
+    inner = strategy.partition("_")[2] or None
+    local = functools.partial(_ulysses_local, u=u, r=r, inner=inner, implementation=implementation, scale=scale)
+    check = xla_local or (r > 1 and inner == "ring")
+  elif strategy == "ring" and n > 1:
     local = functools.partial(_ring_local, scale=scale, n=n)
+    check = True
   else:
     def local(q, k, v):
       if strategy == "allgather" and n > 1:
         k, v = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True) for a in (k, v))  # [b, Lk, h, d]
       return local_attention(q, k, v, implementation=implementation, scale=scale)
-  check = strategy == "ring" or resolve_implementation(implementation, q.dtype, q.shape[-1]) == "xla"
+    check = xla_local
   return _shard_map(local, mesh, (q_spec, kv_spec, kv_spec), q_spec, check)(q, k, v)
 
 
@@ -179,8 +275,8 @@ def use_context_parallel(mesh: Mesh, strategy: str = "allgather", *, rules=None,
   (mask/bias or a length that does not divide) instead of running it unsharded-by-sequence. ``rules``: the
   sharding rules of the batch and head axes (default: the active ones, :func:`gen3r_jax.parallel.rules.use_rules`).
   """
-  if strategy not in STRATEGIES[:2]:
-    raise Gen3RInputError(f"use_context_parallel: strategy must be one of {STRATEGIES[:2]}, got {strategy!r}")
+  if strategy not in SELF_STRATEGIES:
+    raise Gen3RInputError(f"use_context_parallel: strategy must be one of {SELF_STRATEGIES}, got {strategy!r}")
   rules = current_rules() if rules is None else as_rules(rules)
   cp = ContextParallel(mesh, strategy, rules, strict) if context_size(mesh) > 1 else None
   token = _ACTIVE.set(cp)

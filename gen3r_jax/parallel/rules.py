@@ -1,6 +1,6 @@
 """Logical axis names -> mesh axes (the sharding rules, data), and the shardings they give.
 
-The mesh always has the four axes ``data, fsdp, context, tensor`` (size 1 where unused). Models name the axes of
+The mesh always has the five axes ``cfg, data, fsdp, context, tensor`` (size 1 where unused). Models name the axes of
 their parameters (``embed``, ``mlp``, ``heads``, ...) and of the activations they constrain (``act_batch``,
 ``act_length``, ``act_embed``, ``act_heads``, ...: always ``act_``-prefixed, so a rule for a weight never moves an
 activation and the reverse); a :class:`Rules` table maps each name to mesh axes. The table is config data: the
@@ -9,9 +9,16 @@ trainer and the sampler build it from ``config.sharding`` (``Rules.from_config``
 ``configs/base.py``.
 
 A logical axis whose size the mesh axes it maps to do not divide is left unsharded, so tiny test models still run
-on 8 devices. A parameter above ``replicated_limit_bytes`` (1 MiB) that the rules mean to shard (one of its axes
+on 8 devices; for a logical axis mapped to several mesh axes (``act_batch``), trailing mesh axes are dropped until
+the rest divide it. A parameter above ``replicated_limit_bytes`` (1 MiB) that the rules mean to shard (one of its axes
 maps to a mesh axis of size > 1) but that ends up fully replicated that way is an error naming the parameter, its
 shape and the rule to add, unless ``allow_replicated`` lists it. :func:`explain` prints where every parameter goes.
+
+``cfg`` is the sampler's classifier-free-guidance axis: the CFG batch ``[unconditional, conditional]`` splits over
+it (``act_batch`` maps to ``cfg`` first) while no parameter does, so each of the two device groups holds the whole
+(or its ``fsdp``/``tensor``-sharded) model and runs one branch with no communication until the two predictions
+are combined (``gen3r_jax.sampling.denoise``). It is the outermost mesh axis (devices ``[0, n/2)`` and
+``[n/2, n)``), the one that communicates least. Training takes ``cfg = 1``.
 
 Activation constraints (:func:`constrain`) read the rules made active by :func:`use_rules` (default
 :data:`DEFAULT_RULES`) when a function is traced: trace (``jit``) inside the block, as the trainer and the sampler do.
@@ -33,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gen3r_jax.compat import logical_axes, value_of
 from gen3r_jax.errors import Gen3RInputError
 
-MESH_AXES = ("data", "fsdp", "context", "tensor")
+MESH_AXES = ("cfg", "data", "fsdp", "context", "tensor")
 ACT_PREFIX = "act_"
 MIB = 1 << 20
 
@@ -51,7 +58,7 @@ DEFAULT_TABLE: dict[str, tuple[str, ...]] = {
     "layers": (),
     "norm": (),
     # activations
-    "act_batch": ("data", "fsdp"),
+    "act_batch": ("cfg", "data", "fsdp"),
     "act_length": ("context",),
     "act_embed": (),
     "act_heads": ("tensor",),
@@ -195,8 +202,9 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
   out = []
   for name, size in zip(axes, shape):
     ms = tuple(a for a in rules.mesh_axes(name) if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
-    n = int(np.prod([mesh.shape[a] for a in ms])) if ms else 1
-    if not ms or size % n:
+    while ms and size % int(np.prod([mesh.shape[a] for a in ms])):
+      ms = ms[:-1]          # as constrain(): batch 2 on cfg=2 x fsdp=2 splits over cfg only
+    if not ms:
       out.append(None)
       continue
     used.update(ms)
@@ -294,7 +302,7 @@ def explain(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
 
 
 def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
-  """A mesh over all (or the given) devices with axes ``data, fsdp, context, tensor``.
+  """A mesh over all (or the given) devices with axes ``cfg, data, fsdp, context, tensor``.
 
   ``shape`` gives sizes per axis; one axis may be ``-1`` to take the remaining devices (default: all devices on
   ``fsdp``). A shape that does not divide the device count is a clear error.

@@ -22,7 +22,10 @@ sharding rules (``act_batch`` over ``data``/``fsdp`` — the CFG pair splits ove
 over ``context``; ``rules``, default the library's), and with ``mesh.context > 1`` self-attention goes through
 ``use_context_parallel`` (``"allgather"`` by default:
 K/V all-gathered, the local kernel is cuDNN flash on GPU; ``"ring"`` keeps one K/V block per device but uses
-einsum blocks). The latents and scheduler state stay replicated. :func:`time_denoise_step` times one step of a
+einsum blocks; ``"ulysses"`` and its hybrids: all-to-all over heads, see ``nn/context_parallel.py``). CFG-parallel:
+a mesh axis ``cfg=2`` splits the CFG batch ``[uncond, cond]`` over two device groups that each hold the weights
+(``parallel/rules.py``); the two predictions meet in one all-gather per step. The latents and scheduler state
+stay replicated. :func:`time_denoise_step` times one step of a
 random-weight DiT created directly on its shards (the 14B benchmark).
 """
 
@@ -42,8 +45,8 @@ import numpy as np
 from gen3r_jax.errors import check_array, require
 from gen3r_jax.models.wan_dit.inputs import pad_text
 from gen3r_jax.models.wan_dit.transformer import create
-from gen3r_jax.nn.context_parallel import STRATEGIES, context_size, use_context_parallel
-from gen3r_jax.parallel.rules import as_rules, use_rules
+from gen3r_jax.nn.context_parallel import SELF_STRATEGIES, check_strategy, context_size, use_context_parallel
+from gen3r_jax.parallel.rules import as_rules, constrain, use_rules
 from gen3r_jax.progress import Progress, fmt_seconds
 from gen3r_jax.sampling import placement
 from gen3r_jax.sampling.schedulers import get_scheduler
@@ -94,7 +97,9 @@ def check_denoise_inputs(dit_cfg, latents, context, clip_fea, y, y_camera, use_c
 
 
 def _double(x):
-  return None if x is None else jnp.concatenate([x, x], axis=0)
+  """``[x, x]`` along axis 0, as a broadcast: split over the mesh axis ``cfg`` each half is the device's own copy
+  (a concatenate would make GSPMD all-to-all the replicated inputs)."""
+  return None if x is None else jnp.broadcast_to(x[None], (2, *x.shape)).reshape(2 * x.shape[0], *x.shape[1:])
 
 
 def _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg: bool):
@@ -107,6 +112,7 @@ def _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, u
   noise = model(x_in, t_in, context, clip_fea=clip_in, y=y_in, y_camera=cam_in).astype(jnp.float32)
   if not use_cfg:
     return noise
+  noise = constrain(noise, (None,) * noise.ndim)    # under a mesh: the branches meet in one all-gather (cfg axis)
   uncond, cond = jnp.split(noise, 2, axis=0)
   return uncond + guidance * (cond - uncond)
 
@@ -168,14 +174,27 @@ def mesh_scope(mesh):
 
 
 def check_parallel(mesh, context_parallel: str) -> None:
-  require(context_parallel in STRATEGIES[:2],
-          f"context_parallel must be one of {STRATEGIES[:2]}, got {context_parallel!r}.")
+  require(context_parallel in SELF_STRATEGIES,
+          f"context_parallel must be one of {SELF_STRATEGIES}, got {context_parallel!r}.")
   if mesh is not None:
     require(isinstance(mesh, jax.sharding.Mesh),
             f"mesh must be a jax.sharding.Mesh (gen3r_jax.parallel.rules.make_mesh), got {type(mesh).__name__}.")
 
 
-def _check_context_split(mesh, latents, dit_cfg) -> None:
+def check_cfg_axis(mesh_shape, guidance_scale: float) -> None:
+  """CFG-parallel sampling (mesh axis ``cfg``, :mod:`gen3r_jax.parallel.rules`): the CFG batch
+  ``[unconditional, conditional]`` splits over ``cfg``, so it is 1 or 2, and 2 needs guidance (``> 1``)."""
+  n = int((mesh_shape or {}).get("cfg", 1))
+  require(n in (1, 2), f"mesh cfg={n}: the cfg axis splits the [unconditional, conditional] pair of classifier-free "
+                       "guidance, so it is 1 or 2.")
+  require(n == 1 or float(guidance_scale) > 1.0,
+          f"mesh cfg=2 runs the unconditional and conditional branches on two device groups, but guidance_scale "
+          f"{float(guidance_scale):g} <= 1 turns guidance off (one branch); set guidance_scale > 1 or drop cfg from "
+          "the mesh.")
+
+
+def _check_context_split(mesh, latents, dit_cfg, strategy: str = "allgather") -> None:
+  check_strategy(strategy, dit_cfg.num_heads, mesh.shape)
   n = context_size(mesh)
   if n > 1:
     pt, ph, pw = dit_cfg.patch_size
@@ -200,7 +219,8 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
     record: keep the latents and the guided noise after every step (host copies).
     callback: called as ``callback(i, latents)`` after each step.
     mesh: run the step sharded over this mesh (default: the mesh the parameters are sharded over, if any);
-      ``context_parallel`` (``"allgather"`` | ``"ring"``) is the self-attention strategy when ``context > 1``;
+      ``context_parallel`` (one of ``SELF_STRATEGIES``) is the self-attention strategy when ``context > 1``;
+      a mesh axis ``cfg=2`` runs the unconditional and conditional branches on its two device groups;
       ``rules``: the sharding rules of its activations (:class:`gen3r_jax.parallel.rules.Rules`, default the
       library's; ``config.sharding`` in ``launch/sample.py``).
   """
@@ -210,7 +230,8 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
   graphdef, params = nnx.split(model)
   mesh = mesh if mesh is not None else param_mesh(params)
   if mesh is not None:
-    _check_context_split(mesh, latents, model.cfg)
+    _check_context_split(mesh, latents, model.cfg, context_parallel)
+    check_cfg_axis(mesh.shape, guidance_scale)
   parallel = None if mesh is None else (mesh, context_parallel, as_rules(rules))
   timesteps = jnp.asarray(np.asarray(schedule.timesteps, np.float32))
   x = jnp.array(latents, jnp.float32)                                  # a fresh buffer: it is donated
@@ -335,4 +356,5 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
 
 
 __all__ = ("DenoiseOutput", "cfg_context", "denoise", "denoise_scan", "denoise_step", "Progress",
-           "check_denoise_inputs", "check_parallel", "mesh_scope", "param_mesh", "time_denoise_step")
+           "check_denoise_inputs", "check_parallel", "check_cfg_axis", "mesh_scope", "param_mesh",
+           "time_denoise_step")

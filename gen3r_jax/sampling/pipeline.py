@@ -49,9 +49,9 @@ from gen3r_jax.parallel.rules import as_rules
 from gen3r_jax.sampling import cache as step_cache
 from gen3r_jax.sampling import inputs, stages
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES, check_num_frames, load_cameras_json, parse_cameras
-from gen3r_jax.sampling.denoise import cfg_context, check_parallel, denoise
+from gen3r_jax.sampling.denoise import cfg_context, check_cfg_axis, check_parallel, denoise
 from gen3r_jax.sampling.geometry_decode import decode_geometry, split_joint_latents
-from gen3r_jax.sampling.placement import StageStats
+from gen3r_jax.sampling.placement import StageStats, mesh_of
 from gen3r_jax.sampling.schedulers import get_scheduler, scheduler_from_config
 from gen3r_jax.sampling.schedulers.schedules import check_shift
 
@@ -155,8 +155,10 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
     release: drop each model from ``bundle`` once it is no longer needed.
     record: also return every stage's intermediates and the latents after each step.
     mesh: the mesh of a sharded DiT (default: read from its parameters); ``context_parallel`` (``"allgather"`` |
-      ``"ring"``) is the self-attention strategy when the mesh has ``context > 1``; ``rules`` the sharding rules
-      of its activations (:class:`gen3r_jax.parallel.rules.Rules`; the DiT's ``model_rules`` apply).
+      ``"ring"`` | ``"ulysses"`` | ...) is the self-attention strategy when the mesh has ``context > 1``; a mesh
+      axis ``cfg=2`` runs the two guidance branches on two device groups (CFG-parallel, needs guidance > 1);
+      ``rules`` the sharding rules of its activations (:class:`gen3r_jax.parallel.rules.Rules`; the DiT's
+      ``model_rules`` apply).
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
     calibrate_cache: run the block-cache programs with every step computed and return the residual-magnitude
       ratios in ``out["cache"]["ratios"]`` (what ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a
@@ -178,6 +180,8 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   inputs.check_images(images, opts.size)
   check_options(opts, images.shape[0])
   check_parallel(mesh, context_parallel)
+  dit_mesh = mesh if mesh is not None else mesh_of(bundle.transformer)
+  check_cfg_axis(dit_mesh.shape if dit_mesh is not None else None, opts.guidance_scale)   # before any stage runs
   use_cfg = opts.guidance_scale > 1.0
   sched = make_scheduler(opts, bundle.scheduler_config)
   cache = cache_settings(opts)

@@ -94,6 +94,8 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
     mesh_shape = dict(config.mesh)
     unknown = sorted(set(mesh_shape) - set(MESH_AXES))
     require(not unknown, f"mesh axes must be among {MESH_AXES}, got {unknown}.")
+    require(int(mesh_shape.get("cfg", 1)) == 1, f"mesh cfg={mesh_shape.get('cfg')}: the cfg axis is the "
+                                                "sampler's (guidance branches); training takes cfg=1 (use data).")
     sizes = [int(v) for v in mesh_shape.values()]
     require(all(s >= 1 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
             f"mesh sizes must be >= 1 (or one -1), got {mesh_shape}.")

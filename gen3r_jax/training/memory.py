@@ -51,6 +51,7 @@ from gen3r_jax.models.umt5.t5 import UMT5Encoder
 from gen3r_jax.models.vggt import VGGT
 from gen3r_jax.models.wan_dit.transformer import WanDiT
 from gen3r_jax.models.wan_vae.vae import WanVAE
+from gen3r_jax.nn.context_parallel import ulysses_split
 from gen3r_jax.nn.params import abstract_module, logical_axes
 from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, param_spec, path_str, spec_for
 from gen3r_jax.training.optimizer import make_optimizer
@@ -100,6 +101,8 @@ def mesh_sizes(shape: dict, num_devices: int) -> dict[str, int]:
   unknown = sorted(set(shape) - set(MESH_AXES))
   require(not unknown, f"mesh axes must be among {MESH_AXES}, got {unknown}.")
   sizes = {a: shape.get(a, 1) for a in MESH_AXES}
+  require(sizes["cfg"] == 1, f"mesh cfg={sizes['cfg']}: the cfg axis is the sampler's (guidance branches); "
+                             "training takes cfg=1 (use data for data parallelism).")
   free = [a for a, s in sizes.items() if s == -1]
   require(len(free) <= 1 and all(s >= 1 or s == -1 for s in sizes.values()),
           f"mesh sizes must be >= 1 (or one -1), got {shape}.")
@@ -191,13 +194,17 @@ def activation_parts(cfg, *, batch: int, grid: tuple[int, int, int], frames: int
   ft = cfg.ffn_dim // tp if cfg.ffn_dim % tp == 0 else cfg.ffn_dim
   ht = cfg.num_heads // tp if cfg.num_heads % tp == 0 else cfg.num_heads
   lc = cfg.text_len + cfg.clip_tokens
-  ring = cp > 1 and strategy == "ring"
+  u, r = ulysses_split(ht, cp) if strategy.startswith("ulysses") else (1, cp)
+  ring = cp > 1 and r > 1 and strategy.endswith("ring")          # einsum blocks round a ring (of r)
   einsum_self = ring or attention not in FUSED
   einsum_cross = attention not in FUSED
   attn = 8 * b * ht * l * ((tokens if einsum_self else 0) + (lc if einsum_cross else 0))
   attn += 4 * b * ht * l * 3                                      # log-sum-exp / softmax stats
-  if cp > 1 and not ring:
-    attn += 2 * c * b * tokens * dt                               # all-gathered K, V
+  # (Ulysses: h/u heads over tokens/r queries -- the same score count as the ring's or all-gather's h x l)
+  if cp > 1 and u > 1:
+    attn += 4 * c * b * l * dt                                    # all-to-all buffers: stacked q, k, v and out
+  if cp > 1 and not ring and r > 1:
+    attn += 2 * c * b * tokens * dt // u                          # all-gathered K, V (of h/u heads)
   cross_kv = b * lc * dt * (4 * c + 8)
   block = b * l * (20 * d + 4 * c * d + (10 * c + 12) * dt + 3 * c * ft) + cross_kv + attn
   carry = 4 * b * l * d
@@ -286,7 +293,7 @@ def format_table(rows: list[Estimate]) -> str:
           "params", "optimizer", "gradients", "activations", "frozen", "total", "HBM", "fits")
   body = []
   for r in rows:
-    m = "/".join(str(r.mesh[a]) for a in MESH_AXES)
+    m = "/".join(str(r.mesh[a]) for a in MESH_AXES if a != "cfg")   # d/f/c/t: training has cfg=1
     body.append((r.name, r.hardware, m, f"{r.dit_params / 1e9:.2f}B", str(r.batch_per_device),
                  str(r.tokens_per_device), r.remat, r.attention, g(r.params), g(r.optimizer), g(r.gradients),
                  g(r.activations), g(r.frozen), g(r.total), g(r.hbm), "yes" if r.fits else "NO"))

@@ -50,6 +50,7 @@ from gen3r_jax.models.vggt import VGGT
 from gen3r_jax.models.wan_dit.config import WanDiTConfig
 from gen3r_jax.models.wan_dit.transformer import WanDiT, abstract_model
 from gen3r_jax.models.wan_vae.vae import WanVAE
+from gen3r_jax.nn.context_parallel import check_strategy
 from gen3r_jax.sampling.cameras import check_num_frames
 from gen3r_jax.training.stage1 import random_on_mesh
 from gen3r_jax.training.stage1_task import model_config, model_configs as stage1_models, model_overrides
@@ -118,9 +119,8 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
   require(dc.height % 16 == 0 and dc.width % 16 == 0,
           f"data.height and data.width must be multiples of 16 (latent / 8, patch 2), got {dc.height}x{dc.width}.")
   check_num_frames(int(dc.num_frames))
-  require(config.context_strategy in ("ring", "allgather"),
-          f"context_strategy must be 'ring' or 'allgather', got {config.context_strategy!r}.")
   dit = models.dit
+  check_strategy(config.context_strategy, dit.num_heads, mesh_shape)
   cp = int(mesh_shape.get("context", 1))
   tokens = num_tokens(dit, dc)
   require(tokens % cp == 0,
