@@ -148,7 +148,7 @@ def test_bad_cfg_parallel_settings_fail_before_compiling():
   one = dict(kw, context=kw["context"][1:])                     # guidance off: the positive row only
   mesh = make_mesh({"cfg": 2}, devices=jax.devices()[:2])
   with pytest.raises(Gen3RInputError, match=r"mesh cfg=2 runs the unconditional and conditional branches on two "
-                                            r"device groups, but guidance 1 <= 1 turns guidance off"):
+                                            r"device groups, but guidance_scale 1 <= 1 turns guidance off"):
     dn.denoise(_sharded(model, mesh), sched, schedule, guidance_scale=1.0, progress=False, **one)
   with pytest.raises(Gen3RInputError, match="mesh cfg=4: the cfg axis splits the .* so it is 1 or 2"):
     dn.denoise(model, sched, schedule, progress=False, mesh=make_mesh({"cfg": 4}, devices=jax.devices()[:4]), **kw)

@@ -82,13 +82,13 @@ def test_rules_from_config_change_the_activation_constraints():
       out = jax.jit(lambda a: constrain(a)).lower(x).compile().output_shardings.spec   # a fresh trace
     return tuple(out) + (None,) * (3 - len(tuple(out)))
 
-  assert spec_under(DEFAULT_RULES) == (("data", "fsdp"), None, None)
+  assert spec_under(DEFAULT_RULES) == (("data", "fsdp"), None, None)   # act_batch -> cfg (1 here), data, fsdp
   c = base.get_config()
   c.sharding.rules.act_batch = ("data",)
   c.sharding.rules.act_embed = ("fsdp",)   # the residual stream's width over fsdp
   assert spec_under(Rules.from_config(c.sharding)) == ("data", None, "fsdp")
   # outside a use_rules block the defaults are back
-  assert activation_spec(ACT_AXES, mesh) == P(("data", "fsdp"), "context", None)
+  assert activation_spec(ACT_AXES, mesh) == P(("cfg", "data", "fsdp"), "context", None)
 
 
 def test_rules_from_the_command_line_syntax():
