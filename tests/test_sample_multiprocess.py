@@ -22,7 +22,7 @@ def test_two_processes_sample_cfg_parallel_like_one(tmp_path):
   common = ["--config", os.path.join(ROOT, "configs", "demo_tiny.py"), f"--config.demo.cache_dir={cache}",
             "--config.num_frames=1", "--config.num_steps=2", "--config.progress=False"]
   ref_cfg = demo_tiny.get_config()
-  ref_cfg.update(dict(out=str(tmp_path / "ref"), num_frames=1, steps=2, progress=False))
+  ref_cfg.update(dict(out=str(tmp_path / "ref"), num_frames=1, num_steps=2, progress=False))
   ref_cfg.demo.cache_dir = cache
   sample_from_config(ref_cfg, log=lambda *a: None)
 

@@ -124,7 +124,7 @@ def denoise_step(params, graphdef, latents, sched_state, i, timesteps, context, 
   """One full step: ``(latents, sched_state, guided_noise)`` after step ``i`` (latents and state donated).
 
   ``timesteps [S]`` float32 (the model's ``t``), ``i`` int32 scalar, ``guidance`` float32 scalar.
-  ``parallel``: ``(mesh, context_strategy, rules)`` for a sharded DiT (call under ``jax.set_mesh(mesh)``); the
+  ``parallel``: ``(mesh, context_strategy[, rules])`` for a sharded DiT (call under ``jax.set_mesh(mesh)``); the
   sharding rules of the activation constraints and the attention hook are installed while tracing (the rules are
   part of the static argument, so other rules compile another step), and the carried latents / state / guided
   noise come out replicated so every step sees the same input shardings (one compile).
@@ -135,7 +135,8 @@ def denoise_step(params, graphdef, latents, sched_state, i, timesteps, context, 
     guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
     latents, sched_state = scheduler.step(sched_state, guided, i, latents)
     return latents, sched_state, guided
-  mesh, strategy, rules = parallel
+  mesh, strategy, *rest = parallel                     # (mesh, strategy[, rules]); rules default the library's
+  rules = as_rules(rest[0] if rest else None)
   with use_rules(rules), use_context_parallel(mesh, strategy, rules=rules):
     guided = _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg)
   replicated = lambda tree: jax.tree.map(                                        # noqa: E731
