@@ -148,7 +148,7 @@ def test_loss_falls_on_fsdp_context_tensor_mesh(tmp_path):
   # 4 fixed pre-encoded clips, batch 4, 10 steps on fsdp 2 x context 2 x tensor 2 (the cpu_debug stage-2 mesh)
   c = stage2_config(steps=10, optimizer__learning_rate=3e-3)
   r = run(c, tmp_path)
-  assert dict(make_mesh(dict(c.mesh)).shape) == {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}
+  assert dict(make_mesh(dict(c.mesh)).shape) == {"cfg": 1, "data": 1, "fsdp": 2, "context": 2, "tensor": 2}
   loss = _losses(r)
   # the flow-matching loss is noisy (timesteps, modes, drops are drawn anew each step): compare the means of the
   # first and the last 3 steps
