@@ -103,6 +103,30 @@ def _qkv(seed=0, shape=(8, 12, 4, 8)):
   return tuple(jnp.asarray(r.randn(*shape), jnp.float32) for _ in range(3))
 
 
+def _loss(fn):
+  return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+
+def _assert_grads_like(f, ref, q, k, v):
+  """``f``'s value and gradients under differentiation equal ``ref``'s: eagerly, under remat "attention" and
+  jitted on a batch/heads-sharded mesh of 8 devices. Returns the mesh-sharded arrays and mesh."""
+  want_v, want_g = jax.value_and_grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+  got_v, got_g = jax.value_and_grad(_loss(f), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+  for a, b in zip(got_g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  g_remat = jax.grad(checkpointed(lambda q: _loss(f)(q, k, v), "attention"))(q)
+  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  with jax.set_mesh(mesh):
+    g = jax.jit(jax.grad(_loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
+  for a, b in zip(g, want_g):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  return mesh, (qs, ks, vs)
+
+
 def test_forward_with_training_kernel_uses_each_where_it_should():
   """The primal is the inference kernel; gradients (and the value under differentiation) are the training
   kernel's, also under remat and under a batch/heads-sharded mesh of 8 devices."""
@@ -111,23 +135,10 @@ def test_forward_with_training_kernel_uses_each_where_it_should():
   infer = lambda q, k, v: train(q, k, v) + 1.0          # distinguishable on purpose
   f = attn.forward_with_training_kernel(infer, train)
   np.testing.assert_allclose(f(q, k, v), infer(q, k, v))
-  loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
-  want_v, want_g = jax.value_and_grad(loss(train), argnums=(0, 1, 2))(q, k, v)
-  got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
-  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
-  for a, b in zip(got_g, want_g):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
-  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
-  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
-  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  mesh, sharded = _assert_grads_like(f, train, q, k, v)
   with jax.set_mesh(mesh):
-    out = jax.jit(f)(qs, ks, vs)
-    g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
+    out = jax.jit(f)(*sharded)
   np.testing.assert_allclose(out, infer(q, k, v), rtol=1e-6, atol=1e-6)
-  for a, b in zip(g, want_g):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_fa3_row_buffers_fit_every_backward_tile():
@@ -163,22 +174,8 @@ def test_fa3_custom_vjp_routes_forward_and_backward(monkeypatch):
   monkeypatch.setattr(fa3, "fa3_backward", fake_bwd)
   f = lambda q, k, v: fa3.fa3_attention(q, k, v, scale)
   np.testing.assert_allclose(f(q, k, v), ref(q, k, v), rtol=1e-6)
-  loss = lambda fn: (lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))))
-  want_v, want_g = jax.value_and_grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
-  got_v, got_g = jax.value_and_grad(loss(f), argnums=(0, 1, 2))(q, k, v)
-  np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
-  for a, b in zip(got_g, want_g):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_grads_like(f, ref, q, k, v)
   assert calls["bwd"] >= 1
-  g_remat = jax.grad(checkpointed(lambda q: loss(f)(q, k, v), "attention"))(q)
-  np.testing.assert_allclose(g_remat, want_g[0], rtol=1e-5, atol=1e-6)
-  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
-  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
-  with jax.set_mesh(mesh):
-    g = jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
-  for a, b in zip(g, want_g):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_remat_policy_saves_both_flash_forwards_and_no_backward():
