@@ -6,6 +6,7 @@ app's config building."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,6 +62,19 @@ def test_incomplete_output_dir_is_one_line_error_and_exit_2(synthetic, tmp_path)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+
+
+def test_damaged_output_file_is_one_line_error(synthetic, tmp_path):
+  """A truncated depth.npz or points.npz (a full disk, a half-finished copy) is a one-line error, no traceback."""
+  out, _ = synthetic
+  for name in ("depth.npz", "points.npz"):
+    bad = tmp_path / f"bad_{name.split('.')[0]}"
+    shutil.copytree(out, bad)
+    data = (bad / name).read_bytes()
+    (bad / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(Gen3RInputError, match="damaged") as e:
+      load_output_dir(str(bad))
+    assert "\n" not in str(e.value) and f"{name} is damaged" in str(e.value) and "re-run" in str(e.value)
 
 
 def test_point_selection_follows_the_toggles(synthetic):

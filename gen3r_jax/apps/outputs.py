@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -97,9 +98,11 @@ def _read_json(path: str) -> dict:
   return data
 
 
-def load_output_dir(path: str, required=REQUIRED) -> OutputDir:
-  """Read a sample / reconstruction output directory (module docstring); checks the files agree on F, H, W."""
-  check_output_dir(path, required)
+# what reading a damaged (truncated, overwritten) output file raises: numpy's zip reader, the video decoder, JSON
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile)
+
+
+def _read_files(path: str):
   pred = read_prediction(path)
   cams = _read_json(os.path.join(path, "cameras.json"))
   masks = pred.masks if pred.masks is not None else np.ones(pred.points.shape[:3], bool)
@@ -109,6 +112,37 @@ def load_output_dir(path: str, required=REQUIRED) -> OutputDir:
     with np.load(vggt) as z:
       if "depth_conf" in z:
         conf = np.asarray(z["depth_conf"], np.float32).reshape(masks.shape)
+  return pred, cams, masks, conf
+
+
+def _damaged_file(path: str) -> str:
+  """Which of the directory's array files fails to read in full (to name it in the error)."""
+  for name in ("depth.npz", "points.npz", "vggt_predictions.npz"):
+    f = os.path.join(path, name)
+    if os.path.isfile(f):
+      try:
+        with np.load(f) as z:
+          for key in z.files:
+            z[key]
+      except _DAMAGED:
+        return name
+  return "rgb.mp4 or cameras.json"
+
+
+def load_output_dir(path: str, required=REQUIRED) -> OutputDir:
+  """Read a sample / reconstruction output directory (module docstring); checks the files agree on F, H, W.
+
+  A damaged file (truncated by a full disk, half-copied) is a one-line :class:`Gen3RInputError` too."""
+  check_output_dir(path, required)
+  try:
+    pred, cams, masks, conf = _read_files(path)
+  except Gen3RInputError:
+    raise
+  except _DAMAGED as e:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    raise Gen3RInputError(f"cannot read the output directory {path!r}: {_damaged_file(path)} is damaged "
+                          f"({type(e).__name__}: {msg[:200]}); re-run the sampler / reconstruction that wrote it."
+                          ) from None
   ply = os.path.join(path, "points.ply")
   rgb = np.round(pred.rgb * 255.0).astype(np.uint8)
   return OutputDir(path=path, rgb=rgb, depth=pred.depth, points=pred.points, masks=masks, c2w=pred.c2w, K=pred.K,
