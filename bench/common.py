@@ -23,6 +23,7 @@ on a mesh (:func:`gen3r_jax.models.init.init_on_device`): no full-size parameter
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -136,6 +137,24 @@ def exec_memory(compiled) -> dict[str, float | None]:
   return {"exec_gib": gib(total), "exec_temp_gib": gib(get("temp_size_in_bytes"))}
 
 
+# ``python -m bench.profile`` sets this: the timed repeats (only they: not the init, compile or warm-up, whose
+# kernels would crowd the trace) then run under ``jax.profiler.trace`` into this folder.
+TRACE_ENV = "GEN3R_BENCH_TRACE_DIR"
+
+
+def _timed(call: Callable[[], Any], repeats: int) -> list[float]:
+  """``repeats`` timed calls, traced when :data:`TRACE_ENV` names a folder."""
+  trace_dir = os.environ.get(TRACE_ENV)
+  ctx = jax.profiler.trace(trace_dir, create_perfetto_trace=True) if trace_dir else contextlib.nullcontext()
+  times = []
+  with ctx:
+    for _ in range(max(repeats, 1)):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      times.append(time.perf_counter() - t)
+  return times
+
+
 def time_jitted(fn, *args, warmup: int = 1, repeats: int = 5, flops: float | None = None,
                 carry: bool = False) -> dict[str, Any]:
   """Compile ``fn`` (a ``jax.jit`` function) for ``args`` (timed alone), then time ``repeats`` calls.
@@ -164,11 +183,7 @@ def time_jitted(fn, *args, warmup: int = 1, repeats: int = 5, flops: float | Non
   first = time.perf_counter() - t2
   for _ in range(max(warmup - 1, 0)):
     call()
-  times = []
-  for _ in range(max(repeats, 1)):
-    t = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t)
+  times = _timed(call, repeats)
   out = {"compile_s": t2 - t0, "lower_s": t1 - t0, "first_call_s": first, "warmup": max(warmup, 1), **stats(times),
          "peak_gib": gib(peak_memory_bytes()), **exec_memory(compiled)}
   if flops is not None:
@@ -184,11 +199,7 @@ def time_calls(call: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) ->
   first = time.perf_counter() - t0
   for _ in range(max(warmup - 1, 0)):
     jax.block_until_ready(call())
-  times = []
-  for _ in range(max(repeats, 1)):
-    t = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - t)
+  times = _timed(call, repeats)
   return {"first_call_s": first, "warmup": max(warmup, 1), **stats(times), "peak_gib": gib(peak_memory_bytes())}
 
 
