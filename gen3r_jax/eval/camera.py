@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gen3r_jax.camera_axes import as_4x4, invert_rigid, rotmat_to_qvec
 from gen3r_jax.errors import require
 
 AUC_THRESHOLDS = (5, 10, 15, 30)
@@ -52,44 +53,13 @@ def _check_poses(x, name: str) -> np.ndarray:
   require(x.ndim == 3 and x.shape[1:] in ((4, 4), (3, 4)),
           f"{name}: expected [F, 4, 4] (or [F, 3, 4]) world-to-camera matrices, got shape {x.shape}.")
   require(np.isfinite(x).all(), f"{name}: camera matrices contain NaN or infinite values.")
-  if x.shape[1] == 3:
-    bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (x.shape[0], 1, 4))
-    x = np.concatenate([x, bottom], axis=1)
-  return x
+  return as_4x4(x)
 
 
-def inverse_se3(m: np.ndarray) -> np.ndarray:
-  """Closed-form inverse of rigid 4x4 matrices ``[..., 4, 4]``."""
-  r = m[..., :3, :3]
-  t = m[..., :3, 3:]
-  out = np.zeros_like(m)
-  out[..., :3, :3] = np.swapaxes(r, -1, -2)
-  out[..., :3, 3:] = -np.swapaxes(r, -1, -2) @ t
-  out[..., 3, 3] = 1.0
-  return out
-
-
-def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
-  """Unit quaternions ``[..., 4]`` (w, x, y, z) of rotation matrices ``[..., 3, 3]`` (sign is arbitrary).
-
-  Of the four algebraically equivalent candidates, the one with the largest denominator is kept (as pytorch3d
-  and VGGT do), which keeps the conversion accurate for every angle.
-  """
-  m = np.asarray(r, np.float64)
-  m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-  q_abs = np.sqrt(np.maximum(0.0, np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                                            1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)))  # 2|q_i|
-  m21, m12, m02, m20, m10, m01 = m[..., 2, 1], m[..., 1, 2], m[..., 0, 2], m[..., 2, 0], m[..., 1, 0], m[..., 0, 1]
-  cands = np.stack([
-      np.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
-      np.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], -1),
-      np.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], -1),
-      np.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], -1),
-  ], -2)  # [..., 4, 4]: candidate k is 2 q_k * q
-  cands = cands / (2.0 * np.maximum(q_abs[..., :, None], 0.1))
-  best = np.argmax(q_abs, axis=-1)
-  q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-  return q / np.linalg.norm(q, axis=-1, keepdims=True)
+# rigid inverse and rotation -> quaternion: the one implementation each, in the bottom-layer camera helpers
+# (matrix_to_quaternion's sign is w >= 0; rotation_errors squares the dot product, so the sign never matters)
+inverse_se3 = invert_rigid
+matrix_to_quaternion = rotmat_to_qvec
 
 
 def rotation_errors(r_gt: np.ndarray, r_pred: np.ndarray, eps: float = 1e-15) -> np.ndarray:
