@@ -58,8 +58,8 @@ import numpy as np
 
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import Gen3RInputError, require
-from gen3r_jax.sampling.denoise import (DenoiseOutput, Progress, _commit_like, check_denoise_inputs, denoise,
-                                        param_mesh)
+from gen3r_jax.sampling.denoise import (DenoiseOutput, Progress, _commit_like, cfg_inputs, check_denoise_inputs,
+                                        denoise, guide, param_mesh)
 
 KINDS = ("none", "first_block", "magcache", "cfg")
 SCHEDULE_FORMAT = "gen3r_jax.magcache/1"
@@ -264,15 +264,8 @@ def write_schedule(path: str, ratios, *, num_steps: int, shift: float, scheduler
 # the compiled programs
 # ------------------------------------------------------------------------------------------------------------
 
-def _rows(a, use_cfg: bool):
-  return None if a is None else (jnp.concatenate([a, a], axis=0) if use_cfg else a)
-
-
 def _combine(noise, guidance, use_cfg: bool):
-  if not use_cfg:
-    return noise
-  uncond, cond = jnp.split(noise, 2, axis=0)
-  return uncond + guidance * (cond - uncond)
+  return guide(*jnp.split(noise, 2, axis=0), guidance) if use_cfg else noise
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "use_cfg"))
@@ -280,10 +273,9 @@ def first_block(params, graphdef, latents, t, context, clip_fea, y, y_camera, *,
   """Embeddings + the first block on the CFG batch: ``(h1 [R, L, D] float32, cond)`` (``cond``: what the other
   blocks and the head read, see ``WanDiT.embed``)."""
   model = nnx.merge(graphdef, params)
-  x_in = _rows(latents, use_cfg)
+  x_in, y_in, cam_in, clip_in = cfg_inputs(latents, y, y_camera, clip_fea, use_cfg)
   t_in = jnp.broadcast_to(t, (x_in.shape[0],))
-  xs, cond, _ = model.embed(x_in, t_in, context, clip_fea=_rows(clip_fea, use_cfg), y=_rows(y, use_cfg),
-                            y_camera=_rows(y_camera, use_cfg))
+  xs, cond, _ = model.embed(x_in, t_in, context, clip_fea=clip_in, y=y_in, y_camera=cam_in)
   h1, _ = model.run_blocks(xs, cond, model.token_grid(x_in.shape), stop=1)
   return h1, cond
 
@@ -329,11 +321,11 @@ def cfg_full(params, graphdef, latents, sched_state, i, timesteps, context, clip
              scheduler):
   """The exact CFG step that also returns ``d = cond - uncond``: ``(latents, sched_state, guided, d)``."""
   model = nnx.merge(graphdef, params)
-  x_in = _rows(latents, True)
-  noise = model(x_in, jnp.broadcast_to(timesteps[i], (x_in.shape[0],)), context, clip_fea=_rows(clip_fea, True),
-                y=_rows(y, True), y_camera=_rows(y_camera, True)).astype(jnp.float32)
+  x_in, y_in, cam_in, clip_in = cfg_inputs(latents, y, y_camera, clip_fea, True)
+  noise = model(x_in, jnp.broadcast_to(timesteps[i], (x_in.shape[0],)), context, clip_fea=clip_in, y=y_in,
+                y_camera=cam_in).astype(jnp.float32)
   uncond, cond = jnp.split(noise, 2, axis=0)
-  guided = uncond + guidance * (cond - uncond)
+  guided = guide(uncond, cond, guidance)
   latents, sched_state = scheduler.step(sched_state, guided, i, latents)
   return latents, sched_state, guided, cond - uncond
 
@@ -346,8 +338,7 @@ def cfg_cached(params, graphdef, latents, sched_state, i, timesteps, context_con
   model = nnx.merge(graphdef, params)
   cond = model(latents, jnp.broadcast_to(timesteps[i], (latents.shape[0],)), context_cond, clip_fea=clip_fea, y=y,
                y_camera=y_camera).astype(jnp.float32)
-  uncond = cond - diff
-  guided = uncond + guidance * (cond - uncond)
+  guided = guide(cond - diff, cond, guidance)
   latents, sched_state = scheduler.step(sched_state, guided, i, latents)
   return latents, sched_state, guided
 

@@ -102,19 +102,27 @@ def _double(x):
   return None if x is None else jnp.broadcast_to(x[None], (2, *x.shape)).reshape(2 * x.shape[0], *x.shape[1:])
 
 
+def cfg_inputs(latents, y, y_camera, clip_fea, use_cfg: bool):
+  """The DiT's per-sample inputs as the CFG batch (each doubled: unconditional rows, then conditional rows)."""
+  if not use_cfg:
+    return latents, y, y_camera, clip_fea
+  return _double(latents), _double(y), _double(y_camera), _double(clip_fea)
+
+
+def guide(uncond, cond, guidance):
+  """Classifier-free guidance ``u + g (c - u)`` (the one formula every denoising program uses)."""
+  return uncond + guidance * (cond - uncond)
+
+
 def _guided_noise(model, latents, t, context, clip_fea, y, y_camera, guidance, use_cfg: bool):
   """DiT on the CFG batch -> guided flow prediction ``[B, ...]`` (float32)."""
-  if use_cfg:
-    x_in, y_in, cam_in, clip_in = _double(latents), _double(y), _double(y_camera), _double(clip_fea)
-  else:
-    x_in, y_in, cam_in, clip_in = latents, y, y_camera, clip_fea
+  x_in, y_in, cam_in, clip_in = cfg_inputs(latents, y, y_camera, clip_fea, use_cfg)
   t_in = jnp.broadcast_to(t, (x_in.shape[0],))
   noise = model(x_in, t_in, context, clip_fea=clip_in, y=y_in, y_camera=cam_in).astype(jnp.float32)
   if not use_cfg:
     return noise
   noise = constrain(noise, (None,) * noise.ndim)    # under a mesh: the branches meet in one all-gather (cfg axis)
-  uncond, cond = jnp.split(noise, 2, axis=0)
-  return uncond + guidance * (cond - uncond)
+  return guide(*jnp.split(noise, 2, axis=0), guidance)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "scheduler", "use_cfg", "parallel"),
@@ -356,6 +364,6 @@ def time_denoise_step(cfg, mesh=None, frames: int = 49, height: int = 560, width
           "peak_bytes": mem.get("peak_bytes_in_use"), "finite": bool(np.isfinite(np.asarray(out.latents)).all())}
 
 
-__all__ = ("DenoiseOutput", "cfg_context", "denoise", "denoise_scan", "denoise_step", "Progress",
+__all__ = ("DenoiseOutput", "cfg_context", "cfg_inputs", "guide", "denoise", "denoise_scan", "denoise_step", "Progress",
            "check_denoise_inputs", "check_parallel", "check_cfg_axis", "mesh_scope", "param_mesh",
            "time_denoise_step")
