@@ -14,6 +14,18 @@ from gen3r_jax.errors import require
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
 
+# numpy field type -> PLY property type (the ones our files use)
+_PLY_TYPES = {"<f4": "float", "|u1": "uchar", "<f8": "double", "<i4": "int", "<u4": "uint"}
+
+
+def vertex_ply_bytes(vertices: np.ndarray) -> bytes:
+  """A binary little-endian PLY of one ``vertex`` element whose properties are the fields of the structured
+  array ``vertices`` (names and types as given)."""
+  header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}"]
+  header += [f"property {_PLY_TYPES[vertices.dtype[n].str]} {n}" for n in vertices.dtype.names] + ["end_header"]
+  return ("\n".join(header) + "\n").encode("ascii") + vertices.tobytes()
+
+
 def ply_bytes(points: np.ndarray, colors: np.ndarray) -> bytes:
   """The whole file: header + one vertex per row of ``points [N, 3]`` (float32) and ``colors [N, 3]`` (uint8)."""
   p = np.asarray(points, np.float32).reshape(-1, 3)
@@ -22,11 +34,7 @@ def ply_bytes(points: np.ndarray, colors: np.ndarray) -> bytes:
   v = np.empty(p.shape[0], PLY_DTYPE)
   v["x"], v["y"], v["z"] = p.T
   v["red"], v["green"], v["blue"] = c.T
-  header = ("ply\nformat binary_little_endian 1.0\n"
-            f"element vertex {p.shape[0]}\n"
-            "property float x\nproperty float y\nproperty float z\n"
-            "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-  return header.encode("ascii") + v.tobytes()
+  return vertex_ply_bytes(v)
 
 
 def write_ply(path: str, points: np.ndarray, colors: np.ndarray) -> int:
@@ -55,4 +63,4 @@ def read_ply(path: str) -> tuple[np.ndarray, np.ndarray]:
   return np.stack([v["x"], v["y"], v["z"]], 1), np.stack([v["red"], v["green"], v["blue"]], 1)
 
 
-__all__ = ("PLY_DTYPE", "ply_bytes", "write_ply", "read_ply")
+__all__ = ("PLY_DTYPE", "vertex_ply_bytes", "ply_bytes", "write_ply", "read_ply")

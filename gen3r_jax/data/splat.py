@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import require
+from gen3r_jax.ply import vertex_ply_bytes
 
 
 SH_C0 = 0.28209479177387814
@@ -86,17 +87,11 @@ def splat_vertices(points, colors, *, opacity: float = 0.1, k: int = 3, sh_degre
   return v
 
 
-def splat_ply_bytes(vertices: np.ndarray) -> bytes:
-  header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}"]
-  header += [f"property float {n}" for n in vertices.dtype.names] + ["end_header"]
-  return ("\n".join(header) + "\n").encode("ascii") + vertices.tobytes()
-
-
 def write_splat_ply(path: str, points, colors, *, opacity: float = 0.1, k: int = 3, sh_degree: int = 0) -> int:
   """Write the splat PLY atomically; returns the Gaussian count."""
   v = splat_vertices(points, colors, opacity=opacity, k=k, sh_degree=sh_degree)
   with atomic_path(path) as tmp, open(tmp, "wb") as f:
-    f.write(splat_ply_bytes(v))
+    f.write(vertex_ply_bytes(v))
   return int(len(v))
 
 
