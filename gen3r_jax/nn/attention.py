@@ -226,18 +226,21 @@ def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
   mesh all three are constrained to ``(act_batch, -, act_heads, -)``; inside ``shard_map`` (context parallelism)
   they pass unchanged.
   """
-  if bias is not None or mask is not None:
-    raise ValueError("attention implementation 'fa3' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
-  q, k, v = (constrain(x, ("act_batch", None, "act_heads", None)) for x in (q, k, v))
+  q, k, v = _fa3_inputs("fa3", q, k, v, bias, mask)
   return fa3.fa3_attention(q, k, v, float(scale))
+
+
+def _fa3_inputs(name: str, q, k, v, bias, mask):
+  """FA3 takes no bias or mask, and (like cuDNN) needs q, k and v sharded alike under a mesh."""
+  if bias is not None or mask is not None:
+    raise ValueError(f"attention implementation {name!r} takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
+  return tuple(constrain(x, ("act_batch", None, "act_heads", None)) for x in (q, k, v))
 
 
 def fa3_forward_attention(q, k, v, *, scale: float, bias=None, mask=None):
   """FlashAttention-3's forward when not differentiated (sampling), cuDNN's forward and backward when it is
   (:func:`forward_with_training_kernel`): the fastest pair measured on the H200 (``auto``'s choice)."""
-  if bias is not None or mask is not None:
-    raise ValueError("attention implementation 'fa3_fwd' takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
-  q, k, v = (constrain(x, ("act_batch", None, "act_heads", None)) for x in (q, k, v))
+  q, k, v = _fa3_inputs("fa3_fwd", q, k, v, bias, mask)
   f = forward_with_training_kernel(lambda q, k, v: fa3.fa3_attention(q, k, v, float(scale)),
                                    functools.partial(cudnn_attention, scale=scale))
   return f(q, k, v)
