@@ -62,7 +62,7 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
     assert not attn.kernel_available("fa3")
     assert attn.resolve_implementation("auto", BF16, 128) == "xla"
   # a Hopper GPU without flash-attn3-jax: fa3 unavailable, auto -> cudnn, an explicit fa3 names the install
-  monkeypatch.setattr(attn, "_gpu_capability", lambda: (9, 0))
+  monkeypatch.setattr(attn, "gpu_capability", lambda device=None: (9, 0))
   monkeypatch.setattr(attn, "_has_package", lambda m: False)
   assert attn.kernel_available("cudnn") and not attn.kernel_available("fa3")
   assert attn.resolve_implementation("auto", BF16, 128) == "cudnn"
@@ -70,7 +70,7 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
     with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'"):
       attn._require_runnable(name)
   # an Ampere GPU with the package: FA3 is Hopper-only
-  monkeypatch.setattr(attn, "_gpu_capability", lambda: (8, 0))
+  monkeypatch.setattr(attn, "gpu_capability", lambda device=None: (8, 0))
   monkeypatch.setattr(attn, "_has_package", lambda m: True)
   assert not attn.kernel_available("fa3")
   with pytest.raises(Gen3RInputError, match="compute capability 9"):
@@ -78,7 +78,7 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
 
 
 def test_explicit_gpu_kernel_without_a_gpu_is_a_one_line_error(monkeypatch):
-  monkeypatch.setattr(attn, "_gpu_capability", lambda: None)   # no GPU, on any backend
+  monkeypatch.setattr(attn, "gpu_capability", lambda device=None: None)   # no GPU, on any backend
   q = jnp.zeros((1, 4, 2, 8), BF16)
   for name in ("fa3", "fa3_fwd", "cudnn"):
     with pytest.raises(Gen3RInputError, match="attention='auto' or 'xla'") as e:

@@ -37,6 +37,7 @@ from gen3r_jax.apps.sample import check_config, load_for_config, resolve_demo, s
 from gen3r_jax.apps.bundle import resolve_checkpoint as resolve_bundle
 from gen3r_jax.apps.outputs import load_output_dir
 from gen3r_jax.errors import Gen3RInputError, require
+from gen3r_jax.progress import fmt_seconds
 from gen3r_jax.sampling.cameras import BUILTIN_TRAJECTORIES
 from gen3r_jax.sampling.export import select_points
 from gen3r_jax.sampling.placement import STAGE_MESSAGES
@@ -118,7 +119,7 @@ class RunProgress:
     now = time.perf_counter()
     per = (now - self.t_step) / k if self.t_step else 0.0
     s, w = self.start["denoise"]
-    self.report(s + w * k / n, f"denoising step {k}/{n} ({per:.2f} s/step, ETA {per * (n - k):.0f} s)")
+    self.report(s + w * k / n, f"denoising step {k}/{n} ({per:.2f} s/step, ETA {fmt_seconds(per * (n - k))})")
 
 
 # --------------------------------------------------------------------------------------------------- the app

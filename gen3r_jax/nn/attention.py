@@ -75,13 +75,14 @@ def _has_package(module: str) -> bool:
   return importlib.util.find_spec(module) is not None
 
 
-def _gpu_capability() -> tuple[int, int] | None:
-  """Compute capability of the first GPU device, ``None`` off GPU."""
-  if jax.default_backend() != "gpu":
+def gpu_capability(device=None) -> tuple[int, int] | None:
+  """Compute capability ``(major, minor)`` of ``device`` (default: the first device), ``None`` off GPU,
+  ``(0, 0)`` when the GPU does not say."""
+  dev = device or jax.devices()[0]
+  if dev.platform != "gpu":
     return None
-  cc = getattr(jax.devices()[0], "compute_capability", None)
   try:
-    major, minor = (int(x) for x in str(cc).split(".")[:2])
+    major, minor = (int(x) for x in str(getattr(dev, "compute_capability", None)).split(".")[:2])
   except (TypeError, ValueError):
     return (0, 0)
   return major, minor
@@ -93,7 +94,7 @@ def kernel_available(name: str) -> bool:
     return True
   if name == "splash":
     return jax.default_backend() == "tpu"
-  cap = _gpu_capability()
+  cap = gpu_capability()
   if cap is None:
     return False
   if name == "cudnn":
@@ -153,7 +154,7 @@ def _record(implementation: str, q, k, masked: bool, impl: str) -> None:
 
 def _require_runnable(impl: str) -> None:
   if impl in GPU_KERNELS and not kernel_available(impl):
-    if impl in ("fa3", "fa3_fwd") and _gpu_capability() is not None and not _has_package(FA3_PACKAGE):
+    if impl in ("fa3", "fa3_fwd") and gpu_capability() is not None and not _has_package(FA3_PACKAGE):
       raise Gen3RInputError(f"attention={impl!r} needs the package flash-attn3-jax: pip install 'gen3r-jax[fa3]' "
                             "(or set attention='auto', which falls back to cuDNN).")
     raise Gen3RInputError(f"attention={impl!r} needs an NVIDIA GPU{' of compute capability 9.x (Hopper)' if impl.startswith('fa3') else ''}"

@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from gen3r_jax.errors import require
+from gen3r_jax.nn.attention import gpu_capability
 
 E4M3 = jnp.float8_e4m3fn
 E4M3_MAX = 448.0                       # largest finite float8_e4m3fn
 EMULATE_ENV = "GEN3R_FP8_EMULATE"
-MIN_COMPUTE_CAPABILITY = 8.9           # Ada (8.9) and Hopper (9.0) have FP8 tensor cores
+MIN_COMPUTE_CAPABILITY = (8, 9)        # Ada (8.9) and Hopper (9.0) have FP8 tensor cores
 
 
 def quantize(x: jax.Array, axis=None) -> tuple[jax.Array, jax.Array]:
@@ -59,13 +60,8 @@ def emulation_enabled() -> bool:
 
 def fp8_supported(device=None) -> bool:
   """True on a GPU with FP8 tensor cores (compute capability >= 8.9)."""
-  dev = device or jax.devices()[0]
-  if dev.platform != "gpu":
-    return False
-  try:
-    return float(getattr(dev, "compute_capability", "0")) >= MIN_COMPUTE_CAPABILITY
-  except ValueError:
-    return False
+  cap = gpu_capability(device)
+  return cap is not None and cap >= MIN_COMPUTE_CAPABILITY
 
 
 def check_fp8_supported(device=None, *, emulate: bool | None = None) -> None:
@@ -77,7 +73,7 @@ def check_fp8_supported(device=None, *, emulate: bool | None = None) -> None:
   dev = device or jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))
   require(fp8_supported(dev),
-          f"precision=fp8 needs a GPU with FP8 tensor cores (compute capability >= {MIN_COMPUTE_CAPABILITY}: Ada, "
+          f"precision=fp8 needs a GPU with FP8 tensor cores (compute capability >= 8.9: Ada, "
           f"Hopper or newer), this device is {kind} ({dev.platform}); use precision=exact, or set "
           f"{EMULATE_ENV}=1 to emulate FP8 numerics (slow, for tests).")
 

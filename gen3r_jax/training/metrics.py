@@ -22,6 +22,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from gen3r_jax.progress import fmt_seconds
+
 
 def _clu_writers():
   """``(interface, logging_writer, multi_writer)`` modules of clu, without importing TensorFlow."""
@@ -148,12 +150,6 @@ class Progress:
     rate = (step - self._s) / max(now - self._t, 1e-9)
     self._t, self._s = now, step
     eta = (self.num_steps - step) / rate if rate > 0 else float("inf")
-    logging.info("step %d/%d  %.3f steps/s  ETA %s", step, self.num_steps, rate, _fmt_eta(eta))
+    logging.info("step %d/%d  %.3f steps/s  ETA %s", step, self.num_steps, rate, fmt_seconds(eta))
     return {"steps_per_sec": rate, "eta_seconds": eta}
 
-
-def _fmt_eta(s: float) -> str:
-  if not np.isfinite(s):
-    return "?"
-  s = int(s)
-  return f"{s // 3600}h{(s % 3600) // 60:02d}m{s % 60:02d}s"

@@ -56,6 +56,7 @@ from gen3r_jax.models.umt5.t5 import encode_prompts
 from gen3r_jax.models.umt5.tokenizer import UMT5Tokenizer
 from gen3r_jax.models.wan_vae.vae import unit_to_vae_range
 from gen3r_jax.nn.jit import module_jit
+from gen3r_jax.progress import fmt_seconds
 from gen3r_jax.sampling.cameras import check_num_frames
 from gen3r_jax.sampling.conditioning import clip_image_input
 from gen3r_jax.training.stage1 import target_tokens
@@ -473,17 +474,13 @@ def preencode(cfg: PreencodeConfig, log: Callable = print) -> Path:
     done += len(sh.items)
     rate = done / (time.perf_counter() - t_start)
     log(f"[preencode] {sh.filename}: shard {j + 1}/{len(todo)}, {done}/{total} clips, {rate:.3f} clips/s, "
-        f"ETA {_eta((total - done) / rate)}")
+        f"ETA {fmt_seconds((total - done) / rate)}")
   if finalize(out, shards, s, shapes, spec):
     log(f"[preencode] complete: {out}")
   else:
     log(f"[preencode] this process is done; {out} is finalised by the last process to finish (or a rerun)")
   return out
 
-
-def _eta(seconds: float) -> str:
-  m, sec = divmod(int(seconds), 60)
-  return f"{m // 60}:{m % 60:02d}:{sec:02d}"
 
 
 __all__ = ("PreencodeConfig", "preencode", "record_shapes", "keep_masks", "plan_shards", "clip_rng")
