@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Source this on the GPU machine (from the repo root) to install the optional kernels carried in .whl/ (git-ignored):
 #   flash-attn3-jax (the [fa3] extra) and tokamax with its pure-python needs. Made here with:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 ... -d .whl \
+#   bash bench/fetch_wheels.sh (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl \
 #     flash-attn3-jax==0.2.3 tokamax==0.0.17 einshape qwix immutabledict tensorboardx pydantic pydantic-core \
-#     annotated-types typing-inspection
+#     annotated-types typing-inspection)
 # tokamax imports xprof (32 MiB, only for its own benchmarking helpers) at import time: a stub module stands in.
 #   . bench/gpu_wheels.sh
 # Also the device-call environment every bench/gpu_*.sh driver shares: $out (= $OUT, the folder that comes back),
