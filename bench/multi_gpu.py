@@ -249,14 +249,21 @@ def _spawn(case: dict, timeout_s: float) -> dict:
     try:
       p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-      return dict(case, name=f"{case['part']} {case['size']} {mesh_name(case.get('mesh'))}", ok=False,
-                  error=f"timed out after {timeout_s:.0f} s", bench=f"multi_gpu_{case['part']}")
+      return dict(case, name=_error_name(case), ok=False, error=f"timed out after {timeout_s:.0f} s",
+                  bench=f"multi_gpu_{case['part']}")
     if os.path.isfile(path):
       with open(path) as f:
         return json.load(f)
     tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-    return dict(case, name=f"{case['part']} {case['size']} {mesh_name(case.get('mesh'))}", ok=False,
-                error=f"exit {p.returncode}: {tail[0][:300]}", bench=f"multi_gpu_{case['part']}")
+    return dict(case, name=_error_name(case), ok=False, error=f"exit {p.returncode}: {tail[0][:300]}",
+                bench=f"multi_gpu_{case['part']}")
+
+
+def _error_name(case: dict) -> str:
+  """The row name of a case that left no row: part, size, mesh and, where it has one, the context strategy (so the
+  failed allgather / ring / ulysses rows of one mesh stay apart)."""
+  strategy = case.get("strategy")
+  return " ".join(str(x) for x in (case["part"], case["size"], mesh_name(case.get("mesh")), strategy) if x)
 
 
 def _write(path: str | None, info: dict, rows: list[dict]) -> None:

@@ -15,6 +15,7 @@ On CPU (tests) the cross-process collectives use gloo.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags, logging
 
@@ -35,7 +36,14 @@ def setup_distributed() -> None:
   """``jax.distributed.initialize`` when the flags ask for several processes (else nothing), then log where this
   process stands."""
   import jax
-  multi = COORD.value is not None or (NUM_PROC.value or 1) > 1
+  multi = COORD.value is not None or PROC_ID.value is not None or (NUM_PROC.value or 1) > 1
+  explicit = {"--coordinator_address": COORD.value, "--num_processes": NUM_PROC.value, "--process_id": PROC_ID.value}
+  missing = [name for name, value in explicit.items() if value is None]
+  if multi and missing:   # e.g. --process_id=1 alone would run a second "process 0" that writes the same outputs
+    print(f"error: a multi-process run needs --coordinator_address, --num_processes and --process_id together "
+          f"(missing {', '.join(missing)}); or --distributed to let jax.distributed find the cluster itself",
+          file=sys.stderr)
+    raise SystemExit(2)
   if multi or DISTRIBUTED.value:
     if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -33,7 +33,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import renamed  # noqa: E402  (after the path: the repository's configs package)
-from launch.distributed import PROC_ID, setup_distributed  # noqa: E402  (defines the multi-process flags)
+from launch.distributed import DISTRIBUTED, PROC_ID, setup_distributed  # noqa: E402  (defines the multi-process flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events and profiles go here")
@@ -75,12 +75,15 @@ def main(argv) -> int:
     return dry_run(config)
   setup_devices(config)
   from gen3r_jax.apps.cli import setup_console
-  proc = PROC_ID.value or 0
+  import jax
+  if DISTRIBUTED.value:     # the process index is known only once jax.distributed has found the cluster
+    setup_distributed()
+  proc = jax.process_index() if DISTRIBUTED.value else (PROC_ID.value or 0)
   setup_console(progress=bool(config.get("progress", True)),
                 log_file=os.path.join(_WORKDIR.value, "train.log" if proc == 0 else f"train.{proc}.log"))
-  import jax
   jax.config.update("jax_default_matmul_precision", config.get("matmul_precision", "default"))
-  setup_distributed()
+  if not DISTRIBUTED.value:
+    setup_distributed()
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.training.loop import TrainingDivergedError, train
   os.makedirs(_WORKDIR.value, exist_ok=True)

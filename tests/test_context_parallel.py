@@ -185,7 +185,7 @@ def _grads(fn, q, k, v, w):
 def test_ulysses_values_and_gradients_match_unsharded_ring_and_allgather(shape, heads, strategy, split,
                                                                            collectives):
   mesh = make_mesh(shape)
-  # ragged: 24 tokens = 3 per shard on context 8 (not a power of two), batch 2, head dim 8
+  # 24 tokens = 3 per shard on context 8 (odd, not a power of two), batch 2, head dim 8
   q, k, v = _qkv(l=24, h=heads, seed=10)
   w = jnp.asarray(np.random.RandomState(11).randn(*q.shape), jnp.float32)
   n = shape["context"]
@@ -229,8 +229,14 @@ def test_ulysses_that_cannot_split_the_heads_is_a_one_line_error():
          r"over 2\), or a 'context' size that divides 12\.")
   with pytest.raises(Gen3RInputError, match=msg):
     context_attention(q, k, v, mesh=mesh, strategy="ulysses")
-  with use_context_parallel(mesh, "ulysses"), pytest.raises(Gen3RInputError, match=msg):
-    attention(q, k, v)                                   # through the model hook too
+  # through the model hook: a call of another network than the checked one (check_strategy below) keeps the plain
+  # dispatch, exactly; strict raises
+  with use_context_parallel(mesh, "ulysses"):
+    assert "shard_map" not in _jaxpr(lambda q, k, v: attention(q, k, v), q, k, v)
+    np.testing.assert_allclose(np.asarray(attention(q, k, v)), _ref(q, k, v), atol=2e-6, rtol=1e-5)
+  with use_context_parallel(mesh, "ulysses", strict=True), pytest.raises(
+      Gen3RInputError, match=r"because plain 'ulysses' cannot split its 12 heads per shard over 'context'=8"):
+    attention(q, k, v)
   # the same check from config values alone (the sampler and the trainer run it before compiling)
   with pytest.raises(Gen3RInputError, match=msg):
     check_strategy("ulysses", 12, {"context": 8})
@@ -265,3 +271,17 @@ def test_wan_dit_block_under_ulysses_hook():
     out = np.asarray(jax.jit(run())(state, x))
   assert text.count("shard_map[") == 3 and text.count("all_to_all[") == 2 and "ppermute" not in text
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_frozen_vae_encoder_runs_under_a_ulysses_training_context():
+  # an online stage-2 step traces the frozen Wan VAE encoder (1-head attention) inside the DiT's context-parallel
+  # block: plain 'ulysses' cannot split one head, so that call keeps the plain dispatch and the values are exact
+  from flax import nnx
+  from gen3r_jax.models.wan_vae.vae import WanVAE, WanVAEConfig
+  vae = WanVAE(WanVAEConfig.tiny(), rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.RandomState(14).uniform(-1, 1, (1, 5, 16, 16, 3)), jnp.float32)
+  ref = np.asarray(vae.encode_params(x))
+  mesh = make_mesh({"context": 2}, devices=jax.devices()[:2])
+  with use_context_parallel(mesh, "ulysses"):
+    out = np.asarray(jax.jit(lambda x: vae.encode_params(x))(x))
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)

@@ -128,16 +128,20 @@ def test_cfg_parallel_step_matches_unsharded_and_meets_once_per_step():
                   "reduce-scatter": 0}, coll
 
 
-def test_ulysses_sampling_matches_unsharded():
-  model = random_params(WanDiT, CFG, seed=2)                    # 2 heads: Ulysses over context 2
-  kw = _inputs(CFG, seed=3)
+def test_ulysses_ring_sampling_matches_unsharded():
+  # 6 heads on context 4: Ulysses over gcd(6, 4) = 2 devices, then a ring over the 2 groups (both stages run)
+  cfg = WanDiTConfig.tiny(dim=96, ffn_dim=128, num_heads=6)
+  model = random_params(WanDiT, cfg, seed=2)
+  kw = _inputs(cfg, seed=3)                                     # 2 x 2 x 2 = 8 tokens: 2 per context shard
   sched = get_scheduler("unipc")
   schedule = sched.set_timesteps(2, 5.0)
   ref = dn.denoise(model, sched, schedule, guidance_scale=5.0, record=True, progress=False, **kw)
-  mesh = make_mesh({"fsdp": 2, "context": 2}, devices=jax.devices()[:4])
+  mesh = make_mesh({"fsdp": 2, "context": 4})
   out = dn.denoise(_sharded(model, mesh), sched, schedule, guidance_scale=5.0, record=True, progress=False,
                    context_parallel="ulysses_ring", **kw)
   np.testing.assert_allclose(out.history, ref.history, atol=2e-5, rtol=1e-5)
+  _, coll = _step_collectives(model, mesh, kw, "ulysses_ring")
+  assert coll["all-to-all"] > 0 and coll["collective-permute"] > 0, coll
 
 
 def test_bad_cfg_parallel_settings_fail_before_compiling():

@@ -167,6 +167,17 @@ def test_launcher_bad_mesh_exits_2_with_message(tmp_path):
   assert "does not divide the 8 devices" in out
 
 
+def test_launcher_partial_multiprocess_flags_exit_2_with_message(tmp_path):
+  # --process_id alone would have run a second "process 0" writing the same checkpoints
+  p = _launch(["--config", os.path.join(ROOT, "configs", "cpu_debug.py"), "--workdir", str(tmp_path),
+               "--config.task=toy", "--process_id=1"])
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 2, out
+  assert ("error: a multi-process run needs --coordinator_address, --num_processes and --process_id together "
+          "(missing --coordinator_address, --num_processes)") in out
+  assert not os.listdir(tmp_path) or os.listdir(tmp_path) == ["train.1.log"], os.listdir(tmp_path)
+
+
 def test_two_processes_train_together_on_cpu(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))

@@ -13,8 +13,8 @@ of the ``act_batch`` rule, heads over those of ``act_heads`` when they divide, e
   tokens, whose length has nothing to do with the video's). No communication.
 * ``"ulysses"`` (DeepSpeed-Ulysses): one ``all_to_all`` over ``context`` turns the sequence-split q/k/v
   ``[B, L/n, H, D]`` into head-split ones ``[B, L, H/n, D]``, the local dispatch (any kernel: cuDNN, FA3,
-  splash) runs on the full sequence for ``H/n`` heads, and one ``all_to_all`` turns the result back. Four
-  all-to-alls of one block each per call (q, k, v, out) instead of the ring's ``n - 1`` K/V transfers; needs the
+  splash) runs on the full sequence for ``H/n`` heads, and one ``all_to_all`` turns the result back. Two
+  all-to-alls per call (q, k, v stacked in one, then out) instead of the ring's ``n - 1`` K/V transfers; needs the
   (per-``tensor``-shard) head count to be divisible by the ``context`` size.
 * ``"ulysses_ring"`` / ``"ulysses_allgather"`` (USP-style hybrid): Ulysses over ``u = gcd(heads, n)`` devices
   (contiguous groups of the ``context`` axis), then ring / all-gather attention over the ``r = n / u`` groups
@@ -29,7 +29,10 @@ Model hook (models need no change): inside ``with use_context_parallel(mesh, "ri
 ``gen3r_jax.nn.attention.attention`` call traced with ``bias=None, mask=None`` and ``Lq`` divisible by the
 ``context`` size goes through :func:`context_attention` (the hook ``nn.attention.route_attention``): ``Lk == Lq``
 as self-attention with ``strategy``, otherwise with ``"replicate_kv"``. Other calls (masked umT5, lengths that do
-not divide) run the plain dispatch under GSPMD, or raise with ``strict=True``. The hook is read at trace time:
+not divide, and under plain ``"ulysses"`` a head count it cannot split, such as the 1-head attention of the frozen
+VAE encoder inside an online stage-2 step) run the plain dispatch under GSPMD, or raise with ``strict=True``. The
+network the strategy is for is checked before compiling (:func:`check_strategy`), so a misconfigured DiT never
+falls back silently. The hook is read at trace time:
 trace (``jit``) the step inside the block; a function traced before stays cached without it.
 
 How the Wan DiT uses it: its activations are constrained to logical ``(act_batch, act_length, act_embed)`` at
@@ -301,6 +304,11 @@ def maybe_context_attention(q, k, v, *, implementation, scale, bias, mask):
   why = ("a bias or mask is given" if bias is not None or mask is not None else
          f"the query length {q.shape[1]} is not divisible by '{AXIS}'={n}" if q.shape[1] % n else None)
   strategy = cp.strategy if k.shape[1] == q.shape[1] else "replicate_kv"  # self- vs cross-attention
+  if why is None and strategy == "ulysses":
+    heads = local_heads(q.shape, qkv_spec(q.shape, cp.mesh, cp.rules), cp.mesh)
+    if heads % n:   # another network than the checked one (check_strategy), e.g. a frozen encoder's 1-head attention
+      why = (f"plain 'ulysses' cannot split its {heads} heads per shard over '{AXIS}'={n} ('ulysses_ring' and "
+             f"'ulysses_allgather' split any count)")
   if why is not None:
     require(not cp.strict, f"use_context_parallel(strict=True): cannot split this attention call over "
                            f"'{AXIS}' because {why} (q {q.shape}, k {k.shape}).")
