@@ -1,6 +1,8 @@
 """Context-parallel attention on 8 fake CPU devices against the unsharded dispatch: values, gradients, specs,
 bad inputs, and the model hook (a tiny Wan DiT runs unchanged under ``use_context_parallel``)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn.attention import attention, local_attention
 from gen3r_jax.nn.context_parallel import (active, check_strategy, context_attention, local_heads, qkv_spec,
                                             ulysses_groups, ulysses_split, use_context_parallel)
-from gen3r_jax.parallel.rules import make_mesh
+from gen3r_jax.parallel.rules import DEFAULT_RULES, make_mesh
 
 
 def _qkv(b=2, l=32, h=4, d=8, lk=None, seed=0, dtype=jnp.float32, amp=1.0):
@@ -224,7 +226,7 @@ def test_ulysses_bfloat16_and_large_logits():
 def test_ulysses_that_cannot_split_the_heads_is_a_one_line_error():
   mesh = make_mesh({"context": 8})
   q, k, v = _qkv(l=16, h=12)
-  msg = (r"context strategy 'ulysses' needs the attention heads per 'tensor' shard \(12\) divisible by the mesh "
+  msg = (r"context strategy 'ulysses' needs the attention heads per shard \(12\) divisible by the mesh "
          r"'context' size 8; use 'ulysses_ring' or 'ulysses_allgather' \(Ulysses over 4, then ring / all-gather "
          r"over 2\), or a 'context' size that divides 12\.")
   with pytest.raises(Gen3RInputError, match=msg):
@@ -240,9 +242,15 @@ def test_ulysses_that_cannot_split_the_heads_is_a_one_line_error():
   # the same check from config values alone (the sampler and the trainer run it before compiling)
   with pytest.raises(Gen3RInputError, match=msg):
     check_strategy("ulysses", 12, {"context": 8})
-  with pytest.raises(Gen3RInputError, match=r"heads per 'tensor' shard \(6\)"):
+  with pytest.raises(Gen3RInputError, match=r"heads per shard \(6\)"):
     check_strategy("ulysses", 12, {"context": 4, "tensor": 2})
   check_strategy("ulysses", 40, {"context": 8})             # the 14B: 40 heads on 8
+  # the heads split as the rules say (qkv_spec): act_heads over fsdp here, 16 / 2 = 8 per shard on context 16
+  heads_on_fsdp = dataclasses.replace(DEFAULT_RULES, table=tuple({**dict(DEFAULT_RULES.table),
+                                                                  "act_heads": ("fsdp",)}.items()))
+  check_strategy("ulysses", 16, {"context": 16, "fsdp": 2})                   # default rules: heads not on fsdp
+  with pytest.raises(Gen3RInputError, match=r"heads per shard \(8\) divisible by the mesh 'context' size 16"):
+    check_strategy("ulysses", 16, {"context": 16, "fsdp": 2}, heads_on_fsdp)
   check_strategy("ulysses_ring", 12, {"context": 8})
   with pytest.raises(Gen3RInputError, match="context strategy must be one of"):
     check_strategy("usp", 12, {"context": 8})

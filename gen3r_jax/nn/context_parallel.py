@@ -49,6 +49,7 @@ import contextvars
 import dataclasses
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -183,19 +184,22 @@ def check_ulysses(strategy: str, heads: int, n: int) -> None:
     return
   u, r = ulysses_split(heads, n)
   raise Gen3RInputError(
-      f"context strategy 'ulysses' needs the attention heads per 'tensor' shard ({heads}) divisible by the mesh "
+      f"context strategy 'ulysses' needs the attention heads per shard ({heads}) divisible by the mesh "
       f"'{AXIS}' size {n}; use 'ulysses_ring' or 'ulysses_allgather' (Ulysses over {u}, then ring / all-gather "
       f"over {r}), or a '{AXIS}' size that divides {heads}.")
 
 
-def check_strategy(strategy: str, num_heads: int, mesh_shape) -> None:
+def check_strategy(strategy: str, num_heads: int, mesh_shape, rules=None) -> None:
   """Before compiling: ``strategy`` is a self-attention strategy and, for ``"ulysses"``, a model of
-  ``num_heads`` heads can use it on a mesh of ``mesh_shape`` (``{axis: size}`` or a ``Mesh``'s ``.shape``);
-  heads split over ``tensor`` only when they divide it, as :func:`qkv_spec` does."""
+  ``num_heads`` heads can use it on a mesh of ``mesh_shape`` (``{axis: size}`` or a ``Mesh``'s ``.shape``) with
+  its heads split as :func:`qkv_spec` splits them: by the ``act_heads`` rule of ``rules`` (default: the active
+  rules), over the mesh axes that divide them."""
   require(strategy in SELF_STRATEGIES, f"context strategy must be one of {SELF_STRATEGIES}, got {strategy!r}.")
-  tensor = max(int(mesh_shape.get("tensor", 1)), 1)        # -1 ("the rest") is checked once resolved
-  check_ulysses(strategy, num_heads // tensor if num_heads % tensor == 0 else num_heads,
-                int(mesh_shape.get(AXIS, 1)))
+  sizes = {a: max(int(n), 1) for a, n in dict(mesh_shape).items()}   # -1 ("the rest") is checked once resolved
+  rules = current_rules() if rules is None else as_rules(rules)
+  entry = spec_for(("act_heads",), (num_heads,), types.SimpleNamespace(shape=sizes), rules)[0]
+  names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+  check_ulysses(strategy, num_heads // int(math.prod(sizes[a] for a in names)), sizes.get(AXIS, 1))
 
 
 def _ulysses_local(q, k, v, *, u, r, inner, implementation, scale):

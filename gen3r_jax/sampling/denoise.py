@@ -202,8 +202,8 @@ def check_cfg_axis(mesh_shape, guidance_scale: float) -> None:
           "the mesh.")
 
 
-def _check_context_split(mesh, latents, dit_cfg, strategy: str = "allgather") -> None:
-  check_strategy(strategy, dit_cfg.num_heads, mesh.shape)
+def _check_context_split(mesh, latents, dit_cfg, strategy: str = "allgather", rules=None) -> None:
+  check_strategy(strategy, dit_cfg.num_heads, mesh.shape, as_rules(rules))
   n = context_size(mesh)
   if n > 1:
     pt, ph, pw = dit_cfg.patch_size
@@ -239,7 +239,7 @@ def denoise(model, scheduler, schedule, latents, *, context, clip_fea, y, y_came
   graphdef, params = nnx.split(model)
   mesh = mesh if mesh is not None else param_mesh(params)
   if mesh is not None:
-    _check_context_split(mesh, latents, model.cfg, context_parallel)
+    _check_context_split(mesh, latents, model.cfg, context_parallel, rules)
     check_cfg_axis(mesh.shape, guidance_scale)
   parallel = None if mesh is None else (mesh, context_parallel, as_rules(rules))
   timesteps = jnp.asarray(np.asarray(schedule.timesteps, np.float32))

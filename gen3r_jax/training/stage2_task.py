@@ -120,7 +120,7 @@ def check_config(config, mesh_shape, *, online: bool | None = None) -> None:
           f"data.height and data.width must be multiples of 16 (latent / 8, patch 2), got {dc.height}x{dc.width}.")
   check_num_frames(int(dc.num_frames))
   dit = models.dit
-  check_strategy(config.context_strategy, dit.num_heads, mesh_shape)
+  check_strategy(config.context_strategy, dit.num_heads, mesh_shape, rules_of(config).for_model("dit"))
   cp = int(mesh_shape.get("context", 1))
   tokens = num_tokens(dit, dc)
   require(tokens % cp == 0,
