@@ -222,6 +222,22 @@ def test_step_traces_context_parallel_attention_and_sharded_activations():
   assert "shard_map" not in str(jax.make_jaxpr(loss)(state, batch))   # outside the step context: plain attention
 
 
+def test_online_frozen_encoders_trace_inside_a_ulysses_step_context():
+  # an online step encodes its frames inside the DiT's context-parallel block: the frozen Wan VAE encoder's 1-head
+  # attention (4,900 tokens at 560x560, divisible by context 2) cannot be split by plain Ulysses and must keep the
+  # plain dispatch rather than fail the step
+  from gen3r_jax.training.loop import step_context
+  from gen3r_jax.training.stage2 import posterior_params
+  from gen3r_jax.training.stage2_task import build_frozen, make_tokenizer
+  c = stage2_config(size=560, data__num_frames=9, mesh__context=2, context_strategy="ulysses")
+  mesh, models = make_mesh(dict(c.mesh)), model_configs(c.model)
+  frozen = build_frozen(models, c, mesh, make_tokenizer(c.model, models))
+  frames = jax.ShapeDtypeStruct((1, 9, 560, 560, 3), jnp.float32)
+  with step_context(mesh, "ulysses"):
+    wan, geo = jax.eval_shape(lambda x: posterior_params(frozen, x), frames)
+  assert wan.shape == geo.shape == (1, 3, 70, 70, 32)
+
+
 @pytest.mark.slow  # minutes on 2 cores: VGGT, the adapter and the Wan VAE encode every 560x560 frame each step
 def test_cpu_debug_stage2_online_run_learns(tmp_path):
   # `configs/cpu_debug.py:stage2` at the release frame size (560x560, token grid 40; the entry itself uses 112x112
