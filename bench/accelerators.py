@@ -194,7 +194,7 @@ def run(*, tiny: bool = False, steps: int | None = None, num_frames: int | None 
       wall, cal = sample(calib_opts, calibrate_cache=True)
       row("calibrate (all full, block-cache programs)", calib_opts, wall, cal)
       schedule_path = schedule_out or os.path.join(tmp, "schedule.json")
-      sched = sc.scheduler_name(make_scheduler(base, bundle.scheduler_config))
+      sched = make_scheduler(base, bundle.scheduler_config)
       sc.write_schedule(schedule_path, sc.calibration_ratios([cal["cache"]]), num_steps=steps, shift=base.shift,
                         scheduler=sched, guidance_scale=base.guidance_scale,
                         meta={"weights": RANDOM_WEIGHTS, "checkpoint": None, "size": size, "seeds": [seed],

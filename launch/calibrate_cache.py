@@ -27,7 +27,7 @@ _OUT = flags.DEFINE_string("out", None, "where to write the schedule JSON")
 _IMAGES = flags.DEFINE_list("images", [], "conditioning images (default: the built-in example image)")
 _PROMPT = flags.DEFINE_string("prompt", None, "prompt (default: a generic scene description)")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "one calibration run per seed; the ratios are averaged")
-_STEPS = flags.DEFINE_integer("num_steps", 50, "denoising steps (must match sampling)")
+_STEPS = flags.DEFINE_integer("num_steps", 50, "denoising steps (must match sampling; at least 2)")
 _SHIFT = flags.DEFINE_float("shift", 5.0, "timestep shift (must match sampling)")
 _SCHEDULER = flags.DEFINE_string("scheduler", "", "'' = the checkpoint's scheduler; unipc | dpmpp | euler")
 _FRAMES = flags.DEFINE_integer("num_frames", 49, "frames (1 + 4k)")
@@ -39,11 +39,9 @@ _PARAM_DTYPE = flags.DEFINE_string("param_dtype", "", "'' = as converted; bfloat
 
 
 def _calibrate():
-  from gen3r_jax.apps.calibrate_cache import DEFAULT_PROMPT, calibrate
-  from gen3r_jax.errors import require
-  require(all(s.strip().isdigit() for s in _SEEDS.value), f"--seeds must be integers, got {_SEEDS.value}.")
+  from gen3r_jax.apps.calibrate_cache import DEFAULT_PROMPT, calibrate, parse_seeds
   calibrate(_CHECKPOINT.value, _OUT.value or "", images=_IMAGES.value, prompt=_PROMPT.value or DEFAULT_PROMPT,
-            seeds=[int(s) for s in _SEEDS.value], num_steps=_STEPS.value, shift=_SHIFT.value,
+            seeds=parse_seeds(_SEEDS.value), num_steps=_STEPS.value, shift=_SHIFT.value,
             scheduler=_SCHEDULER.value, num_frames=_FRAMES.value, guidance_scale=_GUIDANCE.value, task=_TASK.value,
             cameras=_CAMERAS.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value)
 

@@ -472,6 +472,11 @@ _FIELDS = {"text_encoder": "text_encoder", "clip_image_encoder": "clip", "transf
            "wan_vae": "vae", "geo_adapter": "geo_adapter", "vggt": "vggt"}
 
 
+def read_scheduler_config(directory: str) -> dict:
+  """The converted bundle's ``scheduler/scheduler_config.json`` (no weights read)."""
+  return _read_json(os.path.join(directory, "scheduler", "scheduler_config.json"))
+
+
 def check_bundle(directory: str) -> None:
   """Everything :func:`load_bundle` checks before reading weights: the parts and the completeness record."""
   refuse_partial(directory)
@@ -512,7 +517,7 @@ def load_bundle(directory: str, *, dtype: str | None = None, param_dtype: str | 
   rules = as_rules(rules)
   out = Gen3RBundle()
   out.tokenizer = UMT5Tokenizer.from_pretrained(os.path.join(directory, "tokenizer"))
-  out.scheduler_config = _read_json(os.path.join(directory, "scheduler", "scheduler_config.json"))
+  out.scheduler_config = read_scheduler_config(directory)
   host_kind = pl.host_memory_kind() if placement == "sequential" else None
   for comp in components or COMPONENTS:
     cls = model_class(COMPONENTS[comp][1])

@@ -3,11 +3,13 @@
     data = calibrate("ckpt/gen3r", "schedule.json", num_steps=50, seeds=(0, 1))
     # sample with: --config.cache=magcache --config.cache_schedule=schedule.json
 
-Runs the sampler with every step computed (the block-cache programs of :mod:`gen3r_jax.sampling.cache` with
-threshold 0, so nothing is skipped) once per seed, records the residual-magnitude ratio of the DiT's blocks 2..N
-between consecutive steps (per CFG row), averages over the seeds and writes the schedule JSON (atomically). The
-schedule records the step count, scheduler, shift and guidance it was made for (the sampler refuses any other) and
-what it was measured on (checkpoint path, weights label, prompt, images, seeds, device, date).
+Runs the sampler with every step computed (the block-cache programs of :mod:`gen3r_jax.sampling.cache` in
+calibration mode, so nothing is skipped) once per seed, records the residual-magnitude ratio of the DiT's blocks
+2..N between consecutive steps (per CFG row), averages over the seeds and writes the schedule JSON (atomically).
+The schedule records the step count, shift, guidance scale and scheduler (its class and every setting) it was made
+for, and the sampler refuses it for any other (``gen3r_jax.sampling.cache.check_schedule``, before anything
+compiles), and what it was measured on (checkpoint path, weights label, prompt, images, seeds, device, date).
+``num_steps`` must be at least 2 (a ratio compares two consecutive steps).
 
 The ratios depend on the weights: a schedule made on random weights (``bench/accelerators.py`` does that, and
 says so in the ``weights`` field) is not one for the released model.
@@ -43,6 +45,15 @@ def _check_out(out: str) -> None:
   require(os.access(folder, os.W_OK), f"cannot write into {folder!r} (--out); pick a writable path.")
 
 
+def parse_seeds(values: Sequence[str]) -> list[int]:
+  """``--seeds`` (absl list flag) -> integers >= 0, at least one."""
+  seeds = [str(v).strip() for v in values]
+  # isdecimal, not isdigit: "²" is a digit that int() refuses
+  require(len(seeds) >= 1 and all(s.isdecimal() for s in seeds),
+          f"--seeds must be one or more integers >= 0 like 0,1,2, got {','.join(map(str, values))!r}.")
+  return [int(s) for s in seeds]
+
+
 def calibrate(checkpoint: str | None, out: str, *, images: Sequence[str] = (), prompt: str = DEFAULT_PROMPT,
               seeds: Sequence[int] = (0,), num_steps: int = 50, shift: float = 5.0, scheduler: str = "",
               num_frames: int = 49, guidance_scale: float = 5.0, task: str = "1view", cameras: str = "zoom_out",
@@ -54,6 +65,9 @@ def calibrate(checkpoint: str | None, out: str, *, images: Sequence[str] = (), p
   ``bundle``: an already loaded bundle (then ``checkpoint`` only labels the schedule); ``weights``: what the
   weights are (default: ``"checkpoint"``; the benchmark passes ``"random (benchmark proxy)"``).
   """
+  ok = isinstance(num_steps, int) and not isinstance(num_steps, bool)
+  require(ok and num_steps >= 2, f"--num_steps must be an integer >= 2 to calibrate (a ratio compares two "
+                                 f"consecutive steps), got {num_steps!r}.")
   _check_out(out)
   require(len(seeds) >= 1, "--seeds: give at least one seed.")
   opts = SampleOptions(task=task, cameras=cameras, num_frames=num_frames, num_steps=num_steps,
@@ -69,7 +83,8 @@ def calibrate(checkpoint: str | None, out: str, *, images: Sequence[str] = (), p
     require(bool(checkpoint), "no checkpoint: pass --checkpoint=<converted bundle dir> (launch/convert.py).")
     check_bundle(checkpoint)
     bundle = load_bundle(checkpoint, dtype=dtype, param_dtype=param_dtype or None, log=log)
-  sched_name = step_cache.scheduler_name(make_scheduler(opts, bundle.scheduler_config))
+  sched = make_scheduler(opts, bundle.scheduler_config)
+  sched_name = step_cache.scheduler_name(sched)
   runs = []
   for seed in seeds:
     log(f"[calibrate] seed {seed}: {num_steps} full steps")
@@ -83,7 +98,7 @@ def calibrate(checkpoint: str | None, out: str, *, images: Sequence[str] = (), p
           "seeds": [int(s) for s in seeds], "task": task, "cameras": cameras, "num_frames": num_frames,
           "dtype": dtype, "device": str(getattr(dev, "device_kind", dev.platform)), "jax": jax.__version__,
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  data = step_cache.write_schedule(out, ratios, num_steps=num_steps, shift=shift, scheduler=sched_name,
+  data = step_cache.write_schedule(out, ratios, num_steps=num_steps, shift=shift, scheduler=sched,
                                    guidance_scale=guidance_scale, meta=meta)
   knobs = step_cache.resolved(step_cache.CacheSettings("magcache"), num_steps)
   plan = step_cache.magcache_plan(ratios, threshold=knobs["threshold"], max_skips=knobs["max_skips"],
@@ -93,4 +108,4 @@ def calibrate(checkpoint: str | None, out: str, *, images: Sequence[str] = (), p
   return data
 
 
-__all__ = ("DEFAULT_PROMPT", "calibrate")
+__all__ = ("DEFAULT_PROMPT", "calibrate", "parse_seeds")

@@ -35,15 +35,16 @@ from jax.experimental import multihost_utils
 
 from gen3r_jax.apps import demo
 from gen3r_jax.apps import export as scene_export
-from gen3r_jax.apps.bundle import check_bundle, load_bundle, resolve_checkpoint
+from gen3r_jax.apps.bundle import check_bundle, load_bundle, read_scheduler_config, resolve_checkpoint
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.models.umt5.tokenizer import SPIECE_FILE, UMT5Tokenizer
 from gen3r_jax.parallel.rules import MESH_AXES, Rules, make_mesh
 from gen3r_jax.progress import configure as configure_progress
+from gen3r_jax.sampling import cache as step_cache
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_cfg_axis, check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
-from gen3r_jax.sampling.pipeline import SampleOptions, check_options, generate
+from gen3r_jax.sampling.pipeline import SampleOptions, cache_settings, check_options, generate, make_scheduler
 from gen3r_jax.sampling.placement import check_placement
 
 
@@ -172,6 +173,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
                           "a folder of frames).")
   opts = options_from_config(cfg)
   check_cfg_axis(parse_mesh(cfg.mesh), opts.guidance_scale)
+  step_cache.check_mesh(cache_settings(opts), parse_mesh(cfg.mesh))
   inputs.check_task(opts.task)
   inputs.check_num_frames(opts.num_frames)
   inputs.check_size(opts.size)
@@ -180,6 +182,11 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   views = inputs.read_views(paths, opts.task, opts.num_frames, size=opts.size, warn=warn)
   check_options(opts, len(views))
   check_bundle(checkpoint)
+  if opts.cache == "magcache" and not opts.scheduler:
+    # the checkpoint's scheduler against the magcache schedule, before any weight is read
+    step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
+                              use_cfg=opts.guidance_scale > 1.0, guidance_scale=float(opts.guidance_scale),
+                              scheduler=make_scheduler(opts, read_scheduler_config(checkpoint)))
   prompt = read_prompt(cfg.prompt, log=log, warn=warn)
   texts = {"prompt": prompt}
   if opts.guidance_scale > 1.0:

@@ -3,8 +3,9 @@
     y = fp8_dot(x, kernel)            # x [..., in] per-tensor scale, kernel [in, out] per-output-channel scales
     check_fp8_supported()             # a one-line Gen3RInputError on CPU / pre-Ada GPUs (unless emulated)
 
-Scales are computed on the fly from the absolute maximum (``amax / 448``, e4m3's largest finite value): one scale
-for the whole activation tensor, one per output channel of the weight. Both operands are cast to
+Scales are computed on the fly from the absolute maximum (``amax / 448``, e4m3's largest finite value; 1 for an
+all-zero tensor or weight column, whose products are then exactly 0): one scale for the whole activation tensor,
+one per output channel of the weight. Both operands are cast to
 ``float8_e4m3fn`` and multiplied with float32 accumulation (``preferred_element_type``); the product is rescaled
 by ``scale_x * scale_w[out]`` in float32. On Hopper / Ada GPUs XLA lowers the float8 ``dot_general`` to a cuBLASLt
 FP8 GEMM; the weight quantisation (one pass over the weights) runs inside every call, which costs ~1 % of a
@@ -41,7 +42,11 @@ def quantize(x: jax.Array, axis=None) -> tuple[jax.Array, jax.Array]:
   (``None``: one scale for the whole tensor; ``0`` on a ``[in, out]`` kernel: one per output channel)."""
   x32 = x.astype(jnp.float32)
   amax = jnp.max(jnp.abs(x32), axis=axis, keepdims=axis is not None)
-  scale = jnp.maximum(amax, jnp.finfo(jnp.float32).tiny) / E4M3_MAX    # an all-zero tensor keeps scale > 0
+  # an all-zero tensor / weight column gets scale 1 (q = 0, so its products are exactly 0); a nonzero amax below
+  # 448 x the smallest normal float32 gets that smallest normal: amax / 448 would be subnormal, which XLA:CPU
+  # flushes to 0, and x / 0 is NaN or inf
+  scale = jnp.where(amax > 0, jnp.maximum(amax / E4M3_MAX, jnp.finfo(jnp.float32).tiny), 1.0)
+  # |x / scale| <= 448 up to rounding; the clip keeps the cast from overflowing (e4m3fn has no inf: NaN)
   q = jnp.clip(x32 / scale, -E4M3_MAX, E4M3_MAX).astype(E4M3)
   return q, scale
 

@@ -38,7 +38,8 @@ steps than either prediction. Default plan (maxdiffusion's for 480p Wan 2.1): fu
 
 ``steps`` (any kind) forces the plan: exactly those step indices are cached, whatever the measures say.
 
-Not supported yet: caches with a DiT sharded over a mesh (one-line error; the exact loop is).
+Not supported yet: caches with a DiT sharded over a mesh (:func:`check_mesh`: a one-line error, raised by the
+sampler's input checks before anything compiles; the exact loop shards).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def parse_steps(steps, num_steps: int) -> tuple[int, ...] | None:
   out = []
   for s in items:
     s = s.strip() if isinstance(s, str) else s
-    ok = (isinstance(s, str) and s.isdigit()) or (isinstance(s, (int, np.integer)) and not isinstance(s, bool))
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    ok = (isinstance(s, str) and s.isdecimal()) or (isinstance(s, (int, np.integer)) and not isinstance(s, bool))
     require(ok, f"cache_steps must be comma-separated step indices like '10,12,14', got {steps!r}.")
     out.append(int(s))
   bad = [s for s in out if not 1 <= s < num_steps]
@@ -121,8 +123,19 @@ def _positive_int(value, name: str) -> None:
   require(ok and value >= 1, f"{name} must be a positive integer, got {value!r}.")
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ratio_rows(value) -> bool:
+  """``value`` is a non-empty list of equally long lists of 1 or 2 finite numbers (``[num_steps, rows]``)."""
+  if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+    return False
+  return len(value[0]) in (1, 2) and all(len(row) == len(value[0]) and all(map(_is_number, row)) for row in value)
+
+
 def load_schedule(source) -> dict:
-  """A magcache schedule from a JSON path (or an already loaded dict), format-checked."""
+  """A magcache schedule from a JSON path (or an already loaded dict), format- and type-checked."""
   if isinstance(source, dict):
     data = source
   else:
@@ -138,37 +151,73 @@ def load_schedule(source) -> dict:
   name = source if isinstance(source, str) else "cache_schedule"
   require(isinstance(data, dict) and data.get("format") == SCHEDULE_FORMAT,
           f"{name}: not a magcache schedule (format {SCHEDULE_FORMAT!r}); write one with launch/calibrate_cache.py.")
-  ratios = np.asarray(data.get("ratios"), dtype=np.float64)
-  require(ratios.ndim == 2 and ratios.shape[0] == data.get("num_steps") and np.isfinite(ratios).all(),
-          f"{name}: 'ratios' must be [num_steps, rows] finite numbers.")
+  steps = data.get("num_steps")
+  require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+          f"{name}: 'num_steps' must be a positive integer, got {steps!r}; rewrite it with launch/calibrate_cache.py.")
+  for key in ("shift", "guidance_scale"):
+    require(_is_number(data.get(key)), f"{name}: {key!r} must be a finite number, got {data.get(key)!r}; rewrite "
+                                       f"it with launch/calibrate_cache.py.")
+  require(isinstance(data.get("scheduler"), str) and isinstance(data.get("scheduler_config"), dict),
+          f"{name} does not record its scheduler and the scheduler's settings ('scheduler', 'scheduler_config'; "
+          f"an older schedule); recalibrate with launch/calibrate_cache.py.")
+  require(_ratio_rows(data.get("ratios")) and len(data["ratios"]) == steps,
+          f"{name}: 'ratios' must be [num_steps={steps}, rows (1 or 2)] finite numbers; rewrite it with "
+          f"launch/calibrate_cache.py.")
   return data
 
 
-def check_schedule(data: dict, *, num_steps: int, use_cfg: bool, shift: float | None = None,
-                   scheduler: str | None = None, name: str = "cache_schedule") -> None:
-  """The schedule must have been calibrated for this run's step count, guidance and (when given) shift and
-  scheduler."""
+def scheduler_name(scheduler) -> str:
+  return type(scheduler).__name__
+
+
+def scheduler_settings(scheduler) -> dict:
+  """Every setting of a scheduler (its frozen dataclass fields) as JSON stores them (tuples -> lists)."""
+  fields = {f.name: getattr(scheduler, f.name) for f in dataclasses.fields(scheduler)}
+  return json.loads(json.dumps(fields))
+
+
+def check_schedule(data: dict, *, num_steps: int, use_cfg: bool, shift: float | None = None, scheduler=None,
+                   guidance_scale: float | None = None, name: str = "cache_schedule") -> None:
+  """The schedule (:func:`load_schedule`) must have been calibrated for this run's step count and guidance and
+  (when given) its shift, guidance scale and scheduler (an object: its class and every setting are compared)."""
   require(data["num_steps"] == num_steps,
           f"{name} was calibrated for {data['num_steps']} steps, this run has num_steps={num_steps}; calibrate "
           f"for {num_steps} steps (launch/calibrate_cache.py --num_steps {num_steps}).")
   if shift is not None:
-    require(math.isclose(float(data.get("shift", float("nan"))), float(shift)),
-            f"{name} was calibrated for shift={data.get('shift')}, this run has shift={shift}; calibrate with the "
+    require(math.isclose(float(data["shift"]), float(shift)),
+            f"{name} was calibrated for shift={data['shift']}, this run has shift={shift}; calibrate with the "
             f"same shift.")
-  rows = np.asarray(data["ratios"]).shape[1]
+  rows = len(data["ratios"][0])
   require(rows == (2 if use_cfg else 1),
           f"{name} was calibrated {'with' if rows == 2 else 'without'} classifier-free guidance, this run is "
           f"{'with' if use_cfg else 'without'}; calibrate with the same guidance_scale.")
+  if guidance_scale is not None:
+    require(math.isclose(float(data["guidance_scale"]), float(guidance_scale)),
+            f"{name} was calibrated for guidance_scale={data['guidance_scale']}, this run has guidance_scale="
+            f"{guidance_scale}; calibrate with the same guidance_scale (launch/calibrate_cache.py --guidance_scale "
+            f"{guidance_scale}).")
   if scheduler is not None:
-    require(data.get("scheduler") == scheduler,
-            f"{name} was calibrated with the {data.get('scheduler')} scheduler, this run uses {scheduler}; "
-            f"calibrate with the same scheduler.")
+    cls = scheduler_name(scheduler)
+    require(data["scheduler"] == cls,
+            f"{name} was calibrated with the {data['scheduler']} scheduler, this run uses {cls}; calibrate with the "
+            f"same scheduler.")
+    ours, theirs = scheduler_settings(scheduler), data["scheduler_config"]
+    diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k, None) != theirs.get(k, None))
+    require(not diff, f"{name} was calibrated with {cls} settings {({k: theirs.get(k) for k in diff})}, this run's "
+                      f"are {({k: ours.get(k) for k in diff})}; calibrate with the same scheduler settings.")
 
 
-def check_settings(s: CacheSettings, *, num_steps: int, use_cfg: bool, shift: float | None = None,
-                   scheduler: str | None = None) -> None:
-  """Every cache value, before anything compiles (a magcache schedule's shift / scheduler are compared when
-  given)."""
+def check_mesh(s: CacheSettings, mesh) -> None:
+  """Step caches do not run a DiT sharded over a mesh yet (``mesh``: a ``jax.sharding.Mesh``, a ``{axis: size}``
+  dict as ``apps.sample.parse_mesh`` returns, or None)."""
+  require(not s.enabled or mesh is None,
+          "step caches do not run a DiT sharded over a mesh yet; use cache=none with a mesh.")
+
+
+def check_settings(s: CacheSettings, *, num_steps: int, use_cfg: bool, shift: float | None = None, scheduler=None,
+                   guidance_scale: float | None = None) -> None:
+  """Every cache value, before anything compiles (a magcache schedule's shift, guidance scale and scheduler are
+  compared when given: ``scheduler`` is the run's scheduler object, None while it is not known yet)."""
   require(s.kind in KINDS, f"cache must be one of {', '.join(KINDS)}, got {s.kind!r}.")
   if s.threshold is not None:
     _nonneg_number(s.threshold, "cache_threshold")
@@ -186,7 +235,7 @@ def check_settings(s: CacheSettings, *, num_steps: int, use_cfg: bool, shift: fl
                      "classifier-free guidance; use guidance_scale > 1 or another cache.")
   if s.kind == "magcache" and steps is None:
     check_schedule(load_schedule(s.schedule), num_steps=num_steps, shift=shift, use_cfg=use_cfg,
-                   scheduler=scheduler)
+                   scheduler=scheduler, guidance_scale=guidance_scale)
   elif s.schedule:
     require(s.kind == "magcache", f"cache_schedule is read by cache=magcache only (cache={s.kind}).")
 
@@ -240,16 +289,15 @@ def static_plan(s: CacheSettings, num_steps: int) -> list[bool] | None:
   return None
 
 
-def scheduler_name(scheduler) -> str:
-  return type(scheduler).__name__
-
-
-def write_schedule(path: str, ratios, *, num_steps: int, shift: float, scheduler: str, guidance_scale: float,
+def write_schedule(path: str, ratios, *, num_steps: int, shift: float, scheduler, guidance_scale: float,
                    meta: dict | None = None) -> dict:
-  """Write a magcache schedule (atomically); ``meta`` records what it was measured on (checkpoint, inputs)."""
+  """Write a magcache schedule (atomically) for the run it was measured on: step count, shift, guidance scale and
+  ``scheduler`` (the scheduler object: its class and settings are recorded); ``meta`` records what it was measured
+  on (checkpoint, inputs)."""
   ratios = np.asarray(ratios, np.float64)
   require(ratios.shape[0] == num_steps, f"ratios: {ratios.shape[0]} steps for num_steps={num_steps}.")
-  data = {"format": SCHEDULE_FORMAT, "num_steps": int(num_steps), "shift": float(shift), "scheduler": scheduler,
+  data = {"format": SCHEDULE_FORMAT, "num_steps": int(num_steps), "shift": float(shift),
+          "scheduler": scheduler_name(scheduler), "scheduler_config": scheduler_settings(scheduler),
           "guidance_scale": float(guidance_scale), "rows": ["uncond", "cond"] if ratios.shape[1] == 2 else ["cond"],
           "ratios": ratios.tolist(), **(meta or {})}
   folder = os.path.dirname(os.path.abspath(path))
@@ -369,24 +417,26 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
   :func:`gen3r_jax.sampling.denoise.denoise`.
 
   When no step can be cached (:func:`can_cache`: e.g. ``first_block`` at threshold 0) the exact loop runs, so
-  the outputs are exactly ``cache="none"``'s; ``calibrate=True`` runs the block-cache programs anyway, every step
-  full (what ``launch/calibrate_cache.py`` measures). ``cache_stats``: ``kind``, ``full_steps``, ``cached_steps``,
-  ``cached`` (indices), the resolved knobs, ``exact_loop``, ``changes`` (first_block: the measure per step, None
-  where not measured) and ``ratios`` (block caches: the residual-magnitude ratio per CFG row between consecutive
-  full steps, None elsewhere)."""
+  the outputs are exactly ``cache="none"``'s. ``calibrate=True`` (a block cache) runs the block-cache programs with
+  every step full, whatever the threshold, plan or forced steps say (what ``launch/calibrate_cache.py`` measures:
+  a ratio at every step after the first). ``cache_stats``: ``kind``, ``full_steps``, ``cached_steps``, ``cached``
+  (indices), the resolved knobs, ``calibrate``, ``exact_loop``, ``changes`` (first_block: the measure per step,
+  None where not measured) and ``ratios`` (block caches: the residual-magnitude ratio per CFG row between
+  consecutive full steps, None elsewhere)."""
   require(settings.kind in KINDS[1:], f"denoise_cached needs a cache kind among {KINDS[1:]}, got "
                                       f"{settings.kind!r}.")
   use_cfg = float(guidance_scale) > 1.0
   n = schedule.num_steps
-  check_settings(settings, num_steps=n, use_cfg=use_cfg, scheduler=scheduler_name(scheduler))
+  require(not calibrate or settings.kind in ("first_block", "magcache"),
+          f"calibration measures the block caches' residuals: use cache=first_block, not {settings.kind}.")
+  check_settings(settings, num_steps=n, use_cfg=use_cfg, scheduler=scheduler, guidance_scale=guidance_scale)
   check_denoise_inputs(model.cfg, latents, context, clip_fea, y, y_camera, use_cfg)
   graphdef, params = nnx.split(model)
-  require((mesh or param_mesh(params)) is None,
-          "step caches do not run a DiT sharded over a mesh yet; use cache=none with a mesh.")
-  plan = static_plan(settings, n)
+  check_mesh(settings, mesh if mesh is not None else param_mesh(params))
+  plan = None if calibrate else static_plan(settings, n)        # calibrating: every step full (below)
   knobs = resolved(settings, n)
   stats = {"kind": settings.kind, **{k: v for k, v in knobs.items() if k != "steps"},
-           "forced_steps": list(knobs["steps"]) if knobs["steps"] is not None else None}
+           "forced_steps": list(knobs["steps"]) if knobs["steps"] is not None else None, "calibrate": calibrate}
   if not calibrate and not can_cache(settings, plan, knobs):
     # nothing can be cached (threshold 0, an empty plan): the exact loop itself, so the outputs are exactly
     # cache=none's (the split programs agree with it only to float rounding: XLA fuses them differently)
@@ -424,7 +474,8 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
           cached = bool(plan[i])
         else:
           changes[i] = float(relative_l1(h1, store["h1"]))
-          cached = i >= knobs["warmup"] and run < knobs["max_skips"] and changes[i] < knobs["threshold"]
+          cached = (not calibrate and i >= knobs["warmup"] and run < knobs["max_skips"]
+                    and changes[i] < knobs["threshold"])
       if cached:
         x, state, guided = finish_cached(params, graphdef, h1, store["residual"], cond, x, state, jnp.int32(i), g,
                                          scheduler=scheduler, use_cfg=use_cfg)
@@ -453,16 +504,27 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
 
 
 def calibration_ratios(stats_list: Sequence[dict]) -> np.ndarray:
-  """Mean per-step ratios ``[S, rows]`` over calibration runs (every step full); step 0 (nothing before it) is 1."""
+  """Mean per-step ratios ``[S, rows]`` over calibration runs (``cache_stats`` of :func:`denoise_cached` with
+  ``calibrate=True``: every step full); step 0 (nothing before it) is 1. A run with a step after the first that has
+  no ratio (a cached step: not a calibration run) or fewer than 2 steps is refused."""
+  require(len(stats_list) >= 1, "calibration_ratios: no calibration run given.")
   per_run = []
-  for st in stats_list:
-    r = st["ratios"]
-    rows = len(next(v for v in r if v is not None))
-    per_run.append([[1.0] * rows if v is None else v for v in r])
+  for k, st in enumerate(stats_list):
+    r = st.get("ratios") or []
+    require(len(r) >= 2, f"calibration run {k}: {len(r)} step(s); calibrating needs num_steps >= 2 (a ratio "
+                         f"compares two consecutive steps).")
+    missing = [i for i, v in enumerate(r) if v is None and i > 0]
+    require(not missing, f"calibration run {k}: steps {missing} have no residual ratio (cached steps); calibrate "
+                         f"with every step computed (generate(..., calibrate_cache=True)).")
+    per_run.append([[1.0] * len(r[1]) if i == 0 else v for i, v in enumerate(r)])
+  shapes = {np.shape(p) for p in per_run}
+  require(len(shapes) == 1, f"calibration runs of different shapes {sorted(shapes)} (steps, CFG rows); calibrate "
+                            f"every run with the same settings.")
   return np.mean(np.asarray(per_run, np.float64), axis=0)
 
 
-__all__ = ("KINDS", "SCHEDULE_FORMAT", "CacheSettings", "CachedDenoiseOutput", "can_cache", "check_settings", "check_schedule",
-           "load_schedule", "write_schedule", "parse_steps", "resolved", "magcache_plan", "cfg_plan", "static_plan",
-           "scheduler_name", "denoise_cached", "calibration_ratios", "first_block", "finish_full", "finish_cached",
-           "cfg_full", "cfg_cached", "relative_l1", "magnitude_ratio")
+__all__ = ("KINDS", "SCHEDULE_FORMAT", "CacheSettings", "CachedDenoiseOutput", "can_cache", "check_settings",
+           "check_schedule", "check_mesh", "load_schedule", "write_schedule", "parse_steps", "resolved",
+           "magcache_plan", "cfg_plan", "static_plan", "scheduler_name", "scheduler_settings", "denoise_cached",
+           "calibration_ratios", "first_block", "finish_full", "finish_cached", "cfg_full", "cfg_cached",
+           "relative_l1", "magnitude_ratio")

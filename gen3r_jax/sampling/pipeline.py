@@ -108,12 +108,11 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
     parse_cameras(opts.cameras, opts.num_frames)
   elif isinstance(opts.cameras, str) and opts.cameras not in BUILTIN_TRAJECTORIES:
     load_cameras_json(opts.cameras, opts.num_frames)
-  if opts.scheduler:
-    get_scheduler(opts.scheduler)
+  # the checkpoint's scheduler (opts.scheduler empty) is compared with a magcache schedule once the bundle is
+  # known (generate, apps.sample), still before anything compiles
   step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
-                            use_cfg=opts.guidance_scale > 1.0,
-                            scheduler=None if not opts.scheduler else
-                            step_cache.scheduler_name(get_scheduler(opts.scheduler)))
+                            use_cfg=opts.guidance_scale > 1.0, guidance_scale=float(opts.guidance_scale),
+                            scheduler=get_scheduler(opts.scheduler) if opts.scheduler else None)
   require(opts.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
                                         f"{opts.precision!r}.")
   if opts.precision == "fp8":
@@ -160,9 +159,9 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
       ``rules`` the sharding rules of its activations (:class:`gen3r_jax.parallel.rules.Rules`; the DiT's
       ``model_rules`` apply).
     probe: called as ``probe(stage, models)`` at the end of each stage while its models are on the device.
-    calibrate_cache: run the block-cache programs with every step computed and return the residual-magnitude
-      ratios in ``out["cache"]["ratios"]`` (what ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a
-      block cache with threshold 0).
+    calibrate_cache: run the block-cache programs with every step computed, whatever the cache's threshold or
+      plan, and return the residual-magnitude ratios in ``out["cache"]["ratios"]`` (what
+      ``launch/calibrate_cache.py`` does; ``opts.cache`` must be a block cache, ``first_block``).
     on_step: called as ``on_step(k, num_steps)`` after denoising step k (1-based), e.g. a web app's progress bar
       (``log`` gets a line as each stage starts and ends).
   Returns:
@@ -180,13 +179,16 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   inputs.check_images(images, opts.size)
   check_options(opts, images.shape[0])
   check_parallel(mesh, context_parallel)
+  cache = cache_settings(opts)
   dit_mesh = mesh if mesh is not None else mesh_of(bundle.transformer)
   check_cfg_axis(dit_mesh.shape if dit_mesh is not None else None, opts.guidance_scale)   # before any stage runs
+  step_cache.check_mesh(cache, dit_mesh)
   use_cfg = opts.guidance_scale > 1.0
   sched = make_scheduler(opts, bundle.scheduler_config)
-  cache = cache_settings(opts)
   step_cache.check_settings(cache, num_steps=int(opts.num_steps), shift=float(opts.shift), use_cfg=use_cfg,
-                            scheduler=step_cache.scheduler_name(sched))
+                            guidance_scale=float(opts.guidance_scale), scheduler=sched)
+  require(not calibrate_cache or opts.cache in ("first_block", "magcache"),
+          f"calibrate_cache measures the block caches' residuals: set cache=first_block, not {opts.cache!r}.")
   shape = latent_shape(opts, bundle.transformer.cfg.out_dim)
   if latents is not None:
     require(tuple(np.shape(latents)) == shape,
