@@ -77,6 +77,43 @@ def test_availability_on_this_machine_and_with_a_hopper_lacking_the_package(monk
     attn._require_runnable("fa3")
 
 
+def test_old_gpus_odd_head_dims_and_a_broken_package_fall_back(monkeypatch, caplog):
+  # cuDNN's fused attention needs Ampere (8.0) or newer: on a Volta, auto takes xla
+  monkeypatch.setattr(attn, "gpu_capability", lambda device=None: (7, 0))
+  assert not attn.kernel_available("cudnn")
+  assert attn.resolve_implementation("auto", BF16, 64) == "xla"
+  # a head dim cuDNN / FA3 do not take (not a multiple of 8) -> xla on a Hopper with everything installed
+  monkeypatch.setattr(attn, "gpu_capability", lambda device=None: (9, 0))
+  monkeypatch.setattr(attn, "_has_package", lambda m: True)
+  assert attn.resolve_implementation("auto", BF16, 100) == "xla"
+  assert attn.resolve_implementation("auto", BF16, 128) == "fa3_fwd"
+  # installed but not importable (e.g. its CUDA runtime does not load): not used, one warning
+  monkeypatch.undo()
+  attn._has_package.cache_clear()
+  monkeypatch.setattr(attn.importlib.util, "find_spec", lambda name: object())
+  def broken(name):
+    raise ImportError("libcudart.so.12: cannot open shared object file")
+  monkeypatch.setattr(attn.importlib, "import_module", broken)
+  with caplog.at_level(logging.WARNING, logger="gen3r_jax.nn.attention"):
+    assert not attn._has_package(attn.FA3_PACKAGE)
+  assert any("does not import" in r.getMessage() and "libcudart" in r.getMessage() for r in caplog.records)
+  monkeypatch.undo()
+  attn._has_package.cache_clear()
+
+
+def test_explicit_fa3_with_inputs_it_does_not_take_is_a_one_line_error(monkeypatch):
+  monkeypatch.setattr(attn, "_require_runnable", lambda impl: None)
+  for name in ("fa3", "fa3_fwd"):
+    for q, match in ((jnp.zeros((1, 4, 2, 8), jnp.float32), "needs bfloat16 or float16 inputs, got float32"),
+                     (jnp.zeros((1, 4, 2, 12), BF16), "head dim that is a multiple of 8 up to 256, got 12")):
+      with pytest.raises(Gen3RInputError, match=match) as e:
+        attn.attention(q, q, q, implementation=name)
+      assert "\n" not in str(e.value)
+    with pytest.raises(Gen3RInputError, match="takes no bias or mask"):
+      q = jnp.zeros((1, 4, 2, 8), BF16)
+      attn.attention(q, q, q, implementation=name, mask=jnp.ones((1, 1, 4, 4), bool))
+
+
 def test_explicit_gpu_kernel_without_a_gpu_is_a_one_line_error(monkeypatch):
   monkeypatch.setattr(attn, "gpu_capability", lambda device=None: None)   # no GPU, on any backend
   q = jnp.zeros((1, 4, 2, 8), BF16)
@@ -176,6 +213,47 @@ def test_fa3_custom_vjp_routes_forward_and_backward(monkeypatch):
   np.testing.assert_allclose(f(q, k, v), ref(q, k, v), rtol=1e-6)
   _assert_grads_like(f, ref, q, k, v)
   assert calls["bwd"] >= 1
+
+
+@pytest.mark.parametrize("impl", ["fa3", "fa3_fwd"])
+def test_unpartitionable_kernels_run_per_shard_under_a_mesh(monkeypatch, impl):
+  """XLA cannot partition FA3's FFI calls: under a mesh the dispatch runs them per device (``shard_map``) on the
+  batch / heads block the rules give, never on gathered global arrays; values and gradients stay exact."""
+  q, k, v = (x.astype(BF16) for x in _qkv())                      # [8, 12, 4, 8]
+  seen = []
+
+  def fake_fwd(q, k, v, *, scale):
+    seen.append(q.shape)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    return attn.xla_attention(q, k, v, scale=scale), jax.nn.logsumexp(logits, axis=-1)
+
+  def fake_bwd(dout, q, k, v, out, lse, *, scale, rows=None):
+    seen.append(q.shape)
+    return jax.vjp(lambda q, k, v: attn.xla_attention(q, k, v, scale=scale), q, k, v)[1](dout)
+
+  monkeypatch.setattr(fa3, "fa3_forward_with_lse", fake_fwd)
+  monkeypatch.setattr(fa3, "fa3_backward", fake_bwd)
+  monkeypatch.setattr(attn, "_require_runnable", lambda impl: None)
+  monkeypatch.setattr(attn, "cudnn_attention", attn.xla_attention)     # fa3_fwd's training kernel, stood in for
+  f = lambda q, k, v: attn.attention(q, k, v, implementation=impl)   # noqa: E731
+  ref = lambda q, k, v: attn.attention(q, k, v, implementation="xla")  # noqa: E731
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sh = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  qs, ks, vs = (jax.device_put(x, sh) for x in (q, k, v))
+  with jax.set_mesh(mesh):
+    out = jax.jit(f)(qs, ks, vs)
+    text = str(jax.make_jaxpr(f)(qs, ks, vs))
+    grads = jax.jit(jax.grad(_loss(f), argnums=(0, 1, 2)))(qs, ks, vs)
+  assert "shard_map" in text
+  assert seen and set(seen) == {(2, 12, 2, 8)}, seen             # batch 8 / (data x fsdp), heads 4 / tensor
+  f32 = lambda x: np.asarray(x, np.float32)   # noqa: E731
+  np.testing.assert_allclose(f32(out), f32(ref(q, k, v)), rtol=1e-2, atol=1e-2)
+  want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(grads, want):
+    np.testing.assert_allclose(f32(a), f32(b), rtol=2e-2, atol=2e-2)
+  seen.clear()
+  f(q, k, v)                                                       # no mesh: the kernel sees the whole arrays
+  assert seen == [(8, 12, 4, 8)]
 
 
 def test_attention_remat_policy_saves_both_flash_forwards_and_no_backward():

@@ -1,6 +1,8 @@
 """The upstream TPU splash-attention kernel behind ``implementation="splash"``, run on CPU in Pallas interpret
 mode: values and gradients against the XLA path, inside ``shard_map`` (context parallel), and the clear errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +68,15 @@ def test_splash_errors_are_clear():
     with splash_options(block_kv=512):
       with pytest.raises(Gen3RInputError, match="key length 256 is not a multiple of the block size 512"):
         attention(q, k, v, implementation="splash")
+
+
+def test_attention_remat_policy_keeps_the_splash_forward():
+  # splash's kernels are all `pallas_call`: the "attention" policy saves the forward kernel's outputs by its name,
+  # so the backward runs the two backward kernels only (no second forward)
+  from gen3r_jax.nn.stack import checkpointed
+  q, k, v = _qkv(b=1, l=128, h=1, d=32, seed=3)
+  f = checkpointed(lambda q: jnp.sum(jnp.sin(attention(q, k, v, implementation="splash"))), "attention")
+  with splash_options(interpret=True):
+    text = str(jax.make_jaxpr(jax.grad(f))(q))
+  kernels = sorted(re.findall(r"name=(splash_mha_\w+)", text))
+  assert kernels == ["splash_mha_dkv_no_residuals", "splash_mha_dq_no_residuals", "splash_mha_fwd_residuals"], kernels

@@ -31,6 +31,10 @@ Context parallelism: inside ``gen3r_jax.nn.context_parallel.use_context_parallel
 ``context > 1``) :func:`attention` routes unmasked calls through ``context_attention`` (``shard_map`` over the
 sequence axis); models call :func:`attention` unchanged. :func:`local_attention` is the dispatch without that
 hook (what runs on each shard).
+
+Meshes: ``xla`` and ``cudnn`` are partitioned by XLA (GSPMD). FA3's FFI calls and splash's Pallas call have no
+sharding rule, so under a mesh they run per device inside a ``shard_map`` over batch and heads
+(:func:`per_shard`), never on gathered global arrays.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import jax.numpy as jnp
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn import fa3
 from gen3r_jax.nn.splash import splash_attention
-from gen3r_jax.parallel.rules import constrain
+from gen3r_jax.parallel.rules import auto_mesh, constrain, current_rules, spec_for
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "fa3", "fa3_fwd", "splash")
 GPU_KERNELS = ("cudnn", "fa3", "fa3_fwd")          # fused GPU kernels (bf16/fp16 only)
@@ -72,7 +76,16 @@ _CHOSEN: dict[tuple, str] = {}
 
 @functools.cache
 def _has_package(module: str) -> bool:
-  return importlib.util.find_spec(module) is not None
+  """Installed and importable (a package whose import fails, e.g. a CUDA runtime the driver does not take, counts
+  as missing, with one warning, so ``auto`` falls back rather than failing)."""
+  if importlib.util.find_spec(module) is None:
+    return False
+  try:
+    importlib.import_module(f"{module}.flash_hlo" if module == FA3_PACKAGE else module)
+  except Exception as e:  # noqa: BLE001 - any import failure means: not usable here
+    _log.warning("attention: %s is installed but does not import (%s: %s); not used", module, type(e).__name__, e)
+    return False
+  return True
 
 
 def gpu_capability(device=None) -> tuple[int, int] | None:
@@ -98,7 +111,7 @@ def kernel_available(name: str) -> bool:
   if cap is None:
     return False
   if name == "cudnn":
-    return True
+    return cap >= (8, 0)              # cuDNN's fused flash attention: Ampere or newer
   if name in ("fa3", "fa3_fwd"):
     return cap[0] == 9 and _has_package(FA3_PACKAGE)
   return False
@@ -109,7 +122,7 @@ def _supports(name: str, *, head_dim: int | None, masked: bool) -> bool:
     return False
   if name in ("fa3", "fa3_fwd") and head_dim is not None and (head_dim > 256 or head_dim % 8):
     return False
-  if name == "cudnn" and head_dim is not None and head_dim > 128:
+  if name == "cudnn" and head_dim is not None and (head_dim > 128 or head_dim % 8):
     return False
   return True
 
@@ -223,19 +236,24 @@ def fa3_attention(q, k, v, *, scale: float, bias=None, mask=None):
 
   Any sequence length as it is, no bias or mask. The package's own backward wrapper under-allocates two of the
   kernel's buffers (wrong gradients at many shapes); :func:`gen3r_jax.nn.fa3.fa3_attention` calls the same
-  kernel with buffers of the right size. Like cuDNN's, its partitioner needs q, k and v sharded alike: under a
-  mesh all three are constrained to ``(act_batch, -, act_heads, -)``; inside ``shard_map`` (context parallelism)
-  they pass unchanged.
+  kernel with buffers of the right size. The FFI calls have no sharding rule: under a mesh the dispatch runs
+  them per device (:func:`per_shard`).
   """
   q, k, v = _fa3_inputs("fa3", q, k, v, bias, mask)
   return fa3.fa3_attention(q, k, v, float(scale))
 
 
 def _fa3_inputs(name: str, q, k, v, bias, mask):
-  """FA3 takes no bias or mask, and (like cuDNN) needs q, k and v sharded alike under a mesh."""
+  """What FA3 takes: no bias or mask, bf16 / fp16, a head dim that is a multiple of 8 up to 256 (one-line errors)."""
   if bias is not None or mask is not None:
-    raise ValueError(f"attention implementation {name!r} takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
-  return tuple(constrain(x, ("act_batch", None, "act_heads", None)) for x in (q, k, v))
+    raise Gen3RInputError(f"attention={name!r} takes no bias or mask; use 'cudnn' or 'xla' (or 'auto').")
+  if jnp.dtype(q.dtype) not in (jnp.bfloat16, jnp.float16):
+    raise Gen3RInputError(f"attention={name!r} needs bfloat16 or float16 inputs, got {jnp.dtype(q.dtype).name}; "
+                          "use a bf16 compute dtype, or attention='auto' / 'xla'.")
+  if q.shape[-1] % 8 or q.shape[-1] > 256:
+    raise Gen3RInputError(f"attention={name!r} needs a head dim that is a multiple of 8 up to 256, got "
+                          f"{q.shape[-1]}; use attention='auto' or 'xla'.")
+  return q, k, v
 
 
 def fa3_forward_attention(q, k, v, *, scale: float, bias=None, mask=None):
@@ -295,8 +313,21 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation:
   _require_runnable(impl)
   if impl == "cudnn":
     return cudnn_attention(q, k, v, scale=scale, bias=bias, mask=mask)
-  if impl == "fa3":
-    return fa3_attention(q, k, v, scale=scale, bias=bias, mask=mask)
-  if impl == "fa3_fwd":
-    return fa3_forward_attention(q, k, v, scale=scale, bias=bias, mask=mask)
-  return splash_attention(q, k, v, scale=scale, bias=bias, mask=mask)
+  kernel = {"fa3": fa3_attention, "fa3_fwd": fa3_forward_attention, "splash": splash_attention}[impl]
+  return per_shard(functools.partial(kernel, scale=scale, bias=bias, mask=mask), q, k, v)
+
+
+def per_shard(fn: Callable, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """``fn(q, k, v)`` on each device's block of a mesh: for the kernels XLA cannot partition (FA3's FFI calls,
+  splash's Pallas call have no sharding rule), which under a mesh it would otherwise run whole on every device
+  after gathering q, k and v. A ``shard_map`` with batch and heads split as the ``act_batch`` / ``act_heads``
+  rules split them (where they divide) and the sequences whole: no communication when the inputs are laid out
+  so already, as the models' constraints lay them out. Without a mesh, or inside ``shard_map`` (context
+  parallelism: the blocks are already local), ``fn(q, k, v)``."""
+  mesh = auto_mesh()
+  if mesh is None or math.prod(mesh.shape.values()) == 1:
+    return fn(q, k, v)
+  axes = ("act_batch", None, "act_heads", None)
+  q_spec = spec_for(axes, q.shape, mesh, current_rules())
+  kv_spec = spec_for(axes, k.shape, mesh, current_rules())
+  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)(q, k, v)

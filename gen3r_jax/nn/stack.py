@@ -33,8 +33,15 @@ ATTENTION_RESIDUALS = ("dot_product_attention_fwd", "flash_mha_fwd")
 SAVED_NAMES = ("attn_q", "attn_k", "attn_v", "attn_proj", "cross_proj", "ffn_out")
 
 
-def _save_attention(prim, *_, **__) -> bool:
+# TPU splash attention's kernels are all the primitive ``pallas_call``; its forward is told apart by the kernel name
+SPLASH_FORWARD = "splash_mha_fwd"
+
+
+def _save_attention(prim, *_, **params) -> bool:
   """Save flash-attention forward outputs (so the backward never reruns the attention forward)."""
+  if prim.name == "pallas_call":   # the kernel name: param "name" (jax 0.10) or "name_and_src_info.name" (older)
+    info = params.get("name", params.get("name_and_src_info"))
+    return str(getattr(info, "name", info) or "").startswith(SPLASH_FORWARD)
   return any(prim.name.startswith(n) for n in ATTENTION_RESIDUALS)
 
 

@@ -362,6 +362,15 @@ def active_mesh():
   return None if m is None or m.empty else m
 
 
+def auto_mesh():
+  """The active mesh (:func:`active_mesh`) where XLA partitions the program, ``None`` without one or inside
+  ``shard_map`` (manual axes: each device's block is already what the code sees)."""
+  mesh = active_mesh()
+  if mesh is None or any("manual" in str(t).lower() for t in getattr(mesh, "axis_types", ())):
+    return None
+  return mesh
+
+
 def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:
   """``with_sharding_constraint`` to logical activation ``axes`` (``act_*``, by the active rules, :func:`use_rules`)
   under an active mesh (no-op without one).
@@ -369,8 +378,8 @@ def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:
   When the mesh axes of a dimension do not divide it, trailing mesh axes are dropped until they do (batch 2 on
   ``data=2, fsdp=4`` shards over ``data`` only; tiny shapes stay replicated).
   """
-  mesh = active_mesh()
-  if mesh is None or any("manual" in str(t).lower() for t in getattr(mesh, "axis_types", ())):
+  mesh = auto_mesh()
+  if mesh is None:
     return x  # no mesh, or inside shard_map (manual axes): the caller's layout stands
   spec = activation_spec(axes, mesh)
   fixed = []
