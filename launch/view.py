@@ -7,9 +7,10 @@ slider, the depth / confidence mask toggles, point size and a PLY download, in t
 
 On a remote GPU box keep the default ``--host 127.0.0.1`` and forward the port from your own machine:
 ``ssh -N -L 8080:localhost:8080 user@gpu-box``, then open http://localhost:8080 locally. The folder is what
-``launch/sample.py`` (``--config.out``) or ``launch/reconstruct.py`` (``--out``) wrote; one missing the files the
-viewer needs (rgb.mp4, cameras.json, points.npz or depth.npz) is a one-line error, exit status 2. Needs the
-optional extra: ``pip install -e ".[viewer]"``. All logic lives in :mod:`gen3r_jax.apps.viewer`.
+``launch/sample.py`` (``--config.out``) or ``launch/reconstruct.py`` (``--out``) wrote; one missing any of the
+four files the viewer needs (rgb.mp4, cameras.json, depth.npz and points.npz) is a one-line error, exit status 2, as
+is a bad flag (``--max_points``, ``--point_size`` and ``--fps`` must be positive), before any server starts. Needs
+the optional extra: ``pip install -e ".[viewer]"``. All logic lives in :mod:`gen3r_jax.apps.viewer`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@ raises clear errors before anything is written."""
 
 import json
 import os
+import shutil
+import signal
 import struct
+import subprocess
+import sys
 
 import imageio.v2 as iio
 import imageio_ffmpeg
@@ -11,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gen3r_jax.apps.outputs import load_output_dir
 from gen3r_jax.errors import Gen3RInputError
+from gen3r_jax import ply
 from gen3r_jax.eval import io as eio
 from gen3r_jax.sampling import cameras as cams
 from gen3r_jax.sampling import export as ex
@@ -33,12 +39,16 @@ def _sample(f=F, h=H, w=W):
   return dict(rgb=rgb, depth=depth, points=points, masks=masks, c2w=c2w, K=K)
 
 
-def parse_ply(path):
-  """Independent binary PLY reader: header fields, then '<fffBBB' records."""
+def parse_ply(path, comments=None):
+  """Independent binary PLY reader: header fields (``comment`` lines, which the format allows anywhere in the
+  header, collected into ``comments``), then '<fffBBB' records."""
   with open(path, "rb") as f:
     data = f.read()
   end = data.index(b"end_header\n") + len(b"end_header\n")
   lines = data[:end].decode("ascii").strip().split("\n")
+  if comments is not None:
+    comments.extend(ln[len("comment "):] for ln in lines if ln.startswith("comment "))
+  lines = [ln for ln in lines if not ln.startswith("comment ")]
   assert lines[0] == "ply" and lines[1] == "format binary_little_endian 1.0"
   n = int(lines[2].split()[2])
   assert lines[2].startswith("element vertex")
@@ -117,6 +127,22 @@ def test_export_all_files_open_and_eval_reads_back(tmp_path):
   np.testing.assert_array_equal(sheet[4:4 + H, 4:4 + W], np.round(s["rgb"][0] * 255).astype(np.uint8))
   with open(out["prompt.txt"]) as f:
     assert f.read() == "a red chair\n"
+
+  # one run id in every file of the set, each read by an independent reader of its format
+  rid = cj["run_id"]
+  assert len(rid) == 32 and int(rid, 16) >= 0
+  for name in ("depth.npz", "points.npz"):
+    with np.load(out[name]) as z:
+      assert str(z["run_id"]) == rid
+  comments = []
+  parse_ply(out["points.ply"], comments)
+  assert comments == [f"gen3r_jax run {rid}"]
+  for name in ("rgb.mp4", "depth.mp4"):
+    meta = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", out[name], "-f", "ffmetadata", "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert f"comment=gen3r_jax run {rid}" in meta.splitlines()
+  with Image.open(out["preview.png"]) as im:
+    assert im.text["gen3r_jax run"] == rid
 
 
 def test_preview_scales_and_picks_even_frames(tmp_path):
@@ -252,3 +278,178 @@ def test_export_is_atomic_and_replaces_a_previous_run_as_a_whole(tmp_path, monke
       np.savez(tmp, a=np.zeros(2))
       broken()
   assert not [n for n in os.listdir(tmp_path) if n.startswith((".x", "x"))]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILL_MID_MOVE = """
+import os, signal, sys
+from gen3r_jax.sampling import export as ex
+from tests.test_export import _sample
+out, real, placed = os.path.abspath(sys.argv[1]), os.replace, []
+def replace(src, dst):
+  if os.path.dirname(os.path.abspath(dst)) == out:     # a file of the new set put in place
+    placed.append(dst)
+    if len(placed) == 3:
+      os.kill(os.getpid(), signal.SIGKILL)
+  return real(src, dst)
+os.replace = replace
+s = _sample()
+ex.export_all(out, **{**s, "depth": s["depth"] + 1.0})
+"""
+
+
+def _files(path):
+  return {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path)
+          if os.path.isfile(os.path.join(path, n))}
+
+
+def test_a_kill_while_moving_in_is_refused_by_the_reader_and_keeps_the_previous_run(tmp_path):
+  out = tmp_path / "sample"
+  ex.export_all(str(out), **_sample())
+  before = _files(out)
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", KILL_MID_MOVE, str(out)], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+  with pytest.raises(Gen3RInputError, match=r"mixes files of different runs .*re-run the sampler") as e:
+    load_output_dir(str(out))
+  assert "\n" not in str(e.value)
+  (stage,) = [n for n in os.listdir(out) if n.startswith(ex.STAGING_PREFIX)]
+  assert f"{stage}/previous" in str(e.value)
+  # every file of the previous run still exists, byte for byte: in place, or moved aside into the stage
+  prev = _files(out / stage / "previous")
+  assert set(prev) == {"rgb.mp4", "depth.npz", "depth.mp4"}
+  now = _files(out)
+  assert all(prev.get(n, now.get(n)) == data for n, data in before.items())
+  warnings = []
+  ex.prepare_output_dir(str(out), warn=warnings.append)
+  assert any(f"mix two runs, and {stage}/previous/ holds the previous run's depth.mp4, depth.npz, rgb.mp4" in w
+             for w in warnings)
+  # moving those back recovers the previous run exactly: what the warning and the error tell the user to do
+  for n in prev:
+    os.replace(out / stage / "previous" / n, out / n)
+  shutil.rmtree(out / stage)
+  assert _files(out) == before
+  load_output_dir(str(out))
+
+
+def test_a_failure_while_moving_in_puts_the_previous_run_back(tmp_path, monkeypatch):
+  out = tmp_path / "sample"
+  ex.export_all(str(out), **_sample(), prompt="first")
+  before = _files(out)
+  real, placed = os.replace, []
+
+  def replace(src, dst, fail_restore=False):
+    if os.path.dirname(os.path.abspath(dst)) == str(out):
+      placed.append(dst)
+      if len(placed) == 3 or (fail_restore and len(placed) > 3):
+        raise OSError(28, "No space left on device")
+    return real(src, dst)
+  monkeypatch.setattr(os, "replace", replace)
+  s = _sample()
+  with pytest.raises(OSError, match="No space left"):
+    ex.export_all(str(out), **{**s, "depth": s["depth"] + 1.0})
+  assert set(os.listdir(out)) == set(before) and _files(out) == before      # the previous run, as it was
+  load_output_dir(str(out))
+  # and if even putting back fails, the previous run's files are kept in the stage and the error says where
+  placed.clear()
+  monkeypatch.setattr(os, "replace", lambda src, dst: replace(src, dst, fail_restore=True))
+  with pytest.raises(RuntimeError, match=r"could not be put back: they are in .*previous; move them back by hand"):
+    ex.export_all(str(out), **{**s, "depth": s["depth"] + 1.0})
+  monkeypatch.undo()
+  (stage,) = [n for n in os.listdir(out) if n.startswith(ex.STAGING_PREFIX)]
+  prev = _files(out / stage / "previous")
+  assert prev and all(before[n] == data for n, data in prev.items())
+  assert all(prev.get(n, _files(out).get(n)) == data for n, data in before.items())
+
+
+def test_files_of_two_runs_are_refused(tmp_path):
+  a, b = tmp_path / "a", tmp_path / "b"
+  s = _sample()
+  ex.export_all(str(a), **s)
+  ex.export_all(str(b), **{**s, "depth": s["depth"] + 1.0})
+  load_output_dir(str(a))
+  shutil.copy(b / "points.npz", a / "points.npz")          # same shapes, another run
+  with pytest.raises(Gen3RInputError, match=r"mixes files of different runs \(.*points.npz of run"):
+    load_output_dir(str(a))
+  # a directory written before run ids (the evaluation's reference writer) loads; one such file in a set does not
+  legacy = tmp_path / "legacy"
+  eio.write_prediction(str(legacy), rgb=s["rgb"], depth=s["depth"], points=s["points"], masks=s["masks"],
+                       c2w=s["c2w"], K=s["K"])
+  load_output_dir(str(legacy))
+  shutil.copy(legacy / "points.npz", b / "points.npz")
+  with pytest.raises(Gen3RInputError, match=r"points.npz without a run id"):
+    load_output_dir(str(b))
+  # a video re-encoded by another tool loses its tag: no evidence of a mix, accepted
+  c = tmp_path / "c"
+  ex.export_all(str(c), **s)
+  ex.write_video(str(c / "rgb.mp4"), s["rgb"])
+  assert ex.read_run_id(str(c / "rgb.mp4")) is None
+  load_output_dir(str(c))
+
+
+def test_cameras_json_frame_size_must_be_the_video_size(tmp_path):
+  out = tmp_path / "sample"
+  s = _sample()
+  ex.export_all(str(out), **s)
+  ex.write_video(str(out / "rgb.mp4"), np.repeat(np.repeat(s["rgb"], 2, 1), 2, 2))   # re-encoded at 2x
+  with pytest.raises(Gen3RInputError, match=rf"cameras.json describes {W}x{H} frames \(K is in their pixels\) "
+                                            rf"but rgb.mp4 is {2 * W}x{2 * H}") as e:
+    load_output_dir(str(out))
+  assert "\n" not in str(e.value)
+  ex.export_all(str(out), **s)
+  cams_path = out / "cameras.json"
+  cj = json.loads(cams_path.read_text())
+  for item in [cj] + cj["frames"]:
+    item["width"], item["height"] = 2 * W, 2 * H          # the cameras of a larger rendering of the scene
+  cams_path.write_text(json.dumps(cj))
+  with pytest.raises(Gen3RInputError, match=rf"describes {2 * W}x{2 * H} frames .* rgb.mp4 is {W}x{H}"):
+    load_output_dir(str(out))
+  cj["frames"][1]["width"] = W
+  cams_path.write_text(json.dumps(cj))
+  with pytest.raises(Gen3RInputError, match="the frames give different sizes"):
+    eio.read_cameras_json(str(cams_path))
+
+
+def test_ply_float_colours_property_types_and_truncation(tmp_path):
+  pts = np.arange(12, dtype=np.float32).reshape(4, 3)
+  col = np.array([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25], [0.2, 0.4, 0.6], [1.0, 1.0, 1.0]], np.float32)
+  path = str(tmp_path / "f.ply")
+  assert ply.write_ply(path, pts, col) == 4
+  xyz, rgb = parse_ply(path)                                # [0, 1] floats scaled to 0..255, rounded
+  np.testing.assert_array_equal(xyz, pts)
+  np.testing.assert_array_equal(rgb, [[0, 128, 255], [255, 0, 64], [51, 102, 153], [255, 255, 255]])
+  with pytest.raises(Gen3RInputError, match=r"PLY colours: float values must lie in \[0, 1\]"):
+    ply.write_ply(path, pts, col * 255)
+  with pytest.raises(Gen3RInputError, match="expected uint8 or float in"):
+    ply.write_ply(path, pts, (col * 255).astype(np.int64))
+  u8 = str(tmp_path / "u8.ply")
+  ply.write_ply(u8, pts, rgb)
+  np.testing.assert_array_equal(ply.read_ply(u8)[1], rgb)
+  data = open(u8, "rb").read()
+  # the property types are checked, not only the names
+  bad = tmp_path / "double.ply"
+  bad.write_bytes(data.replace(b"property float x", b"property double x"))
+  with pytest.raises(Gen3RInputError, match="expected property types float x y z and uchar red green blue"):
+    ply.read_ply(str(bad))
+  bad.write_bytes(data.replace(b"property uchar red", b"property float red"))
+  with pytest.raises(Gen3RInputError, match="got float x, float y, float z, float red"):
+    ply.read_ply(str(bad))
+  # the other spellings of the format's types, and comments anywhere in the header, are read
+  alias = tmp_path / "alias.ply"
+  alias.write_bytes(data.replace(b"property float x", b"comment hi\nproperty float32 x")
+                    .replace(b"uchar", b"uint8"))
+  np.testing.assert_array_equal(ply.read_ply(str(alias))[0], pts)
+  # a file cut short: one line, no raw ValueError
+  cut = tmp_path / "cut.ply"
+  cut.write_bytes(data[:-7])
+  with pytest.raises(Gen3RInputError, match=r"truncated PLY: the header declares 4 vertices \(60 bytes\) but 53 "
+                                            r"bytes follow") as e:
+    ply.read_ply(str(cut))
+  assert "\n" not in str(e.value)
+  cut.write_bytes(data[:20])
+  with pytest.raises(Gen3RInputError, match="not a PLY file"):
+    ply.read_ply(str(cut))
+  cut.write_bytes(data.replace(b"element vertex 4", b"element vertex four"))
+  with pytest.raises(Gen3RInputError, match="malformed PLY header line 'element vertex four'"):
+    ply.read_ply(str(cut))

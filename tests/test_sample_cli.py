@@ -99,6 +99,18 @@ def test_bad_config_one_line_errors(tmp_path, change, message):
   assert "\n" not in str(e.value)
 
 
+def test_export_folder_with_other_files_is_refused_before_any_model(tmp_path):
+  """--config.export_formats=colmap into an output directory whose colmap/ holds the user's COLMAP run: refused
+  with the input checks, not after sampling; nothing there is touched."""
+  _fake_checkpoint(str(tmp_path / "ckpt"))
+  (tmp_path / "o" / "colmap").mkdir(parents=True)
+  (tmp_path / "o" / "colmap" / "database.db").write_bytes(b"the user's COLMAP database")
+  with pytest.raises(Gen3RInputError, match=r"colmap holds files that are not a gen3r_jax export") as e:
+    sample_from_config(_cfg(tmp_path, export_formats="colmap"), log=lambda *a: None)
+  assert "\n" not in str(e.value)
+  assert os.listdir(tmp_path / "o") == ["colmap"] and os.listdir(tmp_path / "o" / "colmap") == ["database.db"]
+
+
 def test_unreadable_image_and_bad_cameras_json(tmp_path):
   _fake_checkpoint(str(tmp_path / "ckpt"))
   junk = tmp_path / "junk.png"

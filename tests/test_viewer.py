@@ -18,7 +18,8 @@ from configs import demo_tiny, renamed
 from gen3r_jax.apps import webapp
 from gen3r_jax.apps.glb import OPENCV_TO_GLTF, point_cloud_glb, write_point_cloud_glb
 from gen3r_jax.apps.outputs import load_output_dir, missing_files
-from gen3r_jax.apps.viewer import FRAME_MODES, PointSelector, Selection, scene_frame, vertical_fov
+from gen3r_jax.apps import viewer as viewer_mod
+from gen3r_jax.apps.viewer import FRAME_MODES, PointSelector, Selection, scene_frame, up_direction, vertical_fov
 from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.sampling.placement import STAGE_MESSAGES
 from tests.helpers import write_synthetic_output
@@ -109,6 +110,59 @@ def test_scene_frame_and_camera_fov(synthetic):
   p = ref["points"][ref["masks"]]
   assert np.all(centre >= p.min(0)) and np.all(centre <= p.max(0)) and 0 < extent < 4 * np.ptp(p, 0).max()
   assert vertical_fov(ref["K"][0], 120) == pytest.approx(2 * np.arctan(60 / ref["K"][0, 1, 1]))
+
+
+def test_viewer_up_is_the_first_cameras_up(synthetic):
+  """docs/viewer.md: the first camera's up is the scene's up; OpenCV camera axes have y down, so up = -c2w[0][:3, 1].
+  Checked on a camera rolled 90 degrees about its optical axis (its up is world +x, not the world's -y)."""
+  out, _ = synthetic
+  scene = load_output_dir(out)
+  scene.c2w = scene.c2w.copy()
+  scene.c2w[0, :3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]   # camera y (down) = world -x
+  np.testing.assert_allclose(up_direction(scene), [1.0, 0.0, 0.0], atol=1e-12)
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  class Scene:
+    def set_up_direction(self, direction):
+      seen.append(np.asarray(direction, np.float64))
+      raise Stop                                   # what the viewer hands viser; nothing more is built
+
+  with pytest.raises(Stop):
+    viewer_mod.Viewer(type("Server", (), {"scene": Scene()})(), scene)
+  np.testing.assert_allclose(seen[0], [1.0, 0.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(point_size=0.0), r"--point_size must be a positive number"),
+    (dict(point_size=-0.01), r"--point_size must be a positive number .* got -0.01"),
+    (dict(point_size=float("inf")), r"--point_size must be a positive number"),
+    (dict(max_points=0), r"--max_points must be a positive integer .* got 0"),
+    (dict(max_points=2.5), r"--max_points must be a positive integer"),
+    (dict(fps=0.0), r"--fps must be a positive number"),
+    (dict(fps=float("nan")), r"--fps must be a positive number"),
+    (dict(port=70000), r"--port must be an integer in 0..65535"),
+    (dict(host=""), r"--host must be an address"),
+])
+def test_view_options_are_checked_before_anything_starts(synthetic, monkeypatch, kwargs, message):
+  out, _ = synthetic
+  monkeypatch.setattr(viewer_mod, "load_output_dir", lambda *a: pytest.fail("read before the options were checked"))
+  monkeypatch.setattr(viewer_mod, "require_viser", lambda: pytest.fail("a server was about to start"))
+  with pytest.raises(Gen3RInputError, match=message):
+    viewer_mod.serve(out, **kwargs)
+
+
+def test_view_cli_bad_numbers_exit_2_without_a_server(synthetic):
+  out, _ = synthetic
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  for flag, name in (("--point_size=0", "--point_size"), ("--max_points=0", "--max_points"), ("--fps=-1", "--fps")):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "view.py"), out, flag], capture_output=True,
+                       text=True, timeout=120, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {name} must be"), r.stderr
+    assert "[view]" not in r.stdout and "Traceback" not in r.stderr
 
 
 def test_glb_reads_back_with_trimesh(tmp_path):

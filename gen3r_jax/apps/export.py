@@ -5,7 +5,9 @@
     export_output_dir("outputs/palace", "colmap,splat")               # library; returns {format: folder}
 
 The sampler (``--config.export_formats=colmap,splat``) and ``launch/reconstruct.py --export_formats=...`` write the
-same folders beside their outputs at the end of the run, from the arrays in memory (no video re-decode).
+same folders beside their outputs at the end of the run, from the arrays in memory (no video re-decode), after
+removing the previous run's export folders (:func:`replace_exports`); their destinations are checked with the
+other inputs, before any model runs.
 
 =============  =========================================================================================
 ``colmap``     ``images/frame00000.png ...`` + ``sparse/0/{cameras,images,points3D}.txt`` (the project layout
@@ -18,8 +20,11 @@ same folders beside their outputs at the end of the run, from the arrays in memo
 
 Folders: with ``out`` and one format, ``out`` itself; with ``out`` and several, ``out/<format>``; without ``out``,
 ``<output dir>/<format>``. Each folder is written beside its target and swapped in complete
-(:func:`gen3r_jax.atomic.staged_dir`), replacing a previous export of ours (recognised by
-``gen3r_jax_export.json``), never a folder holding anything else. Points: the valid pixels of ``points.npz``
+(:func:`gen3r_jax.atomic.staged_dir`), replacing a previous export of ours, never a folder holding anything else:
+the marker ``gen3r_jax_export.json`` lists every file the export wrote (path and size), and a folder is ours only
+if it holds exactly those (an old marker without the list: only the file names its format writes). A folder with
+anything more (COLMAP's ``dense/`` or ``database.db`` after a reconstruction run inside it, a file changed since)
+is a one-line error naming those files, before anything is read. Points: the valid pixels of ``points.npz``
 (mask and finite), uniformly subsampled to ``max_points`` (default one million; 0 keeps all) with ``seed``, coloured
 by the frames. Camera conventions: ``docs/cameras.md``. Bad input (a directory missing files, an unknown format)
 is a one-line :class:`Gen3RInputError` before anything is read or written.
@@ -29,7 +34,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -70,8 +77,94 @@ def destinations(formats: Sequence[str], source_dir: str, out: str | None = None
   return {f: os.path.join(base, f) for f in formats}
 
 
-def _is_export_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, MARKER))
+# what a folder of each format held before the marker listed its files (old markers): used to recognise those
+_LEGACY_FILES = {
+    "colmap": (r"images/frame(\d{5})\.png", r"sparse/0/(cameras|images|points3D)\.txt"),
+    "nerfstudio": (r"images/frame(\d{5})\.png", r"depths/frame(\d{5})\.npy", r"transforms\.json", r"sparse_pc\.ply",
+                   r"captions\.txt", r"train_(videos_dirs|cameras_paths|captions_paths)\.txt"),
+    "splat": (r"splat\.ply",),
+}
+
+
+def folder_entries(path: str) -> dict[str, int | None]:
+  """``{relative path: size}`` of every file under ``path`` (``/``-separated; the marker left out), plus every
+  empty folder and every link to a folder (``"name/"``, size None): all a folder holds."""
+  out = {}
+  for root, dirs, files in os.walk(path):
+    rel = os.path.relpath(root, path).replace(os.sep, "/")
+    pre = "" if rel == "." else rel + "/"
+    for d in dirs:
+      if os.path.islink(os.path.join(root, d)):
+        out[pre + d + "/"] = None
+    for f in files:
+      out[pre + f] = os.lstat(os.path.join(root, f)).st_size
+    if not dirs and not files and pre:
+      out[pre] = None
+  out.pop(MARKER, None)
+  return out
+
+
+def _read_marker(path: str) -> dict | None:
+  try:
+    with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+def _legacy_ours(name: str, marker: dict) -> bool:
+  """Whether ``name`` is a file an export of ``marker['format']`` wrote before markers listed their files."""
+  frames = marker.get("frames")
+  for pattern in _LEGACY_FILES.get(marker.get("format"), ()):
+    m = re.fullmatch(pattern, name)
+    if m is not None:
+      return not (pattern.startswith(("images/", "depths/")) and isinstance(frames, int) and int(m[1]) >= frames)
+  return False
+
+
+def foreign_files(path: str) -> list[str] | None:
+  """What in the folder ``path`` is not part of the export of ours there: ``None`` when it holds no marker (no
+  export of ours at all), else the entries the marker does not list, or listed with another size (changed since),
+  sorted; ``[]``: the folder is exactly one export of ours. An old marker without a file list counts the file
+  names its format writes (``_LEGACY_FILES``) as ours; an unreadable marker counts nothing as ours."""
+  if not os.path.isfile(os.path.join(path, MARKER)):
+    return None
+  marker = _read_marker(path) or {}
+  listed = marker.get("files")
+  found = folder_entries(path)
+  if isinstance(listed, dict):
+    return sorted(n for n, size in found.items() if n not in listed or listed[n] != size)
+  return sorted(n for n in found if not _legacy_ours(n, marker))
+
+
+def _names(entries: Sequence[str], limit: int = 5) -> str:
+  more = len(entries) - limit
+  return ", ".join(entries[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def check_export_target(path: str) -> None:
+  """A one-line :class:`Gen3RInputError` unless an export may be written to the folder ``path``: absent, empty, or
+  exactly one export of ours (:func:`foreign_files`). Nothing else is ever replaced."""
+  path = os.path.realpath(path) if os.path.islink(path) else path
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise Gen3RInputError(f"{path} is a file; pass a directory as --out.")
+  if not os.path.isdir(path) or not os.listdir(path):
+    return
+  foreign = foreign_files(path)
+  if foreign is None:
+    raise Gen3RInputError(f"{path} holds files that are not a gen3r_jax export (no {MARKER}); it is never replaced: "
+                          "export to a new or empty folder (--out).")
+  if foreign:
+    raise Gen3RInputError(f"{path} holds files that are not part of the gen3r_jax export there ({_names(foreign)}); "
+                          "it is never replaced while it does: move them out of it, or export to another folder "
+                          "(--out).")
+
+
+def check_export_targets(dests: dict[str, str]) -> None:
+  """:func:`check_export_target` for every destination folder (before anything is read or computed)."""
+  for d in dests.values():
+    check_export_target(d)
 
 
 def check_max_points(max_points) -> int | None:
@@ -111,7 +204,7 @@ def _write_format(fmt: str, folder: str, scene: OutputDir, pts, cols, fvu, *, op
     return write_colmap_text(os.path.join(folder, "sparse", "0"), c2w=scene.c2w, K=scene.K, width=scene.width,
                              height=scene.height, image_names=names, points=pts, colors=cols, pixels=fvu)
   if fmt == "nerfstudio":
-    write_nerfstudio_scene(folder, rgb=scene.rgb, c2w=scene.c2w, K=scene.K, depth=scene.depth,
+    write_nerfstudio_scene(folder, rgb=scene.rgb, c2w=scene.c2w, K=scene.K, depth=scene.depth, masks=scene.masks,
                            prompt=scene.prompt, points=pts, colors=cols)
     return {"images": scene.num_frames, "points": int(len(pts))}
   n = write_splat_ply(os.path.join(folder, "splat.ply"), pts, cols, opacity=opacity, sh_degree=sh_degree)
@@ -122,34 +215,73 @@ def export_scene(scene: OutputDir, formats, dests: dict[str, str], *, max_points
                  seed: int = 0, opacity: float = 0.1, sh_degree: int = 0, log: Callable = print) -> dict[str, str]:
   """Write every format of ``formats`` into ``dests[format]`` (module docstring); returns ``{format: folder}``."""
   formats = parse_formats(formats)
+  check_export_targets({f: dests[f] for f in formats})
   pts, cols, fvu = scene_points(scene, max_points, seed)
   require(len(pts) > 0 or formats == ("nerfstudio",), f"{scene.path or 'scene'}: no valid point (every pixel is "
                                                       "masked or not finite); nothing to export.")
   written = {}
   for fmt in formats:
     t0 = time.perf_counter()
-    with staged_dir(dests[fmt], overwrite=True, is_ours=_is_export_dir, what="export", log=log) as tmp:
+    with staged_dir(dests[fmt], overwrite=True, is_ours=lambda p: foreign_files(p) == [], what="export",
+                    log=log) as tmp:
       counts = _write_format(fmt, tmp, scene, pts, cols, fvu, opacity=opacity, sh_degree=sh_degree)
       with open(os.path.join(tmp, MARKER), "w") as f:
         json.dump({"format": fmt, "source": os.path.abspath(scene.path) if scene.path else None,
                    "frames": scene.num_frames, "size": [scene.height, scene.width], "counts": counts,
-                   "max_points": max_points, "seed": seed}, f, indent=1)
+                   "max_points": max_points, "seed": seed, "files": folder_entries(tmp)}, f, indent=1)
     written[fmt] = dests[fmt]
     log(f"[export] {fmt}: {', '.join(f'{v} {k}' for k, v in counts.items())} -> {dests[fmt]} "
         f"({time.perf_counter() - t0:.1f} s)")
   return written
 
 
-def remove_stale_exports(out_dir: str, keep: Sequence[str] = ()) -> list[str]:
-  """Delete the export folders ``<out_dir>/<format>`` of a previous run that this run did not write (only folders
-  holding our marker), so an output directory holds one run. Returns the removed paths."""
+def remove_stale_exports(out_dir: str, keep: Sequence[str] = (), *, warn: Callable | None = None,
+                         log: Callable = lambda *_: None) -> list[str]:
+  """Delete the export folders ``<out_dir>/<format>`` (formats not in ``keep``) of a previous run, so an output
+  directory holds one run. Only a folder that is exactly one export of ours goes (:func:`foreign_files`); one that
+  also holds other files (e.g. a COLMAP reconstruction run inside it) stays as it is, and ``warn`` (default: a
+  ``warning:`` line on stderr) says so. Returns the removed paths."""
+  warn = _print_warning if warn is None else warn
   removed = []
   for fmt in FORMATS:
     path = os.path.join(out_dir, fmt)
-    if fmt not in keep and os.path.isdir(path) and _is_export_dir(path):
-      shutil.rmtree(path)
-      removed.append(path)
+    if fmt in keep or os.path.islink(path) or not os.path.isdir(path):
+      continue
+    foreign = foreign_files(path)
+    if foreign is None:
+      continue                                     # not an export of ours: none of our business
+    if foreign:
+      warn(f"{path} is an export of a previous run but also holds other files ({_names(foreign)}); it is left as "
+           "it is and does not describe the new outputs: move those files out and delete it, or re-export it.")
+      continue
+    shutil.rmtree(path)
+    removed.append(path)
+    log(f"[export] removed {path} (an export of the previous run)")
   return removed
+
+
+def replace_exports(scene: OutputDir, formats, *, log: Callable = print, warn: Callable | None = None,
+                    **kwargs) -> dict[str, str]:
+  """The exports at the end of a sampling / reconstruction run, once its outputs are in ``scene.path``: every export
+  folder of the previous run there is removed first (it describes outputs the run has just replaced; a folder
+  holding other files stays, with a warning: :func:`remove_stale_exports`), then the ``formats`` of this run are
+  written (:func:`export_scene`; ``kwargs`` go to it). So a failed or killed export never leaves the previous
+  run's folder looking current, while the run's own outputs stay and can be exported again with
+  ``launch/export.py`` (the failure's log line says how). Returns ``{format: folder}``."""
+  formats = parse_formats(formats)
+  remove_stale_exports(scene.path, warn=warn, log=log)
+  if not formats:
+    return {}
+  try:
+    return export_scene(scene, formats, destinations(formats, scene.path), log=log, **kwargs)
+  except Exception:
+    log(f"[export] failed; the outputs in {scene.path} are complete: export them again with python "
+        f"launch/export.py {scene.path} --format {','.join(formats)}")
+    raise
+
+
+def _print_warning(msg: str) -> None:
+  print("warning: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
 
 
 def export_output_dir(path: str, formats, out: str | None = None, *, max_points=DEFAULT_MAX_POINTS, seed: int = 0,
@@ -163,9 +295,7 @@ def export_output_dir(path: str, formats, out: str | None = None, *, max_points=
           f"opacity must lie in (0, 1), got {opacity!r}.")
   check_output_dir(path)
   dests = destinations(fmts, path, out)
-  for d in dests.values():
-    if os.path.exists(d) and not os.path.isdir(d):
-      raise Gen3RInputError(f"{d} is a file; pass a directory as --out.")
+  check_export_targets(dests)
   t0 = time.perf_counter()
   scene = load_output_dir(path)
   log(f"[export] read {path}: {scene.num_frames} frames of {scene.height}x{scene.width}, "
@@ -175,4 +305,5 @@ def export_output_dir(path: str, formats, out: str | None = None, *, max_points=
 
 
 __all__ = ("FORMATS", "DEFAULT_MAX_POINTS", "parse_formats", "destinations", "scene_from_arrays", "scene_points",
-           "export_scene", "export_output_dir", "remove_stale_exports", "check_max_points")
+           "export_scene", "export_output_dir", "remove_stale_exports", "replace_exports", "check_max_points",
+           "foreign_files", "folder_entries", "check_export_target", "check_export_targets")

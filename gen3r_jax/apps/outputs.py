@@ -11,9 +11,11 @@ The exports (:mod:`gen3r_jax.apps.export`), the viewer and the web app read an o
 wraps); camera conventions in :mod:`gen3r_jax.camera_axes` and ``docs/cameras.md``.
 
 A directory missing a required file is a one-line :class:`Gen3RInputError` naming every missing file and the
-fix, before anything is decoded. ``confidence`` is VGGT's depth confidence (``depth_conf`` of
-``vggt_predictions.npz``, written by ``launch/reconstruct.py`` and ``launch/sample.py``; ``None`` for a directory
-without it, e.g. one written before the sampler saved it).
+fix, before anything is decoded; so is one whose files come from different runs (their run ids differ, e.g. a
+run killed while moving its files in: :func:`check_one_run`), and one whose ``cameras.json`` describes frames of
+another size than ``rgb.mp4`` (``K`` is in pixels of the frames it describes). ``confidence`` is VGGT's depth
+confidence (``depth_conf`` of ``vggt_predictions.npz``, written by ``launch/reconstruct.py`` and
+``launch/sample.py``; ``None`` for a directory without it, e.g. one written before the sampler saved it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.eval.io import read_prediction
+from gen3r_jax.sampling.export import PREVIOUS, interrupted_stages, mixed_runs
 
 
 # what every complete output directory holds (sampling and reconstruction alike)
@@ -129,12 +132,33 @@ def _damaged_file(path: str) -> str:
   return "rgb.mp4 or cameras.json"
 
 
+def check_one_run(path: str) -> None:
+  """A one-line :class:`Gen3RInputError` when the output files of ``path`` come from different runs (their run
+  ids differ: :func:`gen3r_jax.sampling.export.mixed_runs`), e.g. a run killed while moving its files in."""
+  ids = mixed_runs(path)
+  if ids is None:
+    return
+  groups: dict = {}
+  for name, rid in ids.items():
+    groups.setdefault(rid, []).append(name)
+  parts = "; ".join(f"{', '.join(names)} {'of run ' + rid[:8] if rid else 'without a run id'}"
+                    for rid, names in groups.items())
+  stages = [s for s in interrupted_stages(path) if os.path.isdir(os.path.join(s, PREVIOUS))]
+  where = (f"; the files of the previous run it displaced are in {os.path.join(stages[-1], PREVIOUS)}"
+           if stages else "")
+  raise Gen3RInputError(f"output directory {path!r} mixes files of different runs ({parts}): a run was killed "
+                        f"while moving its files in, or files were copied in from another run; re-run the sampler / "
+                        f"reconstruction into it{where}.")
+
+
 def load_output_dir(path: str, required=REQUIRED) -> OutputDir:
-  """Read a sample / reconstruction output directory (module docstring); checks the files agree on F, H, W.
+  """Read a sample / reconstruction output directory (module docstring); checks the files agree on F, H, W, come
+  from one run (:func:`check_one_run`) and that ``cameras.json``'s frame size is the video's.
 
   A damaged file (truncated by a full disk, half-copied) is a one-line :class:`Gen3RInputError` too."""
   check_output_dir(path, required)
   try:
+    check_one_run(path)
     pred, cams, masks, conf = _read_files(path)
   except Gen3RInputError:
     raise
@@ -150,4 +174,5 @@ def load_output_dir(path: str, required=REQUIRED) -> OutputDir:
                    confidence=conf, ply_path=ply if os.path.isfile(ply) else None)
 
 
-__all__ = ("OutputDir", "REQUIRED", "OPTIONAL", "check_output_dir", "load_output_dir", "missing_files")
+__all__ = ("OutputDir", "REQUIRED", "OPTIONAL", "check_output_dir", "check_one_run", "load_output_dir",
+           "missing_files")

@@ -175,6 +175,7 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   require(frames_chunk_size is None or (isinstance(frames_chunk_size, int) and frames_chunk_size >= 0),
           f"frames_chunk must be a non-negative integer (0 = all frames at once), got {frames_chunk_size!r}.")
   formats = scene_export.parse_formats(export_formats)
+  scene_export.check_export_targets(scene_export.destinations(formats, out))
   paths = find_images(images)
   if isinstance(checkpoint, str):
     check_checkpoint(checkpoint)
@@ -203,7 +204,5 @@ def reconstruct(images: str | Sequence[str], checkpoint, out: str, *, size: int 
   log(f"[reconstruct] wrote {', '.join(sorted(files))} to {out}")
   scene = scene_export.scene_from_arrays(rgb=x, depth=pred["depth"], points=pred["pcds"], masks=pred["masks"],
                                          c2w=pred["c2w"], K=pred["intrinsics"], meta=meta, path=out)
-  files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, out),
-                                         log=log) if formats else {})
-  scene_export.remove_stale_exports(out, keep=formats)
+  files.update(scene_export.replace_exports(scene, formats, log=log, warn=warn))
   return files

@@ -164,7 +164,8 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
           f"param_dtype {cfg.param_dtype!r} is not supported; use \"\" (as converted) or one of "
           f"{', '.join(DTYPES)}.")
   check_placement(cfg.placement)
-  scene_export.parse_formats(cfg.get("export_formats", ""))
+  formats = scene_export.parse_formats(cfg.get("export_formats", ""))
+  scene_export.check_export_targets(scene_export.destinations(formats, cfg.out))
   parse_mesh(cfg.mesh)
   Rules.from_config(cfg.get("sharding"))
   check_parallel(None, cfg.context_parallel)
@@ -262,13 +263,10 @@ def sample_from_config(cfg, log=print, warn=inputs.print_warning, *, bundle=None
                                 "vggt_predictions.npz": {"depth_conf": out["depth_conf"].astype(np.float32)}})
   log(f"[sample] wrote {len(files)} files to {cfg.out}")
   formats = scene_export.parse_formats(cfg.get("export_formats", ""))
-  if formats:
-    scene = scene_export.scene_from_arrays(rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"],
-                                           masks=out["masks"], c2w=out["c2w"], K=k, prompt=prompt, meta=meta,
-                                           path=cfg.out)
-    files.update(scene_export.export_scene(scene, formats, scene_export.destinations(formats, cfg.out),
-                                           seed=opts.seed, log=log))
-  scene_export.remove_stale_exports(cfg.out, keep=formats)
+  scene = scene_export.scene_from_arrays(rgb=out["rgb"], depth=out["depth"][..., 0], points=out["pcds"],
+                                         masks=out["masks"], c2w=out["c2w"], K=k, prompt=prompt, meta=meta,
+                                         path=cfg.out)
+  files.update(scene_export.replace_exports(scene, formats, seed=opts.seed, log=log, warn=warn))
   return files
 
 

@@ -18,8 +18,10 @@ Works on every folder ``launch/sample.py`` or ``launch/reconstruct.py`` writes (
 
 The browser gets at most ``max_points`` points (a fixed random subset of the selection: the same pixels stay when a
 toggle changes, so nothing flickers); the geometry is re-centred on the median point, with the first camera's
-up (-y in OpenCV axes) as up. viser is the optional extra ``[viewer]`` (``pip install -e ".[viewer]"``); without it
-:func:`require_viser` is a one-line error.
+up (its -y axis in OpenCV axes, :func:`up_direction`) as up. The options (``max_points``, ``point_size``, ``fps``,
+``port``) are checked before anything is read or a server started (:func:`check_view_options`). viser is the
+optional extra ``[viewer]`` (``pip install -e ".[viewer]"``); without it :func:`require_viser` is a one-line
+error.
 """
 
 from __future__ import annotations
@@ -128,6 +130,14 @@ def scene_frame(scene: OutputDir) -> tuple[np.ndarray, float]:
   return centre.astype(np.float64), extent if np.isfinite(extent) and extent > 0 else 1.0
 
 
+def up_direction(scene: OutputDir) -> np.ndarray:
+  """The scene's up for the viewer: the first camera's up in world coordinates, ``-c2w[0][:3, 1]`` (OpenCV camera
+  axes: y points down), unit length; world -y for a degenerate pose."""
+  up = -np.asarray(scene.c2w[0][:3, 1], np.float64)
+  n = float(np.linalg.norm(up))
+  return up / n if np.isfinite(n) and n > 0 else np.array([0.0, -1.0, 0.0])
+
+
 def vertical_fov(K: np.ndarray, height: int) -> float:
   return float(2.0 * np.arctan2(height / 2.0, K[1, 1]))
 
@@ -166,7 +176,7 @@ class Viewer:
     self.shown = np.zeros(0, np.int64)
     self.frustums = []
     self._current = 0
-    server.scene.set_up_direction("-y")
+    server.scene.set_up_direction(up_direction(scene))
     self.controls = self._panel(title or os.path.basename(os.path.normpath(scene.path)), point_size)
     self.cloud = server.scene.add_point_cloud(
         "/points", points=np.zeros((1, 3), np.float32), colors=np.zeros((1, 3), np.uint8),
@@ -311,12 +321,34 @@ def url(host: str, port: int) -> str:
   return f"http://{shown}:{port}"
 
 
+def _positive(x, integer: bool = False) -> bool:
+  kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+  return isinstance(x, kinds) and not isinstance(x, bool) and bool(np.isfinite(x)) and x > 0
+
+
+def check_view_options(*, host: str = "127.0.0.1", port: int = 8080, max_points: int = 1_000_000,
+                       point_size: float | None = None, fps: float = 8.0) -> None:
+  """The viewer's options (``launch/view.py``'s flags), checked before anything is read or a server started: a
+  one-line :class:`Gen3RInputError` naming the flag."""
+  require(isinstance(host, str) and host.strip() != "", f"--host must be an address (e.g. 127.0.0.1), got {host!r}.")
+  require(isinstance(port, (int, np.integer)) and not isinstance(port, bool) and 0 <= port <= 65535,
+          f"--port must be an integer in 0..65535, got {port!r}.")
+  require(_positive(max_points, integer=True), f"--max_points must be a positive integer (the most points the "
+                                               f"browser receives), got {max_points!r}.")
+  require(point_size is None or _positive(point_size), f"--point_size must be a positive number of scene units "
+                                                       f"(leave it out for one from the scene's extent), got "
+                                                       f"{point_size!r}.")
+  require(_positive(fps), f"--fps must be a positive number (frames per second of play), got {fps!r}.")
+
+
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8080, max_points: int = 1_000_000,
           point_size: float | None = None, fps: float = 8.0, log=print):
-  """Load ``path`` (one-line error if incomplete), start the server and build the scene; ``(server, Viewer)``.
+  """Check the options (:func:`check_view_options`), load ``path`` (one-line error if incomplete), start the
+  server and build the scene; ``(server, Viewer)``.
 
   viser takes the next free port when ``port`` is busy; the URL printed is the one it serves on.
   """
+  check_view_options(host=host, port=port, max_points=max_points, point_size=point_size, fps=fps)
   scene = load_output_dir(path)
   viser = require_viser()
   log(f"[view] {path}: {scene.num_frames} frames {scene.height}x{scene.width}, "
@@ -338,4 +370,5 @@ def view(path: str, **kwargs) -> None:
     server.stop()
 
 
-__all__ = ("FRAME_MODES", "Selection", "PointSelector", "Viewer", "require_viser", "scene_frame", "serve", "url", "view")
+__all__ = ("FRAME_MODES", "Selection", "PointSelector", "Viewer", "require_viser", "scene_frame", "up_direction",
+           "check_view_options", "serve", "url", "view")

@@ -27,6 +27,7 @@ import numpy as np
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.camera_axes import as_4x4, invert_rigid, rotmat_to_qvec
 from gen3r_jax.errors import require
+from gen3r_jax.ply import to_uint8
 
 
 FILES = ("cameras.txt", "images.txt", "points3D.txt")
@@ -56,8 +57,8 @@ def write_colmap_text(folder: str, *, c2w, K, width: int, height: int, image_nam
   Args:
     c2w: ``[F, 4, 4]`` (or ``[F, 3, 4]``) camera-to-world, OpenCV axes; K: ``[F, 3, 3]``.
     image_names: ``F`` file names (as stored under the project's ``images/``).
-    points: ``[N, 3]`` world points; colors ``[N, 3]`` uint8; pixels: ``[N, 3]`` int ``(frame, row, column)``
-      of each point (optional: the tracks).
+    points: ``[N, 3]`` world points; colors ``[N, 3]`` uint8 (or float in [0, 1]); pixels: ``[N, 3]`` int
+      ``(frame, row, column)`` of each point (optional: the tracks).
   """
   c2w = as_4x4(c2w)
   K = np.asarray(K, np.float64)
@@ -66,7 +67,8 @@ def write_colmap_text(folder: str, *, c2w, K, width: int, height: int, image_nam
           f"COLMAP export: {n_img} poses need K [{n_img}, 3, 3] and {n_img} image names, got {K.shape} and "
           f"{len(image_names)}.")
   pts = np.zeros((0, 3)) if points is None else np.asarray(points, np.float64).reshape(-1, 3)
-  col = np.zeros((len(pts), 3), np.uint8) if colors is None else np.asarray(colors, np.uint8).reshape(-1, 3)
+  col = np.zeros((len(pts), 3), np.uint8) if colors is None else to_uint8(np.asarray(colors).reshape(-1, 3),
+                                                                          "COLMAP colours")
   require(len(col) == len(pts), f"COLMAP export: {len(pts)} points but {len(col)} colours.")
   os.makedirs(folder, exist_ok=True)
 

@@ -5,7 +5,8 @@
 Layout (``docs/cameras.md``, ``docs/data.md``)::
 
     scene/images/frame00000.png ...       the frames (8-bit RGB PNG)
-    scene/depths/frame00000.npy ...       float32 [H, W] z-depth in scene units (0 = no depth)
+    scene/depths/frame00000.npy ...       float32 [H, W] z-depth in scene units (0 = no depth: masked out by the
+                                          run's mask, not finite or not positive)
     scene/transforms.json                 nerfstudio format, per-frame intrinsics (see below)
     scene/captions.txt                    the prompt (one line), when given
     scene/sparse_pc.ply                   the coloured points (x y z + red green blue), nerfstudio's seed points
@@ -68,14 +69,16 @@ def _intrinsics(k: np.ndarray, w: int, h: int) -> dict:
           "cy": float(k[1, 2])}
 
 
-def write_nerfstudio_scene(folder: str, *, rgb, c2w, K, depth=None, prompt: str | None = None, points=None,
-                           colors=None, lists: bool = True) -> dict:
+def write_nerfstudio_scene(folder: str, *, rgb, c2w, K, depth=None, masks=None, prompt: str | None = None,
+                           points=None, colors=None, lists: bool = True) -> dict:
   """Write the scene folder (module docstring); returns the ``transforms.json`` content.
 
   Args:
     rgb: ``[F, H, W, 3]`` uint8 frames; c2w: ``[F, 4, 4]`` camera-to-world with OpenCV axes; K: ``[F, 3, 3]``.
     depth: ``[F, H, W]`` z-depth (NaN / inf / negative written as 0, "no depth").
-    points, colors: ``[N, 3]`` world points and uint8 colours for ``sparse_pc.ply`` (optional).
+    masks: ``[F, H, W]`` bool, the pixels the run keeps (``points.npz``'s masks); depth is written as 0 elsewhere.
+    points, colors: ``[N, 3]`` world points and colours (uint8, or float in [0, 1]) for ``sparse_pc.ply``
+      (optional).
     lists: also write the ``train_*.txt`` list files, so the folder is a one-scene dataset folder.
   """
   x = np.asarray(rgb)
@@ -89,6 +92,10 @@ def write_nerfstudio_scene(folder: str, *, rgb, c2w, K, depth=None, prompt: str 
   if depth is not None:
     depth = np.asarray(depth, np.float32)
     require(depth.shape == (f, h, w), f"nerfstudio export: depth must be [{f}, {h}, {w}], got {depth.shape}.")
+  if masks is not None:
+    masks = np.asarray(masks)
+    require(masks.dtype == np.bool_ and masks.shape == (f, h, w),
+            f"nerfstudio export: masks must be bool [{f}, {h}, {w}], got {masks.dtype} {masks.shape}.")
   for sub in ("images",) + (("depths",) if depth is not None else ()):
     os.makedirs(os.path.join(folder, sub), exist_ok=True)
   gl = opencv_to_opengl(c2w)
@@ -101,14 +108,15 @@ def write_nerfstudio_scene(folder: str, *, rgb, c2w, K, depth=None, prompt: str 
     save_png(os.path.join(folder, "images", f"{name}.png"), x[i])
     fr = {"file_path": f"images/{name}.png"}
     if depth is not None:
-      d = np.where(np.isfinite(depth[i]) & (depth[i] > 0), depth[i], 0.0).astype(np.float32)
+      ok = np.isfinite(depth[i]) & (depth[i] > 0) & (True if masks is None else masks[i])
+      d = np.where(ok, depth[i], 0.0).astype(np.float32)
       _save_npy(os.path.join(folder, "depths", f"{name}.npy"), d)
       fr["depth_file_path"] = f"depths/{name}.npy"
     fr.update(_intrinsics(K[i], w, h), transform_matrix=gl[i].tolist())
     frames.append(fr)
   meta["frames"] = frames
   if points is not None:
-    write_ply(os.path.join(folder, SEED_PLY), np.asarray(points), np.asarray(colors, np.uint8))
+    write_ply(os.path.join(folder, SEED_PLY), np.asarray(points), np.asarray(colors))
     meta["ply_file_path"] = SEED_PLY
   if prompt is not None:
     _write_text(os.path.join(folder, "captions.txt"), " ".join(str(prompt).splitlines()) + "\n")

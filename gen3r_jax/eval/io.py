@@ -8,6 +8,10 @@ Sample output directory (written by ``gen3r_jax/sampling/export.py``; this docst
                   camera-to-world, OpenCV axes (x right, y down, z forward), intrinsics in pixels of the
                   H x W frames. ``source_index`` (optional) is the frame's index in the ground-truth scene's
                   ``transforms.json``; the evaluation uses it to pick the matching ground-truth frames.
+                  ``width`` / ``height`` (per frame and, from the exporter, top level) must be the frame size of
+                  ``rgb.mp4`` (else of ``depth.npz``): a one-line error otherwise, since K would not fit.
+                  ``run_id`` (optional): the id every file of the set carries (:mod:`gen3r_jax.sampling.export`;
+                  checked by :func:`gen3r_jax.apps.outputs.load_output_dir`, not needed here).
 ``points.npz``    optional; key ``points``: float32 ``[F, H, W, 3]`` world points, key ``masks``: bool ``[F, H, W]``
                   valid pixels. Without it, the evaluation unprojects ``depth.npz`` with ``cameras.json``.
 ``points.ply``    binary little-endian PLY: ``x y z`` float32 + ``red green blue`` uchar per vertex (for viewing;
@@ -102,6 +106,26 @@ def write_video(path: str, frames: np.ndarray, fps: int = 16) -> None:
 
 def read_cameras_json(path: str) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
   """``cameras.json`` -> (c2w ``[F, 4, 4]``, K ``[F, 3, 3]``, source indices or ``None``)."""
+  return _read_cameras(path)[:3]
+
+
+def cameras_frame_size(data: dict, path: str) -> tuple[int, int] | None:
+  """``(H, W)`` of the frames a ``cameras.json`` describes (its top-level and per-frame ``width`` / ``height``,
+  which must agree), ``None`` when it gives none."""
+  items = [data] + [fr for fr in data.get("frames") or [] if isinstance(fr, dict)]
+  sizes = set()
+  for it in items:
+    if "width" in it or "height" in it:
+      w, h = it.get("width"), it.get("height")
+      require(all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)),
+              f"{path}: width and height must be positive integers, got {w!r} x {h!r}.")
+      sizes.add((h, w))
+  require(len(sizes) <= 1, f"{path}: the frames give different sizes {sorted(sizes)} (height, width); one "
+                           "cameras.json describes frames of one size.")
+  return next(iter(sizes)) if sizes else None
+
+
+def _read_cameras(path: str):
   with open(path) as f:
     data = json.load(f)
   frames = data.get("frames") if isinstance(data, dict) else None
@@ -114,7 +138,7 @@ def read_cameras_json(path: str) -> tuple[np.ndarray, np.ndarray, list[int] | No
   require(c2w.shape[1:] == (4, 4) and K.shape[1:] == (3, 3),
           f"{path}: c2w must be 4x4 and K 3x3, got {c2w.shape[1:]} and {K.shape[1:]}.")
   src = [fr.get("source_index") for fr in frames]
-  return c2w, K, ([int(i) for i in src] if all(i is not None for i in src) else None)
+  return c2w, K, ([int(i) for i in src] if all(i is not None for i in src) else None), cameras_frame_size(data, path)
 
 
 def read_prediction(path: str) -> Prediction:
@@ -136,13 +160,20 @@ def read_prediction(path: str) -> Prediction:
       pred.masks = np.asarray(z["masks"], bool) if "masks" in z else None
     require(pred.points.ndim == 4 and pred.points.shape[-1] == 3,
             f"{f('points.npz')}: points must be [F, H, W, 3], got {pred.points.shape}.")
+  cam_size = None
   if os.path.exists(f("cameras.json")):
-    pred.c2w, pred.K, pred.source_indices = read_cameras_json(f("cameras.json"))
+    pred.c2w, pred.K, pred.source_indices, cam_size = _read_cameras(f("cameras.json"))
   require(any(x is not None for x in (pred.rgb, pred.depth, pred.points, pred.c2w)),
           f"{path}: no rgb.mp4, depth.npz, points.npz or cameras.json found; is this a sample output directory?")
   shapes = {k: tuple(v.shape[:3]) for k, v in (("rgb.mp4", pred.rgb), ("depth.npz", pred.depth),
                                                 ("points.npz", pred.points), ("points.npz masks", pred.masks))
             if v is not None}
+  if cam_size is not None and shapes:
+    name, shape = next(iter(shapes.items()))      # the video when there is one
+    require(tuple(shape[1:3]) == cam_size,
+            f"{path}: cameras.json describes {cam_size[1]}x{cam_size[0]} frames (K is in their pixels) but {name} "
+            f"is {shape[2]}x{shape[1]}; put back the {name} the run wrote (a re-encoded video must keep the frame "
+            "size) or re-run the sampler / reconstruction.")
   counts = {k: s[0] for k, s in shapes.items()}
   if pred.c2w is not None:
     counts["cameras.json"] = pred.c2w.shape[0]

@@ -13,7 +13,8 @@ The format is defined in :mod:`gen3r_jax.eval.io` (its reader ``read_prediction`
                 (uniformly without replacement, ``np.random.default_rng(seed)``; kept in pixel order).
 ``cameras.json`` see :func:`write_cameras`: ``frames`` (c2w, K, width, height[, source_index]) for the
                 evaluation, plus ``extrinsics`` / ``intrinsics`` (world-to-camera, the keys of the official
-                ``infer.py`` cameras file, so the file can be fed back as ``--cameras``), prompt and metadata.
+                ``infer.py`` cameras file, so the file can be fed back as ``--cameras``), prompt, metadata and
+                the run id (every file carries it; see below).
 ``preview.png`` contact sheet of up to 6 evenly spaced frames: rgb row, depth row, point-cloud top-view row.
 ``prompt.txt``  the text prompt (only when given).
 ==============  ==========================================================================================
@@ -32,6 +33,14 @@ whole set into a hidden staging folder in ``out_dir`` (``.gen3r-partial-<id>/``)
 only when all of them are written; a failure before that leaves the previous outputs untouched (a kill leaves
 the staging folder, which :func:`prepare_output_dir` reports). Output files of a previous run that the new one
 does not write (:data:`OUTPUT_NAMES`, e.g. a ``prompt.txt``) are then removed, so the folder holds one run.
+
+The move is one rename per file, so it is made safe in two ways. Every file of a set carries the same random
+**run id** (``run_id`` in ``cameras.json`` and in every ``.npz``, the ``comment`` tag ``gen3r_jax run <id>`` of
+both videos, a header comment of ``points.ply``, a text chunk of ``preview.png``; :func:`read_run_id`), and
+:func:`gen3r_jax.apps.outputs.load_output_dir` refuses a directory whose files carry different ids
+(:func:`mixed_runs`). And each file of the previous run is moved aside into the staging folder's ``previous/``
+before the new one takes its place: a failure while moving puts them all back; a kill leaves them there
+(:func:`prepare_output_dir` names them), so the previous run can still be recovered by hand.
 :func:`prepare_output_dir` creates the folder and proves it writable before any compute (the sampler and
 ``launch/reconstruct.py`` call it after their input checks, before loading a model).
 """
@@ -40,17 +49,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Callable
 import uuid
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 import numpy as np
 
 from gen3r_jax.atomic import atomic_path
 from gen3r_jax.errors import Gen3RInputError, check_array, require
-from gen3r_jax.ply import PLY_DTYPE, ply_bytes  # noqa: F401  (PLY_DTYPE: the vertex layout of points.ply)
+from gen3r_jax.ply import PLY_DTYPE, ply_bytes, to_uint8  # noqa: F401  (PLY_DTYPE: the vertex layout of points.ply)
 from gen3r_jax.sampling import visualize as vis
 
 
@@ -60,6 +70,10 @@ CONVENTION = ("c2w: camera-to-world 4x4; extrinsics: world-to-camera 4x4 (invers
 OUTPUT_NAMES = ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png",
                 "prompt.txt", "latents.npz", "vggt_predictions.npz")
 STAGING_PREFIX = ".gen3r-partial-"
+PREVIOUS = "previous"           # in a staging folder: the files of the previous run displaced while moving in
+RUN_KEY = "run_id"              # the run id's key in cameras.json and in every .npz of the set
+RUN_TAG = "gen3r_jax run"       # ... and its tag in rgb.mp4 / depth.mp4 (comment), points.ply (comment), preview.png
+_RUN_RE = re.compile(rb"gen3r_jax run ([0-9a-f]{32})")
 
 
 # ------------------------------------------------------------------------------------------ safe writing
@@ -131,10 +145,21 @@ def prepare_output_dir(out_dir: str, *, expected_bytes: int | None = None, overw
     if warn is not None:
       warn(f"output directory {out_dir!r} already holds outputs of a previous run ({', '.join(previous)}); they "
            "are replaced when this run has written all of its files (choose another output path to keep them).")
-  stale = sorted(n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX))
-  if stale and warn is not None:
-    warn(f"output directory {out_dir!r} holds {', '.join(stale)}, left by an interrupted export; delete it "
-         "(the outputs next to it are those of the last complete run).")
+  for stage in interrupted_stages(out_dir):
+    if warn is None:
+      break
+    name, displaced = os.path.basename(stage), _displaced(stage)
+    if displaced and _looks_mixed(out_dir):
+      warn(f"output directory {out_dir!r} holds {name}, left by a run killed while moving its files in: the "
+           f"outputs next to it mix two runs, and {name}/{PREVIOUS}/ holds the previous run's "
+           f"{', '.join(displaced)}; move those back to recover that run, or delete {name} once this run is done.")
+    elif displaced:
+      warn(f"output directory {out_dir!r} holds {name}, left by a run killed just after moving its files in (the "
+           f"outputs next to it are complete); {name}/{PREVIOUS}/ holds the files it replaced ("
+           f"{', '.join(displaced)}): delete {name} when you no longer need them.")
+    else:
+      warn(f"output directory {out_dir!r} holds {name}, left by an interrupted export; delete it (the outputs "
+           "next to it are those of the last complete run).")
   if expected_bytes:
     free = shutil.disk_usage(out_dir).free
     if free < expected_bytes and warn is not None:
@@ -144,24 +169,6 @@ def prepare_output_dir(out_dir: str, *, expected_bytes: int | None = None, overw
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def to_uint8(rgb, name: str = "rgb") -> np.ndarray:
-  """``[..., 3]`` uint8, or float in [0, 1] (clipped, rounded) -> uint8. Floats far outside [0, 1] are an error."""
-  x = np.asarray(rgb)
-  require(x.ndim >= 1 and x.shape[-1] == 3, f"{name}: expected channels-last RGB [..., 3], got shape {x.shape}.")
-  if x.dtype == np.uint8:
-    return x
-  require(np.issubdtype(x.dtype, np.floating) or str(x.dtype) == "bfloat16",
-          f"{name}: expected uint8 or float in [0, 1], got dtype {x.dtype}.")
-  x = x.astype(np.float32)
-  require(bool(np.isfinite(x).all()), f"{name}: contains NaN or inf.")
-  if x.size:
-    lo, hi = float(x.min()), float(x.max())
-    require(lo >= -0.05 and hi <= 1.05,
-            f"{name}: float values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; a decoder output in [-1, 1] "
-            "needs (x + 1) / 2 first.")
-  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def _video(frames, name: str) -> np.ndarray:
   x = np.asarray(frames)
   check_array(x, name, ndim=4, layout="[F, H, W, 3]", dims={3: 3})
@@ -247,11 +254,13 @@ def _odd_message(path: str, h: int, w: int) -> str:
           "pad_odd=True to repeat the last row / column.")
 
 
-def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: bool = False) -> str:
+def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: bool = False,
+                run_id: str | None = None) -> str:
   """H.264 / yuv420p mp4 of ``frames [F, H, W, 3]`` (uint8 or float in [0, 1]). Returns ``path``.
 
   yuv420p needs even H and W: odd sizes raise unless ``pad_odd`` (then the last row / column is repeated).
-  ``crf`` is x264's constant rate factor (0 lossless .. 51 worst; 17 is visually lossless).
+  ``crf`` is x264's constant rate factor (0 lossless .. 51 worst; 17 is visually lossless). ``run_id``: written
+  as the container's ``comment`` tag (:func:`read_run_id`).
   """
   x = _video(frames, "frames")
   _check_fps(fps)
@@ -267,7 +276,8 @@ def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: b
     gen = imageio_ffmpeg.write_frames(
         tmp, (int(w), int(h)), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
         quality=None, macro_block_size=2, ffmpeg_log_level="error",
-        output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"])
+        output_params=["-crf", str(int(crf)), "-preset", "medium", "-movflags", "+faststart"]
+        + (["-metadata", f"comment={RUN_TAG} {run_id}"] if run_id else []))
     try:
       gen.send(None)
       for frame in x:
@@ -283,25 +293,28 @@ def write_video(path: str, frames, *, fps: float = 16, crf: int = 17, pad_odd: b
 
 
 # -------------------------------------------------------------------------------------------- depth, points
-def write_depth(path: str, depth, *, video_path: str | None = None, masks=None, fps: float = 16) -> list[str]:
-  """``depth.npz`` (key ``depth``, float32 ``[F, H, W]``; ``[F, H, W, 1]`` accepted) and, with
-  ``video_path``, its colourised video (``masks`` blacks out pixels). Returns the paths written."""
+def write_depth(path: str, depth, *, video_path: str | None = None, masks=None, fps: float = 16,
+                run_id: str | None = None) -> list[str]:
+  """``depth.npz`` (key ``depth``, float32 ``[F, H, W]``; ``[F, H, W, 1]`` accepted; with ``run_id`` the key
+  ``run_id`` too) and, with ``video_path``, its colourised video (``masks`` blacks out pixels). Returns the paths
+  written."""
   d = _depth(depth)
   m = None if masks is None else _masks(masks, d.shape)
   if video_path is not None:
     require(d.shape[1] % 2 == 0 and d.shape[2] % 2 == 0, _odd_message(video_path, *d.shape[1:]))
     x = vis.colorize_depth(d, m)
-  save_npz(path, depth=d)
+  save_npz(path, depth=d, **_run_key(run_id))
   if video_path is None:
     return [path]
-  return [path, write_video(video_path, x, fps=fps)]
+  return [path, write_video(video_path, x, fps=fps, run_id=run_id)]
 
 
-def write_points(path: str, points, masks=None) -> str:
-  """``points.npz``: ``points`` float32 ``[F, H, W, 3]`` and ``masks`` bool ``[F, H, W]`` (all True if None)."""
+def write_points(path: str, points, masks=None, *, run_id: str | None = None) -> str:
+  """``points.npz``: ``points`` float32 ``[F, H, W, 3]`` and ``masks`` bool ``[F, H, W]`` (all True if None); with
+  ``run_id`` the key ``run_id`` too."""
   p = np.asarray(points)
   check_array(p, "points", ndim=4, layout="[F, H, W, 3]", floating=True, dims={3: 3})
-  save_npz(path, points=p.astype(np.float32), masks=_masks(masks, p.shape[:3]))
+  save_npz(path, points=p.astype(np.float32), masks=_masks(masks, p.shape[:3]), **_run_key(run_id))
   return path
 
 
@@ -333,10 +346,12 @@ def select_indices(valid, *, max_points: int | None = None, seed: int = 0) -> np
   return idx
 
 
-def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | None = None, seed: int = 0) -> int:
-  """Binary little-endian coloured PLY of the points kept by :func:`select_points`. Returns the vertex count."""
+def write_ply(path: str, points, colors=None, *, masks=None, max_points: int | None = None, seed: int = 0,
+              run_id: str | None = None) -> int:
+  """Binary little-endian coloured PLY of the points kept by :func:`select_points` (``run_id``: a header
+  ``comment``). Returns the vertex count."""
   p, col = select_points(points, colors, masks=masks, max_points=max_points, seed=seed)
-  _write_bytes(path, ply_bytes(p, col))
+  _write_bytes(path, ply_bytes(p, col, comments=[f"{RUN_TAG} {run_id}"] if run_id else ()))
   return int(p.shape[0])
 
 
@@ -357,12 +372,12 @@ def _json_default(x):
 
 
 def write_cameras(path: str, c2w, K, *, width: int, height: int, source_indices=None, prompt: str | None = None,
-                  meta: dict | None = None) -> str:
+                  meta: dict | None = None, run_id: str | None = None) -> str:
   """``cameras.json``; one entry per frame, OpenCV convention (``CONVENTION``)::
 
       {"convention": "...", "width": W, "height": H,
        "frames": [{"c2w": 4x4, "K": 3x3, "width": W, "height": H, "source_index": i?}, ...],
-       "extrinsics": [w2c 4x4, ...], "intrinsics": [K, ...], "prompt": "..."?, "meta": {...}?}
+       "extrinsics": [w2c 4x4, ...], "intrinsics": [K, ...], "prompt": "..."?, "meta": {...}?, "run_id": "..."?}
 
   ``frames`` is what the evaluation reads; ``extrinsics`` / ``intrinsics`` repeat the cameras in the layout of
   the official ``infer.py`` (world-to-camera), so ``sampling.cameras.load_cameras_json`` reads the file too.
@@ -386,6 +401,8 @@ def write_cameras(path: str, c2w, K, *, width: int, height: int, source_indices=
     data["prompt"] = str(prompt)
   if meta is not None:
     data["meta"] = meta
+  if run_id:
+    data[RUN_KEY] = str(run_id)
   _write_bytes(path, _to_json(data).encode("utf-8"))
   return path
 
@@ -403,7 +420,7 @@ def preview_tile_size(height: int, width: int, tile_width: int = 256) -> tuple[i
 
 
 def write_preview(path: str, rgb, depth, *, masks=None, points=None, num_frames: int = 6, tile_width: int = 256,
-                  gap: int = 4) -> str:
+                  gap: int = 4, run_id: str | None = None) -> str:
   """PNG contact sheet: rgb row, colourised depth row and (with ``points``) a top-view row, one column per
   frame of :func:`preview_indices`. Size ``R * h + (R + 1) * gap`` by ``C * w + (C + 1) * gap`` with the tile
   ``(h, w)`` of :func:`preview_tile_size`. Returns ``path``."""
@@ -424,9 +441,90 @@ def write_preview(path: str, rgb, depth, *, masks=None, points=None, num_frames:
     ok = m & np.isfinite(p).all(-1)
     bounds = vis.top_view_bounds(p[idx][ok[idx]])
     rows.append([vis.top_view(p[i][ok[i]], x[i][ok[i]], (th, tw), bounds) for i in idx])
+  info = PngImagePlugin.PngInfo()
+  if run_id:
+    info.add_text(RUN_TAG, str(run_id))
   with atomic_path(path) as tmp:
-    Image.fromarray(vis.contact_sheet(rows, gap=gap)).save(tmp, format="PNG")
+    Image.fromarray(vis.contact_sheet(rows, gap=gap)).save(tmp, format="PNG", pnginfo=info)
   return path
+
+
+# ------------------------------------------------------------------------------------------------ run ids
+def new_run_id() -> str:
+  """A fresh run id: 32 random hex digits."""
+  return uuid.uuid4().hex
+
+
+def _run_key(run_id: str | None) -> dict:
+  return {RUN_KEY: np.array(str(run_id))} if run_id else {}
+
+
+def read_run_id(path: str) -> str | None:
+  """The run id a file of the output set carries (module docstring), ``None`` when it carries none (a file
+  written before run ids, or one re-encoded / re-saved by another tool). ``.npz``: key ``run_id``; ``.json``: key
+  ``run_id``; ``.mp4``: the ``comment`` tag ``gen3r_jax run <id>``; ``.ply``: the header comment of the same
+  text; ``.png``: the text chunk ``gen3r_jax run``. Unreadable files raise what their reader raises."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".npz":
+    with np.load(path) as z:
+      return str(z[RUN_KEY]) if RUN_KEY in z.files else None
+  if ext == ".json":
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+    rid = data.get(RUN_KEY) if isinstance(data, dict) else None
+    return str(rid) if rid else None
+  if ext in (".mp4", ".ply"):
+    with open(path, "rb") as f:
+      data = f.read() if ext == ".mp4" else f.read(1 << 16)          # a PLY id sits in its (short) header
+    if ext == ".ply":
+      data = data[:data.find(b"end_header")]
+    m = _RUN_RE.search(data)
+    return m[1].decode("ascii") if m else None
+  if ext == ".png":
+    with Image.open(path) as im:
+      rid = im.info.get(RUN_TAG)
+    return str(rid) if rid else None
+  return None
+
+
+# files that carry the id whenever the writer did: one without it in a set whose others have one is from another
+# run (the videos, points.ply and preview.png may have been re-encoded or re-saved by another tool, losing it)
+TAGGED_ALWAYS = (".npz", ".json")
+
+
+def mixed_runs(out_dir: str) -> dict[str, str | None] | None:
+  """``{file name: run id}`` of the output files in ``out_dir`` when they come from more than one run (a run
+  killed while moving its files into place, or files copied in from another run); ``None`` when they agree.
+  Directories written before run ids (no file carries one) agree."""
+  names = [n for n in OUTPUT_NAMES if n != "prompt.txt" and os.path.isfile(os.path.join(out_dir, n))]
+  ids = {n: read_run_id(os.path.join(out_dir, n)) for n in names}
+  present = {i for i in ids.values() if i is not None}
+  untagged = [n for n, i in ids.items() if i is None and n.endswith(TAGGED_ALWAYS)]
+  if len(present) > 1 or (present and untagged):
+    return ids
+  return None
+
+
+def _looks_mixed(out_dir: str) -> bool:
+  """:func:`mixed_runs` for a warning: a file that cannot be read counts as mixed."""
+  try:
+    return mixed_runs(out_dir) is not None
+  except Exception:  # noqa: BLE001 - a damaged file: the loaders report it; here it only picks the wording
+    return True
+
+
+def interrupted_stages(out_dir: str) -> list[str]:
+  """The staging folders in ``out_dir`` left by an :func:`export_all` that did not finish (killed), oldest
+  first; those holding a ``previous/`` folder were killed while moving files in."""
+  if not os.path.isdir(out_dir):
+    return []
+  stages = [os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX)]
+  return sorted(stages, key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0.0)
+
+
+def _displaced(stage: str) -> list[str]:
+  prev = os.path.join(stage, PREVIOUS)
+  return sorted(os.listdir(prev)) if os.path.isdir(prev) else []
 
 
 # ------------------------------------------------------------------------------------------------ all
@@ -462,30 +560,64 @@ def export_all(out_dir: str, *, rgb, depth, points, masks, c2w, K, fps: float = 
             and isinstance(arrays, dict), f"extra_npz: {name!r} must be a plain .npz file name mapped to a dict "
                                           "of arrays.")
   ffmpeg_exe()
+  run_id = new_run_id()
+  for name, arrays in extra_npz.items():
+    require(RUN_KEY not in arrays, f"extra_npz: {name} may not hold a key {RUN_KEY!r} (the run id is added).")
   os.makedirs(out_dir, exist_ok=True)
   stage = os.path.join(out_dir, f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
   os.makedirs(stage)
+  moved = False
   try:
     st = {name: os.path.join(stage, name) for name in
           ("rgb.mp4", "depth.npz", "depth.mp4", "points.npz", "points.ply", "cameras.json", "preview.png")}
-    write_video(st["rgb.mp4"], x, fps=fps)
-    write_depth(st["depth.npz"], d, video_path=st["depth.mp4"], masks=m, fps=fps)
-    write_points(st["points.npz"], p, m)
-    write_ply(st["points.ply"], p, x, masks=m, max_points=max_points, seed=seed)
+    write_video(st["rgb.mp4"], x, fps=fps, run_id=run_id)
+    write_depth(st["depth.npz"], d, video_path=st["depth.mp4"], masks=m, fps=fps, run_id=run_id)
+    write_points(st["points.npz"], p, m, run_id=run_id)
+    write_ply(st["points.ply"], p, x, masks=m, max_points=max_points, seed=seed, run_id=run_id)
     write_cameras(st["cameras.json"], c, k, width=w, height=h, source_indices=source_indices, prompt=prompt,
-                  meta=meta)
-    write_preview(st["preview.png"], x, d, masks=m, points=p, num_frames=preview_frames)
+                  meta=meta, run_id=run_id)
+    write_preview(st["preview.png"], x, d, masks=m, points=p, num_frames=preview_frames, run_id=run_id)
     if prompt is not None:
       st["prompt.txt"] = _write_bytes(os.path.join(stage, "prompt.txt"), (str(prompt) + "\n").encode("utf-8"))
     for name, arrays in extra_npz.items():
-      st[name] = save_npz(os.path.join(stage, name), **arrays)
-    out = {}
-    for name, tmp in st.items():   # every file complete: move the set into place
-      out[name] = os.path.join(out_dir, name)
-      os.replace(tmp, out[name])
-    for name in OUTPUT_NAMES:      # a previous run's files that this run does not write
-      if name not in out and os.path.lexists(os.path.join(out_dir, name)):
-        os.remove(os.path.join(out_dir, name))
+      st[name] = save_npz(os.path.join(stage, name), **arrays, **_run_key(run_id))
+    _move_in(stage, st, out_dir)
+    moved = True
   finally:
-    shutil.rmtree(stage, ignore_errors=True)
-  return out
+    if moved or not _displaced(stage):   # a failed move that could not put the previous run back keeps it here
+      shutil.rmtree(stage, ignore_errors=True)
+  return {name: os.path.join(out_dir, name) for name in st}
+
+
+def _move_in(stage: str, staged: dict[str, str], out_dir: str) -> None:
+  """Move the complete set ``staged`` (``{name: path in stage}``) into ``out_dir``, and a previous run's output
+  files it does not replace out of it. Each file of the previous run is first moved aside into
+  ``stage/previous/``: a failure puts every one back (the previous run, as it was); a kill leaves them there
+  (the directory then mixes two runs, which :func:`mixed_runs` detects). A failure that cannot put everything
+  back raises saying where the previous run's files are (the caller then keeps the stage)."""
+  prev = os.path.join(stage, PREVIOUS)
+  os.makedirs(prev)
+  touched = []
+  try:
+    for name in list(staged) + [n for n in OUTPUT_NAMES if n not in staged]:
+      dst = os.path.join(out_dir, name)
+      touched.append(name)
+      if os.path.lexists(dst):
+        os.replace(dst, os.path.join(prev, name))
+      if name in staged:
+        os.replace(staged[name], dst)
+  except BaseException:
+    for name in reversed(touched):
+      dst = os.path.join(out_dir, name)
+      try:
+        if name in staged and not os.path.lexists(staged[name]) and os.path.lexists(dst):
+          os.replace(dst, staged[name])                  # this run's file out again ...
+        if os.path.lexists(os.path.join(prev, name)):
+          os.replace(os.path.join(prev, name), dst)      # ... and the previous run's back
+      except OSError:
+        pass
+    if os.listdir(prev):
+      raise RuntimeError(f"writing the outputs into {out_dir} failed while moving files, and "
+                         f"{', '.join(sorted(os.listdir(prev)))} of the previous run could not be put back: they "
+                         f"are in {prev}; move them back by hand.") from None
+    raise
