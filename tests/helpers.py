@@ -32,17 +32,18 @@ def one_train_step(config, task, mesh):
   from gen3r_jax.training.state import create_train_state
   from gen3r_jax.training.task import rules_of
   rules = rules_of(config)
+  model_rules = rules.for_model(task.model or None)
   tx, _ = opt.make_optimizer(config.optimizer, int(config.num_train_steps))
   state, spec = create_train_state(task.build, tx, seed=int(config.seed), mesh=mesh, ema=bool(config.ema.enabled),
-                                   rules=rules.for_model(task.model or None), init_params=task.init_params)
+                                   rules=model_rules, init_params=task.init_params)
   before = jax.device_get(state)       # the step donates the state
   frozen_state, frozen_sh = place_frozen(task, mesh, rules)
   batch = next(task.make_data())
-  batch_sh = batch_shardings(task, mesh, batch, rules)
+  batch_sh = batch_shardings(task, mesh, batch, model_rules)
   step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh, frozen_sh=frozen_sh,
                          mesh=mesh)
   batch, key = to_global(batch, batch_sh), jax.random.PRNGKey(int(config.seed))
-  with step_context(mesh, config.get("context_strategy", "allgather"), rules):
+  with step_context(mesh, config.get("context_strategy", "allgather"), model_rules):
     compiled = step.lower(state, frozen_state, batch, key).compile()
     state, metrics = compiled(state, frozen_state, batch, key)
   return types.SimpleNamespace(compiled=compiled, batch=batch, state=state, metrics=jax.device_get(metrics),

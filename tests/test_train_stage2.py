@@ -10,6 +10,7 @@ scenes) is the slow test (the entry's own 112x112 run is in tests/test_train_deb
 import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -220,6 +221,57 @@ def test_step_traces_context_parallel_attention_and_sharded_activations():
   assert "shard_map" in text and "all_gather" in text      # self-attention split over `context`
   assert "sharding_constraint" in text                     # (batch, length, embed) at block boundaries
   assert "shard_map" not in str(jax.make_jaxpr(loss)(state, batch))   # outside the step context: plain attention
+
+
+def test_train_step_and_batch_take_the_trained_models_own_rules(tmp_path, monkeypatch):
+  # sharding.model_rules.dit reaches the step's activation constraints and the batch shardings (as in the sampler),
+  # not only the DiT's parameters: train() traces the step with rules.for_model("dit")
+  import contextlib
+  from flax import nnx
+  from gen3r_jax.nn.params import abstract_module
+  from gen3r_jax.training import loop
+  from gen3r_jax.training.task import rules_of
+  c = stage2_config(mesh__context=1, mesh__fsdp=4)
+  c.sharding.model_rules.dit = {"act_embed": ("tensor",)}
+  mesh = make_mesh(dict(c.mesh))
+  assert mesh.shape["tensor"] == 2
+  task = preencoded_task(c, mesh)
+  seen = {}
+  real_batch_shardings = loop.batch_shardings
+
+  def batch_shardings(task, mesh, batch, rules=None):
+    seen["batch"] = rules
+    return real_batch_shardings(task, mesh, batch, rules)
+
+  class Traced(Exception):
+    pass
+
+  @contextlib.contextmanager
+  def step_context(mesh, strategy="allgather", rules=None):
+    seen["step"] = rules
+    raise Traced    # stop before compiling: the rules the step would be traced with are what this test is about
+    yield
+
+  monkeypatch.setattr(loop, "batch_shardings", batch_shardings)
+  monkeypatch.setattr(loop, "step_context", step_context)
+  with pytest.raises(Traced):
+    train(c, str(tmp_path), task=task, mesh=mesh)
+  assert seen["step"].mesh_axes("act_embed") == seen["batch"].mesh_axes("act_embed") == ("tensor",)
+  assert seen["step"].model == "dit"
+  graphdef, state = nnx.split(abstract_module(lambda: task.build(nnx.Rngs(0))))
+  batch = next(task.make_data())
+  monkeypatch.undo()
+
+  def embed_on_tensor(rules):   # constraints of a [batch, length, embed] residual stream with embed over `tensor`
+    # a new function each time: jax's trace cache does not key on the active rules
+    loss = lambda st, b: task.loss_fn(nnx.merge(graphdef, st), task.frozen, b, jax.random.key(0))[0]  # noqa: E731
+    with loop.step_context(mesh, "allgather", rules):
+      specs = re.findall(r"sharding_constraint\[.*?spec=P\(([^)]*)\)", str(jax.make_jaxpr(loss)(state, batch)),
+                         re.S)
+    return [s for s in specs if len(s.split(",")) == 3 and s.split(",")[-1].strip() == "'tensor'"]
+
+  assert embed_on_tensor(seen["step"])
+  assert not embed_on_tensor(rules_of(c))    # the global table keeps act_embed replicated
 
 
 def test_online_frozen_encoders_trace_inside_a_ulysses_step_context():

@@ -269,8 +269,10 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   data = task.make_data()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
                       async_save=bool(config.checkpoint.async_save), with_data=hasattr(data, "get_state"))
-  # resume: the newest checkpoint that restores, straight onto the shards (no random init or pretrained load first)
+  # the trained model's own rules (model_rules.<task.model> laid over the table) place its state, its batch and the
+  # activation constraints of the step, as in the sampler; the frozen models above take their own (place_frozen)
   model_rules = rules.for_model(task.model or None)
+  # resume: the newest checkpoint that restores, straight onto the shards (no random init or pretrained load first)
   spec = train_state_spec(task.build, tx, seed=int(config.seed), mesh=mesh, rules=model_rules,
                           ema=bool(config.ema.enabled))
   restored = ckpt.restore_newest(spec.abstract, data)
@@ -285,7 +287,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   max_skips = int(config.get("max_consecutive_skips", 0))
   skip_steps = skip_steps_of(config)
   first = next(data)
-  batch_sh = batch_shardings(task, mesh, first, rules)
+  batch_sh = batch_shardings(task, mesh, first, model_rules)
   train_step = make_train_step(spec, task, tx, ema_decay=float(config.ema.decay), batch_sh=batch_sh,
                                frozen_sh=frozen_sh, mesh=mesh, nan_policy=nan_policy,
                                max_consecutive_skips=max_skips, skip_steps=skip_steps)
@@ -304,7 +306,7 @@ def train(config, workdir: str, *, task: Task | None = None, mesh: Mesh | None =
   try:
     while step < end:
       profile.before(step)
-      with step_context(mesh, config.get("context_strategy", "allgather"), rules):
+      with step_context(mesh, config.get("context_strategy", "allgather"), model_rules):
         state, metrics = train_step(state, frozen_state, to_global(batch, batch_sh), key)
       step += 1
       if step in skip_steps:
