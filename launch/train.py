@@ -57,7 +57,10 @@ def dry_run(config) -> int:
   from gen3r_jax.errors import Gen3RInputError
   from gen3r_jax.training import loop
   try:
-    print(loop.dry_run(loop.dry_run_configs(config_flags.get_config_filename(flags.FLAGS["config"]), config)))
+    flag = flags.FLAGS["config"]
+    configs = loop.dry_run_configs(config_flags.get_config_filename(flag), config,
+                                   config_flags.get_override_values(flag))
+    print(loop.dry_run(configs))
   except Gen3RInputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

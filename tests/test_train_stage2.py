@@ -313,11 +313,11 @@ def _table(text):
   return {r[0]: dict(zip(head, r)) for r in rows[2:]}
 
 
-def _launch_dry_run(config_arg, tmp_path):
+def _launch_dry_run(config_arg, tmp_path, *flags):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   p = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", config_arg,
-                      "--workdir", str(tmp_path), "--dry_run"], env=env, capture_output=True, text=True,
+                      "--workdir", str(tmp_path), "--dry_run", *flags], env=env, capture_output=True, text=True,
                      timeout=600)
   assert p.returncode == 0, p.stdout + p.stderr
   return p.stdout
@@ -359,6 +359,17 @@ def test_dry_run_of_one_entry_and_stage1_is_an_error():
   with pytest.raises(Gen3RInputError, match="estimates stage-2"):
     dry_run_configs("configs/gpu_h100.py:stage1", gpu_h100.get_config("stage1"))
   assert "stage2_14b" in dry_run([("configs/gpu_h100.py:stage2_14b", c)])
+
+
+def test_dry_run_of_every_entry_applies_the_config_overrides(tmp_path):
+  # without an entry the file's stage-2 entries are loaded afresh: the --config.* flags reach each of them
+  rows = _table(_launch_dry_run(os.path.join(ROOT, "configs", "tpu_v5.py"), tmp_path, "--config.model.dit.remat=dots"))
+  assert set(rows) == {os.path.join(ROOT, "configs", f"tpu_v5.py:{e}") for e in ("stage2_1p3b", "stage2_14b")}
+  assert {r["remat"] for r in rows.values()} == {"dots"}
+  got = dry_run_configs("configs/tpu_v5.py", tpu_v5.get_config(), {"model.dit.remat": "dots", "data.batch_size": 64})
+  assert [(c.model.dit.remat, c.data.batch_size) for _, c in got] == [("dots", 64)] * 2
+  with pytest.raises(Gen3RInputError, match="has no field 'model.dit.nope'"):
+    dry_run_configs("configs/tpu_v5.py", tpu_v5.get_config(), {"model.dit.nope": 1})
 
 
 # ---------------------------------------------------------------------------------------------- bad input

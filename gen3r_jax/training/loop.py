@@ -40,7 +40,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 from absl import logging
 from flax import nnx
@@ -386,9 +386,10 @@ def restore_params(workdir: str, config, task: Task, mesh: Mesh, *, step: int | 
 
 
 # ------------------------------------------------------------------------------------------------- dry run
-def dry_run_configs(config_arg: str, config) -> list[tuple[str, object]]:
+def dry_run_configs(config_arg: str, config, overrides: Mapping[str, Any] | None = None) -> list[tuple[str, object]]:
   """The configs a ``--dry_run`` reports: ``config_arg`` is the ``--config`` value (``file.py[:entry]``). With an
-  entry, that entry (``config``, overrides applied); without one, every stage-2 entry of the file's ``ENTRIES``."""
+  entry, that entry (``config``, overrides applied); without one, every stage-2 entry of the file's ``ENTRIES``,
+  each with ``overrides`` (the ``--config.<path>`` flags, ``{"model.dit.remat": "dots"}``) applied."""
   path, _, entry = config_arg.partition(":")
   if entry or config.task == "stage2":
     require(config.task == "stage2", f"the dry run estimates stage-2 (DiT) training memory; {config_arg} is task "
@@ -399,9 +400,26 @@ def dry_run_configs(config_arg: str, config) -> list[tuple[str, object]]:
   spec.loader.exec_module(module)
   names = list(getattr(module, "ENTRIES", {}))
   out = [(f"{path}:{n}", module.get_config(n)) for n in names]
-  out = [(n, c) for n, c in out if c.task == "stage2"]
+  out = [(n, _with_overrides(c, overrides or {}, n)) for n, c in out if c.task == "stage2"]
   require(bool(out), f"{path} has no stage-2 entry to estimate (ENTRIES: {names}); pass a stage-2 config.")
   return out
+
+
+def _with_overrides(config, overrides: Mapping[str, Any], name: str):
+  """``config`` with the flat ``{"a.b": value}`` overrides of ``--config.a.b=value`` flags applied (as absl applies
+  them to the named entry); a path the entry does not have is an error naming it."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for part in parents + [leaf]:
+      require(hasattr(target, "keys") and part in target,
+              f"--config.{key}: {name} has no field {key!r}; name an entry that has it ({name}).")
+      if part is not leaf:
+        target = target[part]
+    with target.unlocked() if hasattr(target, "unlocked") else contextlib.nullcontext():
+      target[leaf] = value
+  return config
+  return config
 
 
 def dry_run(configs) -> str:
