@@ -107,6 +107,28 @@ def test_rules_from_the_command_line_syntax():
     Rules.from_config(c.sharding)
 
 
+def test_misspelt_names_in_the_sharding_section_are_errors():
+  # a misspelt logical axis (in rules or a model's rules) or sharding key would otherwise be silently ignored
+  c = base.get_config()
+  c.sharding.rules.embedd = ("tensor",)
+  with pytest.raises(Gen3RInputError, match=r"sharding.rules: unknown logical axis name\(s\) \['embedd'\]; the known "
+                                            r"ones are embed, mlp, .*act_kv"):
+    Rules.from_config(c.sharding)
+  c = base.get_config()
+  c.sharding.model_rules.dit = {"act_embd": ("tensor",)}
+  with pytest.raises(Gen3RInputError, match=r"sharding.model_rules.dit: unknown logical axis name\(s\) "
+                                            r"\['act_embd'\]"):
+    Rules.from_config(c.sharding)
+  c = base.get_config()
+  c.sharding.allow_replicatd = ("*",)
+  with pytest.raises(Gen3RInputError, match=r"config.sharding: unknown key\(s\) \['allow_replicatd'\]; the known ones "
+                                            r"are \['rules', 'model_rules', 'allow_replicated', 'replicated_limit_mib'\]"):
+    Rules.from_config(c.sharding)
+  c = base.get_config()
+  c.sharding.model_rules.dit = {"act_embed": ("tensor",)}     # known names still work
+  assert Rules.from_config(c.sharding).for_model("dit").mesh_axes("act_embed") == ("tensor",)
+
+
 def test_a_big_parameter_that_would_be_replicated_is_an_error_naming_it():
   mesh = make_mesh({"fsdp": 8})
   big = _state((1000, 300), ("embed", "conv_in"))          # 1.1 MiB float32; 1000 % 8 == 0 but 300 % 8 != 0

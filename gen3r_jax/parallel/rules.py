@@ -69,6 +69,8 @@ DEFAULT_TABLE: dict[str, tuple[str, ...]] = {
 # component / field names and the frozen modules' attribute names resolve to them
 MODEL_NAMES = ("dit", "vggt", "wan_vae", "adapter", "text_encoder", "clip")
 MODEL_ALIASES = {"transformer": "dit", "geo_adapter": "adapter", "vae": "wan_vae", "clip_image_encoder": "clip"}
+# the keys of a config.sharding section (configs/base.py's sharding())
+SHARDING_KEYS = ("rules", "model_rules", "allow_replicated", "replicated_limit_mib")
 
 MeshAxes = tuple[str, ...]
 Table = tuple[tuple[str, MeshAxes], ...]
@@ -87,6 +89,16 @@ def _mesh_axes(value: Any, where: str) -> MeshAxes:
 def _table(rules: Mapping[str, Any] | Sequence, where: str) -> Table:
   items = rules.items() if hasattr(rules, "items") else rules
   return tuple((str(k), _mesh_axes(v, f"{where}.{k}")) for k, v in items)
+
+
+def _known_table(rules: Mapping[str, Any], where: str) -> Table:
+  """:func:`_table` of a config's rules, whose names must be logical axes the models use (:data:`DEFAULT_TABLE`)."""
+  table = _table(rules, where)
+  unknown = sorted(k for k, _ in table if k not in DEFAULT_TABLE)
+  if unknown:
+    raise Gen3RInputError(f"{where}: unknown logical axis name(s) {unknown}; the known ones are "
+                          f"{', '.join(DEFAULT_TABLE)}.")
+  return table
 
 
 def model_name(name: str) -> str:
@@ -122,6 +134,9 @@ class Rules:
     if sharding is None:
       return DEFAULT_RULES
     get = sharding.get
+    unknown = sorted(set(sharding.keys()) - set(SHARDING_KEYS))
+    if unknown:
+      raise Gen3RInputError(f"config.sharding: unknown key(s) {unknown}; the known ones are {list(SHARDING_KEYS)}.")
     models = get("model_rules") or {}
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
@@ -129,8 +144,8 @@ class Rules:
     allow = get("allow_replicated") or ()
     allow = (allow,) if isinstance(allow, str) else tuple(str(a) for a in allow)
     limit = float(get("replicated_limit_mib", 1.0))
-    return cls(table=_table(get("rules") or DEFAULT_TABLE, "sharding.rules"),
-               models=tuple((m, _table(t, f"sharding.model_rules.{m}")) for m, t in models.items() if len(t)),
+    return cls(table=_known_table(get("rules") or DEFAULT_TABLE, "sharding.rules"),
+               models=tuple((m, _known_table(t, f"sharding.model_rules.{m}")) for m, t in models.items() if len(t)),
                allow_replicated=allow, replicated_limit_bytes=int(limit * MIB))
 
   def mesh_axes(self, name: str | None) -> MeshAxes:
