@@ -10,6 +10,7 @@ one (exit status 2) instead of a traceback or a silently ignored setting: ``laun
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Mapping, Sequence
 
@@ -65,3 +66,58 @@ def exit_on_renamed(argv: Sequence[str], renamed: Mapping[str, str], config=None
   if msg:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def parse_flags(argv: Sequence[str], flag: str = "config") -> list[str]:
+  """absl ``flags_parser`` for ``app.run``: ``app.parse_flags_with_usage``, with a ``--<flag>.<path>=value`` whose
+  path the config lacks (a misspelt key, or a model field its sub-dict does not set) printed as one ``error: ...``
+  line naming the dict form that works, exit status 2 (ml_collections raises a traceback)."""
+  from absl import app
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    print(f"error: {missing_field_message(argv, e, flag)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_values(argv: Sequence[str], prefix: str):
+  """``(name, value)`` of each ``--<prefix>name=value`` / ``--<prefix>name value`` in ``argv``."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(prefix):
+      name, eq, value = arg[len(prefix):].partition("=")
+      yield name, value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+
+
+def missing_field_message(argv: Sequence[str], error: BaseException, flag: str = "config") -> str:
+  """The one-line error for the ``--<flag>.<path>`` override that ``error`` (the missing key ml_collections raised)
+  came from: the sub-dict that lacks the key, and the whole-sub-dict form with its current fields that sets it."""
+  text = str(error.args[0] if error.args else error)
+  key = (re.search(r"[A-Za-z_]\w*", text) or re.match("", "")).group(0)
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  hint = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+  for path, value in _flag_values(argv, f"--{flag}."):
+    parts = path.split(".")
+    if key not in parts:
+      continue
+    parent = ".".join(parts[:parts.index(key)])
+    if not parent or hint:
+      return f"--{flag}.{path}: config{'.' * bool(parent)}{parent} has no field {key!r}{hint}; check the spelling."
+    try:   # the sub-dict's current fields, so that the suggested dict keeps them
+      from absl import flags
+      config_arg = next(v for n, v in _flag_values(argv, f"--{flag}") if n in ("", "="))
+      node = flags.FLAGS[flag].parser.parse(config_arg.lstrip("="))
+      for part in parent.split("."):
+        node = node[part]
+      fields = {k: node[k] for k in node.keys()}
+    except Exception:   # noqa: BLE001  (only the suggestion's detail; the message stands without it)
+      fields = {}
+    try:
+      import ast
+      fields[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      fields[key] = value
+    form = "{" + ", ".join(f"'{k}': {v!r}" for k, v in fields.items()) + "}"
+    return (f"--{flag}.{path}: config.{parent} has no field {key!r} (a sub-dict holds only the fields its config "
+            f"sets: check the spelling); set a field it lacks by passing the whole sub-dict, which replaces it: "
+            f"--{flag}.{parent}=\"{form}\"")
+  return f"a --{flag}.* override names a field the config does not have ({key!r}); check the spelling."

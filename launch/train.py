@@ -107,4 +107,4 @@ def main(argv) -> int:
 if __name__ == "__main__":
   renamed.exit_on_renamed(sys.argv, renamed.TRAIN)   # old flag names: one line naming the new one, exit 2
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=renamed.parse_flags)

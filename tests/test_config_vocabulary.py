@@ -110,6 +110,30 @@ def test_train_cli_refuses_old_flags_and_old_config_files(tmp_path):
   assert not work.exists()
 
 
+def test_config_flags_the_config_lacks_are_one_line_errors_naming_the_dict_form(tmp_path):
+  # a model field its sub-dict does not set (ml_collections raises a traceback): one line with the whole-sub-dict form
+  # that works, the sub-dict's current fields kept; a misspelt key: the spelling
+  work = tmp_path / "w"
+  args = ("--config", os.path.join(ROOT, "configs", "tpu_v5.py:stage2_1p3b"), "--workdir", str(work), "--dry_run")
+  r = _run("train.py", *args, "--config.model.dit.num_layers=2")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: --config.model.dit.num_layers: config.model.dit has no field 'num_layers' (a sub-dict holds only the "
+      "fields its config sets: check the spelling); set a field it lacks by passing the whole sub-dict, which replaces "
+      "it: --config.model.dit=\"{'attention': 'splash', 'remat': 'full', 'num_layers': 2}\""], r.stderr[-2000:]
+  r = _run("train.py", *args, "--config.model.dit={'attention': 'splash', 'remat': 'full', 'num_layers': 2}")
+  assert r.returncode == 0, r.stderr[-2000:]      # the suggested form runs (a 2-layer DiT: ~0.18B parameters)
+  row = next(line for line in r.stdout.splitlines() if "stage2_1p3b" in line and line.startswith("|"))
+  assert "| 0.18B " in row and "| splash " in row
+  r = _run("train.py", *args, "--config.model.dit.attenton=xla")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: --config.model.dit.attenton: config.model.dit has no field 'attenton' (did you mean 'attention'?); "
+      "check the spelling."], r.stderr[-2000:]
+  r = _run("sample.py", "--config", os.path.join(ROOT, "configs", "demo_tiny.py"), "--config.num_stepz=2")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: --config.num_stepz: config has no field 'num_stepz' (did you mean 'num_steps'?); check the spelling."]
+  assert not work.exists()
+
+
 def test_sample_cli_refuses_an_old_config_file(tmp_path):
   old = tmp_path / "old_sample.py"
   old.write_text("from configs import demo_tiny\n\n\ndef get_config():\n  c = demo_tiny.get_config()\n"
