@@ -129,6 +129,27 @@ def test_misspelt_names_in_the_sharding_section_are_errors():
   assert Rules.from_config(c.sharding).for_model("dit").mesh_axes("act_embed") == ("tensor",)
 
 
+def test_for_model_takes_a_known_model_once():
+  c = base.get_config()
+  c.sharding.model_rules.dit = {"act_embed": ("tensor",)}
+  rules = Rules.from_config(c.sharding)
+  dit = rules.for_model("transformer")               # an alias of dit
+  assert dit.model == "dit" and dit.mesh_axes("act_embed") == ("tensor",)
+  assert dit.for_model("dit") is dit                 # made for this model already: as they are
+  with pytest.raises(Gen3RInputError, match=r"no model 'unet' to take sharding rules for; use one of dit, vggt, "):
+    rules.for_model("unet")
+  with pytest.raises(Gen3RInputError, match=r"these sharding rules were made for model 'dit', not 'vggt'"):
+    dit.for_model("vggt")                            # would carry dit's act_embed rule to the VGGT
+
+
+def test_mesh_sizes_below_one_are_errors():
+  for shape, bad in (({"fsdp": -1, "tensor": 0}, "tensor=0"), ({"data": -2}, "data=-2"), ({"fsdp": 0}, "fsdp=0")):
+    with pytest.raises(Gen3RInputError, match=rf"^mesh axis sizes must be >= 1 \(or -1 for the remaining devices\), "
+                                              rf"got {bad}$"):
+      make_mesh(shape)
+  assert dict(make_mesh({"fsdp": -1, "tensor": 2}).shape) == {"cfg": 1, "data": 1, "fsdp": 4, "context": 1, "tensor": 2}
+
+
 def test_a_big_parameter_that_would_be_replicated_is_an_error_naming_it():
   mesh = make_mesh({"fsdp": 8})
   big = _state((1000, 300), ("embed", "conv_in"))          # 1.1 MiB float32; 1000 % 8 == 0 but 300 % 8 != 0

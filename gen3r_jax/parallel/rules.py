@@ -160,10 +160,20 @@ class Rules:
                           f"{', '.join(k for k, _ in self.table)}).")
 
   def for_model(self, name: str | None) -> "Rules":
-    """These rules with ``model_rules.<name>`` (aliases resolved) laid over the table, for model ``name``."""
+    """These rules with ``model_rules.<name>`` (aliases resolved) laid over the table, for model ``name`` (one of
+    :data:`MODEL_NAMES` or :data:`MODEL_ALIASES`); rules already made for ``name`` are returned as they are, rules
+    made for another model are an error (their table holds that model's overrides)."""
     if name is None:
       return self
     name = model_name(name)
+    if name not in MODEL_NAMES:
+      raise Gen3RInputError(f"no model {name!r} to take sharding rules for; use one of {', '.join(MODEL_NAMES)} "
+                            f"(or {', '.join(MODEL_ALIASES)}).")
+    if self.model:
+      if self.model == name:
+        return self
+      raise Gen3RInputError(f"these sharding rules were made for model {self.model!r}, not {name!r}; call "
+                            f"for_model({name!r}) on the config's rules (Rules.from_config(config.sharding)).")
     over = dict(self.models).get(name, ())
     return dataclasses.replace(self, table=tuple({**dict(self.table), **dict(over)}.items()), models=(), model=name)
 
@@ -279,12 +289,14 @@ def state_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
 
 def module_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
   """:func:`state_shardings` of a state whose top-level entries are models (a trainer's frozen modules, a
-  bundle): each entry with its own ``model_rules`` (``rules.for_model(<entry name>)``)."""
+  bundle): each entry with its own ``model_rules`` (``rules.for_model(<entry name>)``; an entry that is no model, a
+  buffer such as ``empty_context``, the global rules)."""
   rules = as_rules(rules)
 
   def one(path, var):
     if isinstance(var, nnx.Variable) and path:
-      r = rules.for_model(str(getattr(path[0], "key", path[0])))
+      name = str(getattr(path[0], "key", path[0]))
+      r = rules.for_model(name) if model_name(name) in MODEL_NAMES else rules   # a buffer beside the models: global
       return NamedSharding(mesh, _var_spec(path[1:], var, mesh, r))   # paths within the model, as for one model
     return NamedSharding(mesh, P())
 
@@ -319,8 +331,8 @@ def explain(abstract_state, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
 def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
   """A mesh over all (or the given) devices with axes ``cfg, data, fsdp, context, tensor``.
 
-  ``shape`` gives sizes per axis; one axis may be ``-1`` to take the remaining devices (default: all devices on
-  ``fsdp``). A shape that does not divide the device count is a clear error.
+  ``shape`` gives sizes per axis (each >= 1); one axis may be ``-1`` to take the remaining devices (default: all
+  devices on ``fsdp``). A size below 1 or a shape that does not divide the device count is a clear error.
   """
   devices = list(devices if devices is not None else jax.devices())
   shape = dict(shape or {"fsdp": -1})
@@ -328,6 +340,10 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
   if unknown:
     raise Gen3RInputError(f"mesh axes must be among {MESH_AXES}, got {sorted(unknown)}")
   sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+  bad = {a: s for a, s in sizes.items() if s < 1 and s != -1}
+  if bad:
+    raise Gen3RInputError(f"mesh axis sizes must be >= 1 (or -1 for the remaining devices), got "
+                          f"{', '.join(f'{a}={s}' for a, s in bad.items())}")
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1:
     raise Gen3RInputError(f"at most one mesh axis may be -1, got {free}")
