@@ -158,9 +158,12 @@ def check_app_outputs(app_run, tmp_path) -> None:
   for vid in ("#rgb_video video", "#depth_video video"):
     src = page.locator(vid).get_attribute("src")
     assert src and ".mp4" in src, (vid, src)
-  assert page.locator("#rgb_video video").evaluate("v => new Promise(ok => { if (v.readyState >= 2) ok(v.videoWidth);"
-                                                   " else v.addEventListener('loadeddata', () => ok(v.videoWidth)); })"
-                                                   ) == 560
+  # a bounded wait for the video's metadata or an error, the element looked up afresh each poll (gradio may replace
+  # it while a slow machine renders; a promise on a replaced element never resolved and hung the suite)
+  page.wait_for_function("() => { const v = document.querySelector('#rgb_video video');"
+                         " return v !== null && (v.readyState >= 1 || v.error !== null); }", timeout=120_000)
+  assert page.locator("#rgb_video video").evaluate(
+      "v => v.error === null ? v.videoWidth : `error ${v.error.code}: ${v.error.message}`") == 560
   listed = page.locator("#files").inner_text().replace("\n", "")
   for name in ("rgb.mp4", "depth.mp4", "points.ply", "points.glb", "cameras.json", "depth.npz", "points.npz",
                "preview.png", "latents.npz", "vggt_predictions.npz"):
