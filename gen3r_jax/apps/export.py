@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -48,7 +47,9 @@ from gen3r_jax.data.colmap import write_colmap_text
 from gen3r_jax.data.nerfstudio import frame_name, save_png, write_nerfstudio_scene
 from gen3r_jax.data.splat import write_splat_ply
 from gen3r_jax.errors import Gen3RInputError, require
-from gen3r_jax.sampling.export import select_indices, to_uint8
+from gen3r_jax.ply import to_uint8
+from gen3r_jax.sampling.export import select_indices
+from gen3r_jax.sampling.inputs import print_warning
 
 
 FORMATS = ("colmap", "nerfstudio", "splat")
@@ -241,7 +242,7 @@ def remove_stale_exports(out_dir: str, keep: Sequence[str] = (), *, warn: Callab
   directory holds one run. Only a folder that is exactly one export of ours goes (:func:`foreign_files`); one that
   also holds other files (e.g. a COLMAP reconstruction run inside it) stays as it is, and ``warn`` (default: a
   ``warning:`` line on stderr) says so. Returns the removed paths."""
-  warn = _print_warning if warn is None else warn
+  warn = print_warning if warn is None else warn
   removed = []
   for fmt in FORMATS:
     path = os.path.join(out_dir, fmt)
@@ -278,10 +279,6 @@ def replace_exports(scene: OutputDir, formats, *, log: Callable = print, warn: C
     log(f"[export] failed; the outputs in {scene.path} are complete: export them again with python "
         f"launch/export.py {scene.path} --format {','.join(formats)}")
     raise
-
-
-def _print_warning(msg: str) -> None:
-  print("warning: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
 
 
 def export_output_dir(path: str, formats, out: str | None = None, *, max_points=DEFAULT_MAX_POINTS, seed: int = 0,

@@ -44,7 +44,8 @@ from gen3r_jax.sampling import cache as step_cache
 from gen3r_jax.sampling import inputs
 from gen3r_jax.sampling.denoise import check_cfg_axis, check_parallel
 from gen3r_jax.sampling.export import export_all, output_bytes, prepare_output_dir
-from gen3r_jax.sampling.pipeline import SampleOptions, cache_settings, check_options, generate, make_scheduler
+from gen3r_jax.sampling.pipeline import (SampleOptions, cache_settings, check_cache, check_options, generate,
+                                         make_scheduler)
 from gen3r_jax.sampling.placement import check_placement
 
 
@@ -166,15 +167,15 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   check_placement(cfg.placement)
   formats = scene_export.parse_formats(cfg.get("export_formats", ""))
   scene_export.check_export_targets(scene_export.destinations(formats, cfg.out))
-  parse_mesh(cfg.mesh)
+  mesh_shape = parse_mesh(cfg.mesh)
   Rules.from_config(cfg.get("sharding"))
   check_parallel(None, cfg.context_parallel)
   require(bool(checkpoint), "no checkpoint: pass --config.checkpoint=<converted bundle dir> (launch/convert.py).")
   require(len(paths) > 0, "no conditioning image: pass --config.images=a.png[,b.png] (allview: also a video file or "
                           "a folder of frames).")
   opts = options_from_config(cfg)
-  check_cfg_axis(parse_mesh(cfg.mesh), opts.guidance_scale)
-  step_cache.check_mesh(cache_settings(opts), parse_mesh(cfg.mesh))
+  check_cfg_axis(mesh_shape, opts.guidance_scale)
+  step_cache.check_mesh(cache_settings(opts), mesh_shape)
   inputs.check_task(opts.task)
   inputs.check_num_frames(opts.num_frames)
   inputs.check_size(opts.size)
@@ -185,9 +186,7 @@ def _check(cfg, checkpoint: str, paths: list[str], *, log, warn):
   check_bundle(checkpoint)
   if opts.cache == "magcache" and not opts.scheduler:
     # the checkpoint's scheduler against the magcache schedule, before any weight is read
-    step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
-                              use_cfg=opts.guidance_scale > 1.0, guidance_scale=float(opts.guidance_scale),
-                              scheduler=make_scheduler(opts, read_scheduler_config(checkpoint)))
+    check_cache(opts, make_scheduler(opts, read_scheduler_config(checkpoint)))
   prompt = read_prompt(cfg.prompt, log=log, warn=warn)
   texts = {"prompt": prompt}
   if opts.guidance_scale > 1.0:

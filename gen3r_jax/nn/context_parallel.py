@@ -57,7 +57,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.nn.attention import local_attention, resolve_implementation, route_attention
-from gen3r_jax.parallel.rules import DEFAULT_RULES, Rules, as_rules, current_rules, spec_for
+from gen3r_jax.parallel.rules import DEFAULT_RULES, Rules, as_rules, current_rules, spec_axes, spec_for
 
 if not hasattr(jax, "shard_map"):  # pragma: no cover - older jax
   from jax.experimental.shard_map import shard_map as _legacy_shard_map
@@ -86,12 +86,11 @@ def qkv_spec(shape, mesh: Mesh, rules=DEFAULT_RULES, *, split_length: bool = Tru
   """``PartitionSpec`` of one ``[B, L, H, D]`` operand: batch and heads by the ``act_batch`` / ``act_heads`` rules
   (replicated where they do not divide), ``L`` over ``context`` (or replicated with ``split_length=False``)."""
   b, _, h, _ = shape
-  names = lambda e: set() if e is None else ({e} if isinstance(e, str) else set(e))
   batch = spec_for(("act_batch",), (b,), mesh, rules)[0]
   heads = spec_for(("act_heads",), (h,), mesh, rules)[0]
-  require(AXIS not in names(batch) | names(heads),
+  require(AXIS not in spec_axes(batch) + spec_axes(heads),
           f"the rules map act_batch/act_heads onto '{AXIS}'; context parallelism needs it for the sequence only")
-  if names(batch) & names(heads):  # one mesh axis cannot split two dimensions
+  if set(spec_axes(batch)) & set(spec_axes(heads)):  # one mesh axis cannot split two dimensions
     heads = None
   return P(batch, AXIS if split_length else None, heads, None)
 
@@ -172,9 +171,7 @@ def ulysses_groups(u: int, r: int) -> tuple[list[list[int]], list[list[int]]]:
 
 def local_heads(shape, spec: P, mesh: Mesh) -> int:
   """Heads per shard of a ``[B, L, H, D]`` operand with ``spec`` (the ``tensor`` split of :func:`qkv_spec`)."""
-  entry = spec[2]
-  names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-  return shape[2] // int(math.prod(mesh.shape[a] for a in names))
+  return shape[2] // int(math.prod(mesh.shape[a] for a in spec_axes(spec[2])))
 
 
 def check_ulysses(strategy: str, heads: int, n: int) -> None:
@@ -198,8 +195,7 @@ def check_strategy(strategy: str, num_heads: int, mesh_shape, rules=None) -> Non
   sizes = {a: max(int(n), 1) for a, n in dict(mesh_shape).items()}   # -1 ("the rest") is checked once resolved
   rules = current_rules() if rules is None else as_rules(rules)
   entry = spec_for(("act_heads",), (num_heads,), types.SimpleNamespace(shape=sizes), rules)[0]
-  names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-  check_ulysses(strategy, num_heads // int(math.prod(sizes[a] for a in names)), sizes.get(AXIS, 1))
+  check_ulysses(strategy, num_heads // int(math.prod(sizes[a] for a in spec_axes(entry))), sizes.get(AXIS, 1))
 
 
 def _ulysses_local(q, k, v, *, u, r, inner, implementation, scale):

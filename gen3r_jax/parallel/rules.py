@@ -215,6 +215,20 @@ def _check_kind(axes, activation: bool, where: str) -> None:
                             "axes have distinct names).")
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one ``PartitionSpec`` entry (``None``, an axis name or a tuple of them) as a tuple."""
+  return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
+def fit_axes(names: Sequence[str], size: int, mesh_shape: Mapping[str, int]) -> tuple[str, ...]:
+  """``names`` less trailing mesh axes until their product divides ``size`` (batch 2 on ``cfg=2 x fsdp=2``
+  splits over ``cfg`` only; tiny shapes stay replicated)."""
+  names = tuple(names)
+  while names and size % int(np.prod([mesh_shape[a] for a in names])):
+    names = names[:-1]
+  return names
+
+
 def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
              rules=DEFAULT_RULES) -> P:
   """PartitionSpec for an array of ``shape`` with logical ``axes`` (axes the mesh does not divide stay unsharded).
@@ -226,9 +240,8 @@ def spec_for(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh
   used: set[str] = set()
   out = []
   for name, size in zip(axes, shape):
-    ms = tuple(a for a in rules.mesh_axes(name) if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
-    while ms and size % int(np.prod([mesh.shape[a] for a in ms])):
-      ms = ms[:-1]          # as constrain(): batch 2 on cfg=2 x fsdp=2 splits over cfg only
+    ms = fit_axes([a for a in rules.mesh_axes(name) if a in mesh.shape and mesh.shape[a] > 1 and a not in used],
+                  size, mesh.shape)
     if not ms:
       out.append(None)
       continue
@@ -415,9 +428,6 @@ def constrain(x: jax.Array, axes=ACT_AXES) -> jax.Array:
   spec = activation_spec(axes, mesh)
   fixed = []
   for size, entry in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
-    names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-    names = tuple(a for a in names if mesh.shape[a] > 1)
-    while names and size % int(np.prod([mesh.shape[a] for a in names])):
-      names = names[:-1]
+    names = fit_axes([a for a in spec_axes(entry) if mesh.shape[a] > 1], size, mesh.shape)
     fixed.append(None if not names else (names[0] if len(names) == 1 else names))
   return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*fixed))

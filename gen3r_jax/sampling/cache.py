@@ -63,6 +63,7 @@ from gen3r_jax.sampling.denoise import (DenoiseOutput, Progress, _commit_like, c
                                         denoise, guide, param_mesh)
 
 KINDS = ("none", "first_block", "magcache", "cfg")
+BLOCK_KINDS = ("first_block", "magcache")      # the caches that reuse the residual of the blocks after the first
 SCHEDULE_FORMAT = "gen3r_jax.magcache/1"
 # per-kind defaults of the knobs left at None (module docstring)
 DEFAULT_THRESHOLD = {"first_block": 0.05, "magcache": 0.12}
@@ -205,6 +206,11 @@ def check_schedule(data: dict, *, num_steps: int, use_cfg: bool, shift: float | 
     diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k, None) != theirs.get(k, None))
     require(not diff, f"{name} was calibrated with {cls} settings {({k: theirs.get(k) for k in diff})}, this run's "
                       f"are {({k: ours.get(k) for k in diff})}; calibrate with the same scheduler settings.")
+
+
+def check_calibration(kind: str) -> None:
+  """Calibration measures the residuals of the block caches (``first_block``, ``magcache``)."""
+  require(kind in BLOCK_KINDS, f"calibration measures the block caches' residuals: use cache=first_block, not {kind}.")
 
 
 def check_mesh(s: CacheSettings, mesh) -> None:
@@ -427,8 +433,8 @@ def denoise_cached(model, scheduler, schedule, latents, *, context, clip_fea, y,
                                       f"{settings.kind!r}.")
   use_cfg = float(guidance_scale) > 1.0
   n = schedule.num_steps
-  require(not calibrate or settings.kind in ("first_block", "magcache"),
-          f"calibration measures the block caches' residuals: use cache=first_block, not {settings.kind}.")
+  if calibrate:
+    check_calibration(settings.kind)
   check_settings(settings, num_steps=n, use_cfg=use_cfg, scheduler=scheduler, guidance_scale=guidance_scale)
   check_denoise_inputs(model.cfg, latents, context, clip_fea, y, y_camera, use_cfg)
   graphdef, params = nnx.split(model)
@@ -524,7 +530,7 @@ def calibration_ratios(stats_list: Sequence[dict]) -> np.ndarray:
 
 
 __all__ = ("KINDS", "SCHEDULE_FORMAT", "CacheSettings", "CachedDenoiseOutput", "can_cache", "check_settings",
-           "check_schedule", "check_mesh", "load_schedule", "write_schedule", "parse_steps", "resolved",
+           "check_schedule", "check_mesh", "check_calibration", "load_schedule", "write_schedule", "parse_steps", "resolved",
            "magcache_plan", "cfg_plan", "static_plan", "scheduler_name", "scheduler_settings", "denoise_cached",
            "calibration_ratios", "first_block", "finish_full", "finish_cached", "cfg_full", "cfg_cached",
            "relative_l1", "magnitude_ratio")

@@ -91,6 +91,14 @@ def cache_settings(opts: SampleOptions) -> step_cache.CacheSettings:
                                   max_skips=opts.cache_max_skips, warmup=opts.cache_warmup)
 
 
+def check_cache(opts: SampleOptions, scheduler=None) -> None:
+  """The cache options of ``opts`` (:func:`gen3r_jax.sampling.cache.check_settings`); ``scheduler``: the run's
+  scheduler object, compared with a magcache schedule (None while it is not known yet)."""
+  step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
+                            use_cfg=opts.guidance_scale > 1.0, guidance_scale=float(opts.guidance_scale),
+                            scheduler=scheduler)
+
+
 def check_options(opts: SampleOptions, num_views: int) -> None:
   """Every user-settable value, before anything compiles."""
   inputs.check_views(opts.task, num_views, check_num_frames(opts.num_frames))
@@ -110,9 +118,7 @@ def check_options(opts: SampleOptions, num_views: int) -> None:
     load_cameras_json(opts.cameras, opts.num_frames)
   # the checkpoint's scheduler (opts.scheduler empty) is compared with a magcache schedule once the bundle is
   # known (generate, apps.sample), still before anything compiles
-  step_cache.check_settings(cache_settings(opts), num_steps=int(opts.num_steps), shift=float(opts.shift),
-                            use_cfg=opts.guidance_scale > 1.0, guidance_scale=float(opts.guidance_scale),
-                            scheduler=get_scheduler(opts.scheduler) if opts.scheduler else None)
+  check_cache(opts, get_scheduler(opts.scheduler) if opts.scheduler else None)
   require(opts.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
                                         f"{opts.precision!r}.")
   if opts.precision == "fp8":
@@ -185,10 +191,9 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   step_cache.check_mesh(cache, dit_mesh)
   use_cfg = opts.guidance_scale > 1.0
   sched = make_scheduler(opts, bundle.scheduler_config)
-  step_cache.check_settings(cache, num_steps=int(opts.num_steps), shift=float(opts.shift), use_cfg=use_cfg,
-                            guidance_scale=float(opts.guidance_scale), scheduler=sched)
-  require(not calibrate_cache or opts.cache in ("first_block", "magcache"),
-          f"calibrate_cache measures the block caches' residuals: set cache=first_block, not {opts.cache!r}.")
+  check_cache(opts, sched)
+  if calibrate_cache:
+    step_cache.check_calibration(opts.cache)
   shape = latent_shape(opts, bundle.transformer.cfg.out_dim)
   if latents is not None:
     require(tuple(np.shape(latents)) == shape,
@@ -278,4 +283,5 @@ def generate(bundle, images, prompt: str, opts: SampleOptions = SampleOptions(),
   return out
 
 
-__all__ = ("SampleOptions", "PRECISIONS", "cache_settings", "check_options", "generate", "latent_shape", "make_scheduler")
+__all__ = ("SampleOptions", "PRECISIONS", "cache_settings", "check_cache", "check_options", "generate", "latent_shape",
+           "make_scheduler")

@@ -52,10 +52,10 @@ import optax
 
 from gen3r_jax.errors import Gen3RInputError, require
 from gen3r_jax.nn.context_parallel import use_context_parallel
-from gen3r_jax.parallel.rules import MESH_AXES, activation_spec, as_rules, make_mesh, module_shardings, use_rules
+from gen3r_jax.parallel.rules import activation_spec, as_rules, make_mesh, module_shardings, use_rules
 from gen3r_jax.progress import Progress as ConsoleProgress
 from gen3r_jax.training.checkpointing import Checkpointer
-from gen3r_jax.training.memory import estimate, format_table
+from gen3r_jax.training.memory import estimate, format_table, mesh_sizes
 from gen3r_jax.training.metrics import Progress, create_writer
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.state import StateSpec, create_train_state, merge_params, train_state_spec
@@ -91,18 +91,7 @@ def check_config(config, num_devices: int | None = None, *, check_mesh: bool = T
   require(config.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {config.checkpoint.every}.")
   require(config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}.")
   if check_mesh:
-    mesh_shape = dict(config.mesh)
-    unknown = sorted(set(mesh_shape) - set(MESH_AXES))
-    require(not unknown, f"mesh axes must be among {MESH_AXES}, got {unknown}.")
-    require(int(mesh_shape.get("cfg", 1)) == 1, f"mesh cfg={mesh_shape.get('cfg')}: the cfg axis is the "
-                                                "sampler's (guidance branches); training takes cfg=1 (use data).")
-    sizes = [int(v) for v in mesh_shape.values()]
-    require(all(s >= 1 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
-            f"mesh sizes must be >= 1 (or one -1), got {mesh_shape}.")
-    fixed = int(np.prod([s for s in sizes if s != -1])) if sizes else 1
-    require(num_devices % fixed == 0 and (-1 in sizes or fixed == num_devices),
-            f"mesh {mesh_shape} does not divide the {num_devices} devices (its fixed axes multiply to {fixed}); "
-            f"make the axis sizes multiply to {num_devices} or set one axis to -1.")
+    mesh_sizes(config.mesh, num_devices)      # known axes, cfg = 1, sizes that divide the devices
   pc = jax.process_count()
   require(config.data.batch_size % pc == 0,
           f"data.batch_size {config.data.batch_size} (global) must be divisible by the {pc} processes.")
@@ -409,16 +398,16 @@ def _with_overrides(config, overrides: Mapping[str, Any], name: str):
   """``config`` with the flat ``{"a.b": value}`` overrides of ``--config.a.b=value`` flags applied (as absl applies
   them to the named entry); a path the entry does not have is an error naming it."""
   for key, value in overrides.items():
-    *parents, leaf = key.split(".")
+    path = key.split(".")
     target = config
-    for part in parents + [leaf]:
+    for depth, part in enumerate(path):
       require(hasattr(target, "keys") and part in target,
               f"--config.{key}: {name} has no field {key!r}; name an entry that has it ({name}).")
-      if part is not leaf:
+      if depth < len(path) - 1:
         target = target[part]
+    leaf = path[-1]
     with target.unlocked() if hasattr(target, "unlocked") else contextlib.nullcontext():
       target[leaf] = value
-  return config
   return config
 
 

@@ -53,7 +53,7 @@ from gen3r_jax.models.wan_dit.transformer import WanDiT
 from gen3r_jax.models.wan_vae.vae import WanVAE
 from gen3r_jax.nn.context_parallel import ulysses_split
 from gen3r_jax.nn.params import abstract_module, logical_axes
-from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, param_spec, path_str, spec_for
+from gen3r_jax.parallel.rules import DEFAULT_RULES, MESH_AXES, param_spec, path_str, spec_axes, spec_for
 from gen3r_jax.training.optimizer import make_optimizer
 from gen3r_jax.training.stage2_task import check_config, latent_grid, model_configs, num_tokens
 from gen3r_jax.training.task import rules_of
@@ -124,8 +124,7 @@ def shard_elements(shape, spec, mesh_shape) -> int:
   n = 1
   entries = tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
   for size, entry in zip(shape, entries):
-    names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-    n *= -(-int(size) // math.prod(mesh_shape[a] for a in names))
+    n *= -(-int(size) // math.prod(mesh_shape[a] for a in spec_axes(entry)))
   return n
 
 
