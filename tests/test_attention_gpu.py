@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gen3r_jax.errors import Gen3RInputError
 from gen3r_jax.nn import attention as attn
 from gen3r_jax.nn.stack import checkpointed
 
@@ -144,11 +145,23 @@ def test_attention_remat_policy_keeps_the_kernel_residuals(kernel):
   assert any(s in ((1, 2, 512), (1, 2, 512, 1), (1, 512, 2)) for s in shapes), shapes   # the softmax statistics
 
 
+def _fa3_runs_here(name: str) -> bool:
+  """True where FA3 runs (a Hopper GPU with flash-attn3-jax); elsewhere asking for it explicitly must be the
+  one-line error naming the fix (install the [fa3] extra, or a Hopper GPU), and ``auto`` must not pick it."""
+  if name in KERNELS:
+    return True
+  q = jnp.zeros((1, 8, 1, 128), jnp.bfloat16)
+  with pytest.raises(Gen3RInputError, match=r"pip install 'gen3r-jax\[fa3\]'|compute capability 9"):
+    attn.local_attention(q, q, q, implementation=name)
+  assert not attn.resolve_implementation("auto", jnp.bfloat16, 128).startswith("fa3")
+  return False
+
+
 def test_fa3_differentiates_with_its_own_backward_kernel():
   """``fa3`` trains with FlashAttention-3's backward kernel (called with correctly sized buffers), not cuDNN's,
   and two identical calls give the same gradients (an overrun buffer made them differ)."""
-  if "fa3" not in KERNELS:
-    pytest.skip("flash-attn3-jax not installed here")
+  if not _fa3_runs_here("fa3"):
+    return
   q, k, v, ct = _inputs((1, 1024, 1024, 2, 128), seed=3)
   f = lambda q, k, v: attn.local_attention(q, k, v, implementation="fa3")
   grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * ct), argnums=(0, 1, 2)))
@@ -161,8 +174,8 @@ def test_fa3_differentiates_with_its_own_backward_kernel():
 def test_fa3_fwd_runs_fa3_when_not_differentiated_and_cudnn_when_it_is():
   """``fa3_fwd`` (``auto`` at head dim 128) samples with FA3's forward; differentiated it runs cuDNN's forward
   and backward only."""
-  if "fa3_fwd" not in KERNELS:
-    pytest.skip("flash-attn3-jax not installed here")
+  if not _fa3_runs_here("fa3_fwd"):
+    return
   q, k, v, ct = _inputs((1, 1024, 1024, 2, 128), seed=4)
   f = lambda q, k, v: attn.local_attention(q, k, v, implementation="fa3_fwd")
   fwd_hlo = jax.jit(f).lower(q, k, v).as_text()
